@@ -1,0 +1,240 @@
+//! `sshjit-broker`: parses flags, sets up logging, and calls the library (init, serve, offline audit verify).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sshjit::datadir::{self, DataDir};
+use sshjit::model::Timestamp;
+use sshjit::{audit, dev, server};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sshjit-broker",
+    version,
+    about = "sshjit: a just-in-time SSH access broker and certificate authority"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create a data dir: CA key, host key, config and database, with the first OWNER.
+    Init {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The first owner's member name.
+        #[arg(long)]
+        owner: String,
+        /// The owner's SSH public key, as text or as the path of a .pub file.
+        #[arg(long)]
+        owner_key: String,
+        /// Address to listen on (written to config.toml).
+        #[arg(long, default_value = "127.0.0.1:2222")]
+        listen: String,
+    },
+    /// Run the broker daemon.
+    Serve {
+        #[arg(long, required_unless_present = "dev", conflicts_with = "dev")]
+        data_dir: Option<PathBuf>,
+        /// Override the listen address from config.toml.
+        #[arg(long)]
+        listen: Option<String>,
+        /// A throwaway demo broker with a printed walkthrough.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Offline audit commands (the daemon must be stopped to read its database).
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCmd {
+    /// Recompute the hash chain of a database or an export and name the first bad entry.
+    Verify {
+        #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+        data_dir: Option<PathBuf>,
+        /// A JSON-lines export from 'audit export'.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SSHJIT_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,russh=warn,sled=warn")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Init {
+            data_dir,
+            owner,
+            owner_key,
+            listen,
+        } => {
+            let key = datadir::read_public_key_arg(&owner_key)?;
+            let dir = DataDir::new(&data_dir);
+            let made = datadir::init(&dir, &owner, &key, &listen, Timestamp::now())?;
+            println!("initialized {}", data_dir.display());
+            println!("  owner            {owner}");
+            println!("  CA public key    {}", made.ca_public_key);
+            println!("  CA fingerprint   {}", made.ca_fingerprint);
+            println!("  broker host key  {}", made.host_key_fingerprint);
+            println!(
+                "next: sshjit-broker serve --data-dir {}",
+                data_dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Serve {
+            data_dir,
+            listen,
+            dev,
+        } => {
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            rt.block_on(async {
+                if dev {
+                    serve_dev(listen).await
+                } else {
+                    let dir = DataDir::new(data_dir.unwrap_or_default());
+                    let opened = datadir::open(&dir)?;
+                    let addr = listen.unwrap_or_else(|| opened.config.listen.clone());
+                    let listener = bind(&addr).await?;
+                    tracing::info!(addr = %listener.local_addr()?, data_dir = %dir.root.display(), "listening");
+                    println!("listening on {}", listener.local_addr()?);
+                    server::run(
+                        listener,
+                        Arc::new(opened.broker),
+                        opened.host_key,
+                        opened.config.limits,
+                        shutdown_signal(),
+                    )
+                    .await?;
+                    Ok(ExitCode::SUCCESS)
+                }
+            })
+        }
+        Cmd::Audit(AuditCmd::Verify {
+            data_dir,
+            file,
+            json,
+        }) => {
+            let report = match (data_dir, file) {
+                (Some(d), _) => {
+                    let store = sshjit::store::Store::open(&DataDir::new(d).db())?;
+                    store.verify_audit()?
+                }
+                (None, Some(f)) => {
+                    let text = std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read {}", f.display()))?;
+                    audit::verify_lines(&text)
+                }
+                (None, None) => anyhow::bail!("give --data-dir DIR or --file EXPORT.jsonl"),
+            };
+            let ok = report.ok;
+            let out = if json {
+                serde_json::to_string(&report)?
+            } else if ok {
+                format!(
+                    "audit chain ok: {} entries, head {}",
+                    report.entries, report.head
+                )
+            } else {
+                format!(
+                    "audit chain BROKEN at entry {}: {}",
+                    report.first_bad_seq.unwrap_or(0),
+                    report.problem.unwrap_or_default()
+                )
+            };
+            println!("{out}");
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+async fn serve_dev(listen: Option<String>) -> anyhow::Result<ExitCode> {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "root".into());
+    let listener = bind(listen.as_deref().unwrap_or("127.0.0.1:2222")).await?;
+    let sshd_port = free_port("127.0.0.1:2022")
+        .or_else(|| free_port("127.0.0.1:0"))
+        .unwrap_or(2022);
+    let (env, opened) = dev::prepare(&home, &user, sshd_port, Timestamp::now())?;
+    let addr = listener.local_addr()?;
+    println!("{}", dev::walkthrough(&env, addr)?);
+    server::run(
+        listener,
+        Arc::new(opened.broker),
+        opened.host_key,
+        opened.config.limits,
+        shutdown_signal(),
+    )
+    .await?;
+    drop(env);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn free_port(addr: &str) -> Option<u16> {
+    std::net::TcpListener::bind(addr)
+        .ok()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port())
+}
+
+async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    let sock: SocketAddr = addr.parse().with_context(|| {
+        format!("'{addr}' is not an address; use IP:PORT such as 127.0.0.1:2222")
+    })?;
+    TcpListener::bind(sock)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; is another broker running there?"))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

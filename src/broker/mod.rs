@@ -1,0 +1,208 @@
+//! The broker service: runs one parsed command for an authenticated key at a given time.
+//!
+//! This is transport-free: the SSH server, the tests and the property tests all call
+//! [`Broker::execute`] with `now` as an argument.
+
+mod access;
+mod team;
+
+use serde_json::Value;
+
+use crate::ca::Ca;
+use crate::commands::{Command, Invocation, Parsed};
+use crate::error::{Error, Result};
+use crate::model::{Member, Timestamp};
+use crate::policy::Policy;
+use crate::store::Store;
+
+/// What a command printed and how it exited, ready for a channel or a terminal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub stdout: String,
+    pub stderr: String,
+    pub status: u32,
+}
+
+impl Output {
+    /// A failure, as text or as `{"error":{"code":...,"message":...}}`.
+    pub fn error(e: &Error, json: bool) -> Output {
+        let stderr = if json {
+            let v = serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}});
+            format!("{v}\n")
+        } else {
+            format!("error: {e}\n")
+        };
+        let status = match e {
+            Error::Usage(_) | Error::UnknownCommand { .. } | Error::ExecLineTooLong { .. } => 2,
+            _ => 1,
+        };
+        Output {
+            stdout: String::new(),
+            stderr,
+            status,
+        }
+    }
+
+    /// Help text, successfully.
+    pub fn text(s: String) -> Output {
+        Output {
+            stdout: s,
+            stderr: String::new(),
+            status: 0,
+        }
+    }
+}
+
+/// A command's result: machine and human forms of the same answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub json: Value,
+    pub text: String,
+    /// Non-zero for answers that are not errors but report a failure (a broken audit chain).
+    pub status: u32,
+    /// Print `text` even with `--json` (exports that are already JSON lines).
+    pub raw: bool,
+}
+
+impl Reply {
+    pub fn new(json: Value, text: impl Into<String>) -> Reply {
+        Reply {
+            json,
+            text: text.into(),
+            status: 0,
+            raw: false,
+        }
+    }
+
+    fn render(self, json: bool) -> Output {
+        let stdout = if json && !self.raw {
+            format!("{}\n", self.json)
+        } else {
+            let mut t = self.text;
+            if !t.is_empty() && !t.ends_with('\n') {
+                t.push('\n');
+            }
+            t
+        };
+        Output {
+            stdout,
+            stderr: String::new(),
+            status: self.status,
+        }
+    }
+}
+
+/// The broker: its database, its CA and its policy.
+pub struct Broker {
+    store: Store,
+    ca: Ca,
+    policy: Policy,
+}
+
+impl Broker {
+    pub fn new(store: Store, ca: Ca, policy: Policy) -> Self {
+        Broker { store, ca, policy }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    /// The member whose identity key has this fingerprint, if any.
+    pub fn member_for_key(&self, fingerprint: &str) -> Result<Option<Member>> {
+        self.store.member_by_key(fingerprint)
+    }
+
+    /// Parses and runs an exec line for the key with `fingerprint`.
+    pub fn run_line(&self, fingerprint: &str, line: &[u8], stdin: &[u8], now: Timestamp) -> Output {
+        match crate::commands::parse_line(line) {
+            Ok(Parsed::Help(h)) => Output::text(h),
+            Ok(Parsed::Run(inv)) => self.execute(fingerprint, &inv, stdin, now),
+            Err(e) => Output::error(&e, wants_json(line)),
+        }
+    }
+
+    /// Runs a parsed command for the key with `fingerprint` at `now`.
+    pub fn execute(
+        &self,
+        fingerprint: &str,
+        inv: &Invocation,
+        stdin: &[u8],
+        now: Timestamp,
+    ) -> Output {
+        let result = self
+            .member_for_key(fingerprint)
+            .and_then(|m| {
+                m.ok_or_else(|| {
+                    Error::PermissionDenied(
+                        "this key does not belong to a member; ask an owner or admin to add it with 'member add'".into(),
+                    )
+                })
+            })
+            .and_then(|actor| self.dispatch(&actor, inv, stdin, now));
+        match result {
+            Ok(reply) => reply.render(inv.json),
+            Err(e) => {
+                tracing::info!(code = e.code(), error = %e, "command refused");
+                Output::error(&e, inv.json)
+            }
+        }
+    }
+
+    fn dispatch(
+        &self,
+        actor: &Member,
+        inv: &Invocation,
+        stdin: &[u8],
+        now: Timestamp,
+    ) -> Result<Reply> {
+        match &inv.command {
+            Command::Whoami => self.whoami(actor, now),
+            Command::CaPubkey => self.ca_pubkey(),
+            Command::Request(args) => self.request(actor, args, now),
+            Command::Status { id } => self.status(actor, *id, now),
+            Command::Show { id } => self.show(actor, *id, now),
+            Command::Cancel { id } => self.cancel(actor, *id, now),
+            Command::Requests { state, limit } => {
+                self.requests(actor, state.as_deref(), *limit, now)
+            }
+            Command::Approve { id, comment } => self.approve(actor, *id, comment.as_deref(), now),
+            Command::Deny { id, reason } => self.deny(actor, *id, reason, now),
+            Command::Cert { id, key } => {
+                let text = match key {
+                    Some(words) => words.join(" "),
+                    None => String::from_utf8_lossy(stdin).into_owned(),
+                };
+                self.cert(actor, *id, &text, now)
+            }
+            Command::Member(cmd) => self.member(actor, cmd, now),
+            Command::Host(cmd) => self.host(actor, cmd, now),
+            Command::HostConfig { name, dir, script } => {
+                self.host_config(actor, name, dir, *script)
+            }
+            Command::Audit(cmd) => self.audit(actor, cmd),
+        }
+    }
+}
+
+/// Whether a raw exec line asked for JSON, for errors found before it parses.
+pub fn wants_json(line: &[u8]) -> bool {
+    line.split(|b| b.is_ascii_whitespace())
+        .any(|w| w == b"--json")
+}
+
+/// Refuses unless `actor` is an OWNER or ADMIN.
+fn require_manager(actor: &Member, what: &str) -> Result<()> {
+    if actor.role.can_manage() {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(format!(
+            "only owners and admins can {what}; you are {}",
+            actor.role
+        )))
+    }
+}

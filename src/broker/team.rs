@@ -1,0 +1,432 @@
+//! Team administration over SSH: identity, members, hosts, host setup and the audit log.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::{Broker, Reply, require_manager};
+use crate::audit::{self, AuditEvent};
+use crate::ca;
+use crate::commands::{AuditCommand, HostCommand, MemberCommand};
+use crate::error::{Error, Result};
+use crate::model::{
+    GrantRole, Host, Member, Name, Role, Timestamp, validate_address, validate_login,
+};
+use crate::views;
+
+/// Most approvals a host may require.
+pub const MAX_APPROVALS: u32 = 5;
+
+impl Broker {
+    pub(super) fn whoami(&self, actor: &Member, _now: Timestamp) -> Result<Reply> {
+        let json = json!({
+            "name": actor.name,
+            "role": actor.role,
+            "can_approve": actor.role.can_manage(),
+            "key_fingerprints": actor.key_fingerprints,
+        });
+        let text = format!("{} ({})", actor.name, actor.role);
+        Ok(Reply::new(json, text))
+    }
+
+    pub(super) fn ca_pubkey(&self) -> Result<Reply> {
+        let key = self.ca.public_key()?;
+        let json = json!({"ca_public_key": key, "fingerprint": self.ca.fingerprint()});
+        Ok(Reply::new(json, key))
+    }
+
+    pub(super) fn member(
+        &self,
+        actor: &Member,
+        cmd: &MemberCommand,
+        now: Timestamp,
+    ) -> Result<Reply> {
+        match cmd {
+            MemberCommand::List => {
+                let ms = self.store.members()?;
+                let json = ms.iter().map(views::member_json).collect();
+                Ok(Reply::new(json, views::members_table(&ms)))
+            }
+            MemberCommand::Add { name, role, key } => {
+                require_manager(actor, "add members")?;
+                let name: Name = name.parse()?;
+                let role: Role = role.parse()?;
+                if role == Role::Owner && actor.role != Role::Owner {
+                    return Err(Error::PermissionDenied(
+                        "only owners can add owners; add the member as admin or ask an owner"
+                            .into(),
+                    ));
+                }
+                let member = new_member(name, role, key, actor, now)?;
+                self.store.apply(now, actor.name.as_str(), |tx| {
+                    if tx.member(&member.name)?.is_some() {
+                        return Err(Error::AlreadyExists(format!(
+                            "member {} already exists; remove them first to change their role or keys",
+                            member.name
+                        ))
+                        .into());
+                    }
+                    for fp in &member.key_fingerprints {
+                        if let Some(owner) = tx.key_owner(fp)? {
+                            return Err(Error::AlreadyExists(format!(
+                                "key {fp} already belongs to member {owner}; each key identifies one member"
+                            ))
+                            .into());
+                        }
+                    }
+                    tx.add_member(&member)?;
+                    let event = AuditEvent::MemberAdded {
+                        name: member.name.to_string(),
+                        role: member.role,
+                        key_fingerprints: member.key_fingerprints.clone(),
+                    };
+                    Ok(((), vec![event]))
+                })?;
+                tracing::info!(member = %member.name, role = %member.role, by = %actor.name, "member added");
+                let text = format!("added {} as {}", member.name, member.role);
+                Ok(Reply::new(views::member_json(&member), text))
+            }
+            MemberCommand::Remove { name } => {
+                require_manager(actor, "remove members")?;
+                let name: Name = name.parse()?;
+                let removed = self.store.apply(now, actor.name.as_str(), |tx| {
+                    let m = tx.member(&name)?.ok_or_else(|| {
+                        Error::NotFound(format!("no member named {name}; 'member list' shows them"))
+                    })?;
+                    if m.role == Role::Owner && actor.role != Role::Owner {
+                        return Err(Error::PermissionDenied(
+                            "only owners can remove owners".into(),
+                        )
+                        .into());
+                    }
+                    if m.role == Role::Owner && tx.owner_count()? <= 1 {
+                        return Err(Error::InvalidState(format!(
+                            "{name} is the last owner; add another owner before removing them"
+                        ))
+                        .into());
+                    }
+                    tx.remove_member(&m)?;
+                    let event = AuditEvent::MemberRemoved {
+                        name: name.to_string(),
+                    };
+                    Ok((m, vec![event]))
+                })?;
+                tracing::info!(member = %name, by = %actor.name, "member removed");
+                Ok(Reply::new(
+                    views::member_json(&removed),
+                    format!("removed {name}; their keys no longer work"),
+                ))
+            }
+        }
+    }
+
+    pub(super) fn host(&self, actor: &Member, cmd: &HostCommand, now: Timestamp) -> Result<Reply> {
+        match cmd {
+            HostCommand::List => {
+                let hs = self.store.hosts()?;
+                let json = hs.iter().map(views::host_json).collect();
+                Ok(Reply::new(json, views::hosts_table(&hs)))
+            }
+            HostCommand::Add {
+                name,
+                address,
+                port,
+                tags,
+                logins,
+                approvals,
+            } => {
+                require_manager(actor, "add hosts")?;
+                let host = new_host(name, address, *port, tags, logins, *approvals, actor, now)?;
+                self.store.apply(now, actor.name.as_str(), |tx| {
+                    if tx.host(&host.name)?.is_some() {
+                        return Err(Error::AlreadyExists(format!(
+                            "host {} already exists; remove it first to change it",
+                            host.name
+                        ))
+                        .into());
+                    }
+                    tx.put_host(&host)?;
+                    let event = AuditEvent::HostAdded {
+                        name: host.name.to_string(),
+                        address: host.address.clone(),
+                        port: host.port,
+                        tags: host.tags.iter().map(|t| t.to_string()).collect(),
+                        logins: host
+                            .logins
+                            .iter()
+                            .map(|(r, l)| format!("{r}={l}"))
+                            .collect(),
+                        approvals_required: host.approvals_required,
+                    };
+                    Ok(((), vec![event]))
+                })?;
+                tracing::info!(host = %host.name, by = %actor.name, "host added");
+                let text = format!(
+                    "added host {}; run 'host-config {}' to set it up",
+                    host.name, host.name
+                );
+                Ok(Reply::new(views::host_json(&host), text))
+            }
+            HostCommand::Remove { name } => {
+                require_manager(actor, "remove hosts")?;
+                let name: Name = name.parse()?;
+                let host = self.store.apply(now, actor.name.as_str(), |tx| {
+                    let h = tx.host(&name)?.ok_or_else(|| {
+                        Error::NotFound(format!("no host named {name}; 'host list' shows them"))
+                    })?;
+                    tx.remove_host(&name)?;
+                    Ok((
+                        h,
+                        vec![AuditEvent::HostRemoved {
+                            name: name.to_string(),
+                        }],
+                    ))
+                })?;
+                tracing::info!(host = %name, by = %actor.name, "host removed");
+                Ok(Reply::new(
+                    views::host_json(&host),
+                    format!(
+                        "removed host {name}; certificates already issued stay valid until their windows end"
+                    ),
+                ))
+            }
+        }
+    }
+
+    pub(super) fn host_config(
+        &self,
+        actor: &Member,
+        name: &str,
+        dir: &str,
+        script: bool,
+    ) -> Result<Reply> {
+        require_manager(actor, "print host setup")?;
+        let name: Name = name.parse()?;
+        if !dir.starts_with('/') || dir.contains(['\'', '\n', '\\', '"', '$', '`']) {
+            return Err(Error::invalid(format!(
+                "--dir '{}' must be an absolute path without quotes or shell characters",
+                crate::model::printable(dir, 60)
+            )));
+        }
+        let host = self.store.host(&name)?.ok_or_else(|| {
+            Error::NotFound(format!("no host named {name}; 'host list' shows them"))
+        })?;
+        let cfg = ca::host_config(&host, &self.ca.public_key()?, dir);
+        let json = serde_json::to_value(&cfg)?;
+        let text = if script {
+            cfg.script()
+        } else {
+            let mut t = format!(
+                "# Host setup for {name}. Write these files as root, add the sshd_config lines\n# (or keep the sshd_config.d file), then reload sshd. Keep the host's clock in sync (NTP).\n\n# sshd_config\n"
+            );
+            for l in &cfg.sshd_config {
+                t.push_str(l);
+                t.push('\n');
+            }
+            for f in &cfg.files {
+                t.push_str(&format!("\n# {}\n{}", f.path, f.content));
+            }
+            t.push_str(&format!(
+                "\n# Or run: ssh BROKER host-config {name} --script | sudo sh\n"
+            ));
+            t
+        };
+        let mut reply = Reply::new(json, text);
+        reply.raw = script;
+        Ok(reply)
+    }
+
+    pub(super) fn audit(&self, actor: &Member, cmd: &AuditCommand) -> Result<Reply> {
+        require_manager(actor, "read the audit log")?;
+        match cmd {
+            AuditCommand::Log { from, limit } => {
+                let mut entries = Vec::new();
+                let mut text = String::new();
+                for raw in self.store.audit_raw(*from).take(*limit) {
+                    let e = audit::decode(&raw?)?;
+                    text.push_str(&format!(
+                        "{:>6} {} {:<12} {}\n",
+                        e.seq,
+                        e.at,
+                        e.actor,
+                        describe_event(&e.event)
+                    ));
+                    entries.push(serde_json::to_value(&e)?);
+                }
+                Ok(Reply::new(Value::Array(entries), text))
+            }
+            AuditCommand::Verify => Ok(verify_reply(self.store.verify_audit()?)),
+            AuditCommand::Export => {
+                let mut text = String::new();
+                for raw in self.store.audit_raw(0) {
+                    text.push_str(&String::from_utf8_lossy(&raw?));
+                    text.push('\n');
+                }
+                let mut reply = Reply::new(Value::Null, text);
+                reply.raw = true;
+                Ok(reply)
+            }
+        }
+    }
+}
+
+/// The answer to `audit verify`, online or offline: non-zero status when the chain is broken.
+pub fn verify_reply(report: audit::VerifyReport) -> Reply {
+    let text = match (&report.first_bad_seq, &report.problem) {
+        (Some(seq), Some(p)) => format!(
+            "audit chain BROKEN at entry {seq}: {p} ({} entries before it verify)",
+            report.entries
+        ),
+        _ => format!(
+            "audit chain ok: {} entries, head {}",
+            report.entries, report.head
+        ),
+    };
+    let ok = report.ok;
+    let mut reply = Reply::new(serde_json::to_value(&report).unwrap_or(Value::Null), text);
+    if !ok {
+        reply.status = 1;
+    }
+    reply
+}
+
+fn describe_event(e: &AuditEvent) -> String {
+    match e {
+        AuditEvent::BrokerInitialized {
+            owner,
+            ca_fingerprint,
+        } => {
+            format!("broker initialized, owner {owner}, CA {ca_fingerprint}")
+        }
+        AuditEvent::MemberAdded { name, role, .. } => format!("member {name} added as {role}"),
+        AuditEvent::MemberRemoved { name } => format!("member {name} removed"),
+        AuditEvent::HostAdded {
+            name,
+            address,
+            port,
+            ..
+        } => format!("host {name} added ({address}:{port})"),
+        AuditEvent::HostRemoved { name } => format!("host {name} removed"),
+        AuditEvent::RequestCreated {
+            id,
+            requester,
+            resource,
+            role,
+            duration_secs,
+            ..
+        } => format!(
+            "request {id} created: {requester} asks {role} on {resource} for {}",
+            crate::model::format_duration(*duration_secs)
+        ),
+        AuditEvent::RequestApproved {
+            id,
+            by,
+            approvals,
+            approvals_required,
+            ..
+        } => {
+            format!("request {id} approved by {by} ({approvals}/{approvals_required})")
+        }
+        AuditEvent::RequestDenied { id, by, reason } => {
+            format!("request {id} denied by {by}: {reason}")
+        }
+        AuditEvent::RequestCancelled { id, by } => format!("request {id} cancelled by {by}"),
+        AuditEvent::GrantStarted {
+            id,
+            start,
+            end,
+            login,
+            ..
+        } => {
+            format!("grant {id}: {start} to {end} as {login}")
+        }
+        AuditEvent::CertificateIssued {
+            id,
+            serial,
+            key_id,
+            key_fingerprint,
+            ..
+        } => {
+            format!(
+                "certificate serial {serial} ({key_id}) for request {id}, key {key_fingerprint}"
+            )
+        }
+    }
+}
+
+fn new_member(
+    name: Name,
+    role: Role,
+    key_words: &[String],
+    actor: &Member,
+    now: Timestamp,
+) -> Result<Member> {
+    let mut lines = Vec::new();
+    let mut fingerprints = Vec::new();
+    let key = ca::parse_public_key(&key_words.join(" "))?;
+    lines.push(ca::openssh_without_comment(&key)?);
+    fingerprints.push(ca::fingerprint(key.key_data()));
+    Ok(Member {
+        name,
+        role,
+        keys: lines,
+        key_fingerprints: fingerprints,
+        added_at: now,
+        added_by: actor.name.to_string(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn new_host(
+    name: &str,
+    address: &str,
+    port: u16,
+    tags: &[String],
+    logins: &[String],
+    approvals: u32,
+    actor: &Member,
+    now: Timestamp,
+) -> Result<Host> {
+    let name: Name = name.parse()?;
+    validate_address(address)?;
+    if port == 0 {
+        return Err(Error::invalid(
+            "port 0 is not a port; use the host's sshd port, such as 22",
+        ));
+    }
+    if !(1..=MAX_APPROVALS).contains(&approvals) {
+        return Err(Error::invalid(format!(
+            "--approvals {approvals} is out of range; use 1 to {MAX_APPROVALS}"
+        )));
+    }
+    let tags = tags
+        .iter()
+        .map(|t| t.parse())
+        .collect::<Result<Vec<Name>>>()?;
+    let mut map = BTreeMap::new();
+    for l in logins {
+        let (role, user) = l.split_once('=').ok_or_else(|| {
+            Error::invalid(format!(
+                "--login '{}' is not ROLE=USER; use for example --login editor=deploy",
+                crate::model::printable(l, 40)
+            ))
+        })?;
+        let role: GrantRole = role.parse()?;
+        validate_login(user)?;
+        if map.insert(role, user.to_string()).is_some() {
+            return Err(Error::invalid(format!(
+                "--login for {role} is given twice; give it once"
+            )));
+        }
+    }
+    Ok(Host {
+        name,
+        address: address.to_string(),
+        port,
+        tags,
+        logins: map,
+        approvals_required: approvals,
+        added_at: now,
+        added_by: actor.name.to_string(),
+    })
+}

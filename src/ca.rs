@@ -1,0 +1,289 @@
+//! The certificate authority: key files (0600), the certificate profile, signing, and host setup.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use russh::keys::ssh_key::{
+    self, Algorithm, Certificate, HashAlg, LineEnding, PrivateKey, PublicKey,
+    certificate::{Builder, CertType},
+    public::KeyData,
+};
+
+use crate::error::{Error, Result};
+use crate::model::{Grant, GrantRole, Host, Request, printable};
+
+/// The smallest RSA key the broker will certify, in bits.
+pub const MIN_RSA_BITS: u32 = 2048;
+
+/// Generates a new Ed25519 key (for the CA, the broker's host key, or a dev identity).
+pub fn generate_key(comment: &str) -> Result<PrivateKey> {
+    let mut key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
+        .map_err(|e| Error::Internal(format!("cannot generate a key: {e}")))?;
+    key.set_comment(comment);
+    Ok(key)
+}
+
+/// Writes a private key that must not exist yet, readable by its owner only (0600).
+pub fn write_private_key(key: &PrivateKey, path: &Path) -> Result<()> {
+    let pem = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| Error::Internal(format!("cannot encode a private key: {e}")))?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(Error::io(format!("cannot create {}", path.display())))?;
+    f.write_all(pem.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(Error::io(format!("cannot write {}", path.display())))
+}
+
+/// Reads a private key, refusing one that others can read (as OpenSSH does).
+pub fn read_private_key(path: &Path) -> Result<PrivateKey> {
+    let meta =
+        std::fs::metadata(path).map_err(Error::io(format!("cannot read {}", path.display())))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Error::DataDir(format!(
+            "{} has mode {mode:o}, so others can read it; run 'chmod 600 {}'",
+            path.display(),
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(Error::io(format!("cannot read {}", path.display())))?;
+    PrivateKey::from_openssh(text.trim())
+        .map_err(|_| Error::DataDir(format!("{} is not an OpenSSH private key", path.display())))
+}
+
+/// SHA-256 fingerprint of a public key, as OpenSSH prints it (`SHA256:...`).
+pub fn fingerprint(key: &KeyData) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// Parses a public key a user pasted (`ssh-ed25519 AAAA... [comment]`) and checks it is usable.
+pub fn parse_public_key(text: &str) -> Result<PublicKey> {
+    let text = text.trim();
+    let shown = printable(text, 60);
+    if text.contains("-cert-v01@openssh.com") {
+        return Err(Error::InvalidKey(format!(
+            "'{shown}' is a certificate, not a public key; give the .pub file of the key"
+        )));
+    }
+    let key = PublicKey::from_openssh(text).map_err(|_| {
+        Error::InvalidKey(format!(
+            "'{shown}' is not an OpenSSH public key; give one line such as the contents of ~/.ssh/id_ed25519.pub"
+        ))
+    })?;
+    match key.key_data() {
+        KeyData::Ed25519(_) | KeyData::Ecdsa(_) => {}
+        KeyData::SkEd25519(_) | KeyData::SkEcdsaSha2NistP256(_) => {}
+        KeyData::Rsa(rsa) if rsa.key_size() >= MIN_RSA_BITS => {}
+        KeyData::Rsa(rsa) => {
+            return Err(Error::InvalidKey(format!(
+                "RSA key of {} bits is too weak; use Ed25519 (ssh-keygen -t ed25519) or RSA of at least {MIN_RSA_BITS} bits",
+                rsa.key_size()
+            )));
+        }
+        _ => {
+            return Err(Error::InvalidKey(format!(
+                "key type {} is not accepted; use Ed25519 (ssh-keygen -t ed25519)",
+                key.algorithm()
+            )));
+        }
+    }
+    Ok(key)
+}
+
+/// A public key in OpenSSH form without its comment, as stored for members.
+pub fn openssh_without_comment(key: &PublicKey) -> Result<String> {
+    let mut k = key.clone();
+    k.set_comment("");
+    k.to_openssh()
+        .map(|s| s.trim().to_string())
+        .map_err(|e| Error::Internal(format!("cannot encode a public key: {e}")))
+}
+
+/// Everything that goes into one certificate (DESIGN rule 8), decided before signing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub serial: u64,
+    pub key_id: String,
+    pub principals: Vec<String>,
+    pub valid_after: u64,
+    pub valid_before: u64,
+    pub extensions: Vec<&'static str>,
+}
+
+/// The profile for a grant: host-scoped principal, key id, the exact window, role extensions.
+pub fn profile(req: &Request, grant: &Grant, serial: u64) -> Profile {
+    let mut extensions = vec!["permit-pty"];
+    if grant.effective_role == GrantRole::Editor {
+        extensions.push("permit-port-forwarding");
+    }
+    Profile {
+        serial,
+        key_id: format!("sshjit:{}:{}", req.id, req.requester),
+        principals: vec![principal(&grant.login, req.resource.as_str())],
+        valid_after: grant.start.unix().max(0) as u64,
+        valid_before: grant.end.unix().max(0) as u64,
+        extensions,
+    }
+}
+
+/// The principal for `login` on `host`: `<login>@<host>`.
+pub fn principal(login: &str, host: &str) -> String {
+    format!("{login}@{host}")
+}
+
+/// The certificate authority.
+pub struct Ca {
+    key: PrivateKey,
+}
+
+impl Ca {
+    pub fn new(key: PrivateKey) -> Self {
+        Ca { key }
+    }
+
+    /// The CA's public key in OpenSSH form, for `TrustedUserCAKeys`.
+    pub fn public_key(&self) -> Result<String> {
+        self.key
+            .public_key()
+            .to_openssh()
+            .map_err(|e| Error::Internal(format!("cannot encode the CA key: {e}")))
+    }
+
+    pub fn fingerprint(&self) -> String {
+        fingerprint(self.key.public_key().key_data())
+    }
+
+    /// Whether `key` is the CA's own key (which is never certified).
+    pub fn is_ca_key(&self, key: &KeyData) -> bool {
+        key == self.key.public_key().key_data()
+    }
+
+    /// Signs a user certificate for `subject` with exactly `profile`.
+    pub fn sign(&self, subject: &KeyData, profile: &Profile) -> Result<Certificate> {
+        let sign_err =
+            |e: ssh_key::Error| Error::Internal(format!("cannot sign a certificate: {e}"));
+        let mut b = Builder::new_with_random_nonce(
+            &mut rand::rng(),
+            subject.clone(),
+            profile.valid_after,
+            profile.valid_before,
+        )
+        .map_err(sign_err)?;
+        b.serial(profile.serial).map_err(sign_err)?;
+        b.key_id(profile.key_id.clone()).map_err(sign_err)?;
+        b.cert_type(CertType::User).map_err(sign_err)?;
+        for p in &profile.principals {
+            b.valid_principal(p.clone()).map_err(sign_err)?;
+        }
+        for e in &profile.extensions {
+            b.extension(*e, "").map_err(sign_err)?;
+        }
+        b.sign(&self.key).map_err(sign_err)
+    }
+}
+
+/// One file a host needs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HostFile {
+    pub path: String,
+    pub content: String,
+}
+
+/// What makes a host trust the broker: sshd_config lines and the files they name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HostConfig {
+    pub host: String,
+    pub sshd_config: Vec<String>,
+    pub files: Vec<HostFile>,
+}
+
+/// Builds the host setup for `host` under `dir` (normally `/etc/ssh`).
+pub fn host_config(host: &Host, ca_public_key: &str, dir: &str) -> HostConfig {
+    let dir = dir.trim_end_matches('/');
+    let ca_path = format!("{dir}/sshjit_ca.pub");
+    let principals_dir = format!("{dir}/sshjit_principals");
+    let sshd_config = vec![
+        format!("TrustedUserCAKeys {ca_path}"),
+        format!("AuthorizedPrincipalsFile {principals_dir}/%u"),
+    ];
+    let mut files = vec![HostFile {
+        path: ca_path,
+        content: format!("{}\n", ca_public_key.trim()),
+    }];
+    let mut logins: Vec<&String> = host.logins.values().collect();
+    logins.sort();
+    logins.dedup();
+    for login in logins {
+        files.push(HostFile {
+            path: format!("{principals_dir}/{login}"),
+            content: format!("{}\n", principal(login, host.name.as_str())),
+        });
+    }
+    files.push(HostFile {
+        path: format!("{dir}/sshd_config.d/sshjit.conf"),
+        content: sshd_config.iter().map(|l| format!("{l}\n")).collect(),
+    });
+    HostConfig {
+        host: host.name.to_string(),
+        sshd_config,
+        files,
+    }
+}
+
+impl HostConfig {
+    /// A POSIX shell script that writes every file (run as root on the host).
+    pub fn script(&self) -> String {
+        let mut s = String::from(
+            "#!/bin/sh\n# Makes this host trust the sshjit CA. Run as root, then reload sshd.\nset -eu\numask 022\n",
+        );
+        for f in &self.files {
+            if let Some((parent, _)) = f.path.rsplit_once('/') {
+                s.push_str(&format!("mkdir -p '{parent}'\n"));
+            }
+            s.push_str(&format!(
+                "cat > '{}' <<'SSHJIT_EOF'\n{}SSHJIT_EOF\n",
+                f.path, f.content
+            ));
+        }
+        s.push_str("echo 'sshjit: host files written; check with sshd -t and reload sshd' >&2\n");
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_keys_are_refused_with_reasons() {
+        assert!(matches!(
+            parse_public_key("ssh-ed25519 notbase64"),
+            Err(Error::InvalidKey(_))
+        ));
+        assert!(matches!(parse_public_key(""), Err(Error::InvalidKey(_))));
+        let k = generate_key("x").unwrap();
+        let line = k.public_key().to_openssh().unwrap();
+        assert!(parse_public_key(&line).is_ok());
+    }
+
+    #[test]
+    fn private_keys_are_written_0600_and_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        let k = generate_key("x").unwrap();
+        write_private_key(&k, &p).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(write_private_key(&k, &p).is_err());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(read_private_key(&p).is_err());
+    }
+}

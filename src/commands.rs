@@ -1,0 +1,320 @@
+//! The broker's command language: one clap definition, shared by the SSH server and its clients.
+
+use clap::{Args, Parser, Subcommand, error::ErrorKind};
+
+use crate::error::{Error, Result};
+
+/// The longest exec line accepted, in bytes.
+pub const MAX_EXEC_LINE: usize = 8 * 1024;
+
+/// One command line, as sent in an SSH exec request.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sshjit",
+    about = "sshjit broker commands: ask for, approve and use time-boxed SSH access",
+    disable_version_flag = true,
+    color = clap::ColorChoice::Never,
+    help_template = "{about}\n\nUsage: ssh BROKER {usage}\n\n{all-args}"
+)]
+pub struct Invocation {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every command the broker answers.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show who the broker thinks you are.
+    Whoami,
+    /// Print the CA public key that hosts trust.
+    CaPubkey,
+    /// Ask for time-boxed access to a host.
+    Request(RequestArgs),
+    /// Show your requests and grants, or one of them.
+    Status {
+        /// A request id; omit to list all of yours.
+        id: Option<u64>,
+    },
+    /// Show one request in full (requester or approvers).
+    Show { id: u64 },
+    /// Withdraw your pending request.
+    Cancel { id: u64 },
+    /// List requests (owners and admins).
+    Requests {
+        /// Only this state: pending, approved, denied, expired or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many, newest last.
+        #[arg(long, default_value_t = 200)]
+        limit: usize,
+    },
+    /// Approve a pending request (owners and admins, not your own).
+    Approve {
+        id: u64,
+        /// A note for the audit log.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Deny a pending request (owners and admins).
+    Deny {
+        id: u64,
+        /// Why, for the requester and the audit log.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Sign a certificate for a current grant. The public key comes from --key or stdin.
+    Cert {
+        id: u64,
+        /// The public key to certify (`ssh-ed25519 AAAA...`); omit to read it from stdin.
+        #[arg(long, num_args = 1..=3, value_name = "PUBKEY")]
+        key: Option<Vec<String>>,
+    },
+    /// Manage team members (owners and admins).
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Manage hosts (owners and admins).
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// Print what makes a host trust the broker (owners and admins).
+    HostConfig {
+        name: String,
+        /// Directory on the host for the CA key and principals files.
+        #[arg(long, default_value = "/etc/ssh")]
+        dir: String,
+        /// Print a shell script that writes the files, instead of showing them.
+        #[arg(long)]
+        script: bool,
+    },
+    /// Read and check the audit log (owners and admins).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `request` arguments.
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// The host to access.
+    pub host: String,
+    /// viewer or editor.
+    #[arg(long)]
+    pub role: String,
+    /// How long, such as 30m, 2h or 1h30m (5m to 24h).
+    #[arg(long = "for", value_name = "DURATION")]
+    pub duration: String,
+    /// Why you need access; cite a ticket or incident.
+    #[arg(long)]
+    pub reason: String,
+    /// When the window may start at the earliest: RFC 3339 or +DURATION.
+    #[arg(long)]
+    pub start: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Add a member with an identity key.
+    Add {
+        name: String,
+        #[arg(long)]
+        role: String,
+        /// The member's SSH public key (`ssh-ed25519 AAAA... [comment]`).
+        #[arg(long, num_args = 1..=3, value_name = "PUBKEY", required = true)]
+        key: Vec<String>,
+    },
+    /// List members.
+    List,
+    /// Remove a member; their keys stop working at once.
+    Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Add a host.
+    Add {
+        name: String,
+        #[arg(long)]
+        address: String,
+        #[arg(long, default_value_t = 22)]
+        port: u16,
+        /// A tag such as prod; repeat for more.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// ROLE=USER: the unix login for a role (viewer or editor); repeat for both.
+        #[arg(long = "login", required = true)]
+        logins: Vec<String>,
+        /// Distinct approvals needed (1-5).
+        #[arg(long, default_value_t = 1)]
+        approvals: u32,
+    },
+    /// List hosts.
+    List,
+    /// Remove a host; no new certificates are issued for it.
+    Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Show audit entries.
+    Log {
+        /// Start at this sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Recompute the hash chain and name the first entry that does not match.
+    Verify,
+    /// Print every entry as JSON lines.
+    Export,
+}
+
+/// What parsing an exec line produced.
+#[derive(Debug)]
+pub enum Parsed {
+    /// A command to run.
+    Run(Invocation),
+    /// Text to print with success (help).
+    Help(String),
+}
+
+impl Invocation {
+    /// Whether the command reads the client's stdin before running.
+    pub fn reads_stdin(&self) -> bool {
+        matches!(self.command, Command::Cert { key: None, .. })
+    }
+}
+
+/// Splits an exec line as a POSIX shell would (quotes and backslashes, no expansion) and parses it.
+pub fn parse_line(line: &[u8]) -> Result<Parsed> {
+    if line.len() > MAX_EXEC_LINE {
+        return Err(Error::ExecLineTooLong {
+            len: line.len(),
+            max: MAX_EXEC_LINE,
+        });
+    }
+    let line = std::str::from_utf8(line)
+        .map_err(|_| Error::Usage("the command is not valid UTF-8; send plain text".into()))?;
+    let words = shlex::split(line).ok_or_else(|| {
+        Error::Usage(
+            "the command has an unclosed quote or a trailing backslash; check its quoting".into(),
+        )
+    })?;
+    parse_words(&words)
+}
+
+/// Parses already-split words.
+pub fn parse_words(words: &[String]) -> Result<Parsed> {
+    if words.is_empty() {
+        return Ok(Parsed::Help(help_text()));
+    }
+    if words.len() == 1 && words[0] == "help" {
+        return Ok(Parsed::Help(help_text()));
+    }
+    let argv = std::iter::once("sshjit").chain(words.iter().map(String::as_str));
+    match Invocation::try_parse_from(argv) {
+        Ok(inv) => Ok(Parsed::Run(inv)),
+        Err(e) => match e.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                Ok(Parsed::Help(e.render().to_string()))
+            }
+            ErrorKind::InvalidSubcommand => {
+                let first = words
+                    .iter()
+                    .find(|w| !w.starts_with('-'))
+                    .cloned()
+                    .unwrap_or_default();
+                Err(Error::UnknownCommand {
+                    command: crate::model::printable(&first, 40),
+                    known: known_commands().join(", "),
+                })
+            }
+            _ => Err(Error::Usage(clean_clap_error(&e.render().to_string()))),
+        },
+    }
+}
+
+/// The top-level command names.
+pub fn known_commands() -> Vec<String> {
+    use clap::CommandFactory;
+    Invocation::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .filter(|n| n != "help")
+        .collect()
+}
+
+/// The full help text.
+pub fn help_text() -> String {
+    use clap::CommandFactory;
+    Invocation::command().render_help().to_string()
+}
+
+fn clean_clap_error(s: &str) -> String {
+    let s = s.trim().trim_start_matches("error: ");
+    s.replace(
+        "\n\nFor more information, try '--help'.",
+        "; run 'help' for usage",
+    )
+    .replace("Usage: ", "usage: ssh BROKER ")
+    .replace("sshjit ", "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(line: &str) -> Invocation {
+        match parse_line(line.as_bytes()).unwrap() {
+            Parsed::Run(i) => i,
+            Parsed::Help(h) => panic!("help: {h}"),
+        }
+    }
+
+    #[test]
+    fn quoting_follows_posix_shell_rules() {
+        let inv = run(r#"request web-01 --role editor --for 2h --reason 'fix "it"' --json"#);
+        let Command::Request(a) = inv.command else {
+            panic!()
+        };
+        assert_eq!(a.reason, r#"fix "it""#);
+        assert!(inv.json);
+        let inv = run(r#"deny 3 --reason "no\ way""#);
+        assert!(matches!(inv.command, Command::Deny { reason, .. } if reason == "no way"));
+    }
+
+    #[test]
+    fn keys_may_span_words() {
+        let inv = run("member add bob --role editor --key ssh-ed25519 AAAAC3 bob@laptop");
+        let Command::Member(MemberCommand::Add { key, .. }) = inv.command else {
+            panic!()
+        };
+        assert_eq!(key, vec!["ssh-ed25519", "AAAAC3", "bob@laptop"]);
+    }
+
+    #[test]
+    fn unknown_commands_list_the_known_ones() {
+        let err = parse_line(b"frobnicate 1").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("frobnicate") && msg.contains("request") && msg.contains("audit"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn help_and_limits() {
+        assert!(matches!(parse_line(b"help").unwrap(), Parsed::Help(h) if h.contains("request")));
+        assert!(matches!(
+            parse_line(b"request --help").unwrap(),
+            Parsed::Help(_)
+        ));
+        assert!(matches!(
+            parse_line(&vec![b'a'; MAX_EXEC_LINE + 1]),
+            Err(Error::ExecLineTooLong { .. })
+        ));
+        assert!(matches!(parse_line(b"status 'open"), Err(Error::Usage(_))));
+    }
+}

@@ -1,0 +1,347 @@
+//! The broker's data directory: `init`, the config file, opening it to serve, and the dev setup.
+//!
+//! Layout: `config.toml`, `ca_key` and `host_key` (0600), `ca_key.pub`, and `db/` (sled).
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::AuditEvent;
+use crate::broker::Broker;
+use crate::ca::{self, Ca};
+use crate::error::{Error, Result};
+use crate::model::{GrantRole, Host, Member, Name, Role, Timestamp};
+use crate::policy::Policy;
+use crate::store::{self, Store};
+
+/// Connection limits of the SSH server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open connections, all members together.
+    pub max_connections: usize,
+    /// Open connections per member.
+    pub max_connections_per_member: usize,
+    /// Seconds a connection may take to authenticate.
+    pub login_grace_secs: u64,
+    /// Seconds of silence before a connection is closed.
+    pub idle_timeout_secs: u64,
+    /// Bytes a command may read from stdin (a public key).
+    pub max_stdin_bytes: usize,
+    /// Commands running at once on one connection.
+    pub max_channels_per_connection: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 256,
+            max_connections_per_member: 16,
+            login_grace_secs: 30,
+            idle_timeout_secs: 60,
+            max_stdin_bytes: 16 * 1024,
+            max_channels_per_connection: 16,
+        }
+    }
+}
+
+/// `config.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on, such as `0.0.0.0:2222`.
+    pub listen: String,
+    #[serde(default)]
+    pub policy: Policy,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+impl Config {
+    fn new(listen: &str) -> Self {
+        Config {
+            listen: listen.to_string(),
+            policy: Policy::default(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// Reads and checks `config.toml`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = fs::read_to_string(path)
+            .map_err(Error::io(format!("cannot read {}", path.display())))?;
+        let cfg: Config = toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("{} is invalid: {e}", path.display())))?;
+        cfg.policy.validate()?;
+        if cfg.limits.max_connections == 0 || cfg.limits.max_connections_per_member == 0 {
+            return Err(Error::Config(format!(
+                "{}: connection limits must be at least 1",
+                path.display()
+            )));
+        }
+        Ok(cfg)
+    }
+}
+
+/// A data directory's paths.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DataDir { root: root.into() }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.root.join("ca_key")
+    }
+    pub fn host_key(&self) -> PathBuf {
+        self.root.join("host_key")
+    }
+    pub fn db(&self) -> PathBuf {
+        store::db_dir(&self.root)
+    }
+}
+
+/// What `init` made.
+#[derive(Debug, Clone)]
+pub struct Initialized {
+    pub ca_public_key: String,
+    pub ca_fingerprint: String,
+    pub host_key_fingerprint: String,
+}
+
+/// Reads a public key given as text or as the path of a `.pub` file.
+pub fn read_public_key_arg(arg: &str) -> Result<String> {
+    let p = Path::new(arg);
+    if !arg.contains(' ') && p.is_file() {
+        return fs::read_to_string(p).map_err(Error::io(format!("cannot read {arg}")));
+    }
+    Ok(arg.to_string())
+}
+
+/// Creates a data directory: keys, config, database, and the first OWNER.
+pub fn init(
+    dir: &DataDir,
+    owner: &str,
+    owner_key: &str,
+    listen: &str,
+    now: Timestamp,
+) -> Result<Initialized> {
+    let owner: Name = owner.parse()?;
+    let key = ca::parse_public_key(owner_key)?;
+    if dir.root.exists() {
+        let empty = fs::read_dir(&dir.root)
+            .map_err(Error::io(format!("cannot read {}", dir.root.display())))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(Error::DataDir(format!(
+                "{} already exists and is not empty; init never overwrites a data dir. Pick a new directory",
+                dir.root.display()
+            )));
+        }
+        fs::set_permissions(&dir.root, fs::Permissions::from_mode(0o700))
+            .map_err(Error::io(format!("cannot chmod {}", dir.root.display())))?;
+    } else {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir.root)
+            .map_err(Error::io(format!("cannot create {}", dir.root.display())))?;
+    }
+    let ca_key = ca::generate_key("sshjit-ca")?;
+    ca::write_private_key(&ca_key, &dir.ca_key())?;
+    let ca = Ca::new(ca_key);
+    fs::write(
+        dir.root.join("ca_key.pub"),
+        format!("{}\n", ca.public_key()?),
+    )
+    .map_err(Error::io("cannot write ca_key.pub"))?;
+    let host_key = ca::generate_key("sshjit-broker-host")?;
+    ca::write_private_key(&host_key, &dir.host_key())?;
+    let cfg = toml::to_string_pretty(&Config::new(listen))
+        .map_err(|e| Error::Internal(format!("cannot encode config: {e}")))?;
+    fs::write(
+        dir.config(),
+        format!("# sshjit-broker configuration\n{cfg}"),
+    )
+    .map_err(Error::io("cannot write config.toml"))?;
+
+    let store = Store::open(&dir.db())?;
+    let member = Member {
+        name: owner.clone(),
+        role: Role::Owner,
+        keys: vec![ca::openssh_without_comment(&key)?],
+        key_fingerprints: vec![ca::fingerprint(key.key_data())],
+        added_at: now,
+        added_by: "init".into(),
+    };
+    let ca_fingerprint = ca.fingerprint();
+    store.apply(now, "init", |tx| {
+        tx.add_member(&member)?;
+        let events = vec![
+            AuditEvent::BrokerInitialized {
+                owner: owner.to_string(),
+                ca_fingerprint: ca_fingerprint.clone(),
+            },
+            AuditEvent::MemberAdded {
+                name: owner.to_string(),
+                role: Role::Owner,
+                key_fingerprints: member.key_fingerprints.clone(),
+            },
+        ];
+        Ok(((), events))
+    })?;
+    Ok(Initialized {
+        ca_public_key: ca.public_key()?,
+        ca_fingerprint,
+        host_key_fingerprint: ca::fingerprint(host_key.public_key().key_data()),
+    })
+}
+
+/// An opened data directory, ready to serve.
+pub struct Opened {
+    pub config: Config,
+    pub broker: Broker,
+    pub host_key: russh::keys::PrivateKey,
+}
+
+/// Opens a data directory made by `init`.
+pub fn open(dir: &DataDir) -> Result<Opened> {
+    if !dir.config().is_file() {
+        return Err(Error::DataDir(format!(
+            "{} is not a broker data dir (no config.toml); create one with 'sshjit-broker init'",
+            dir.root.display()
+        )));
+    }
+    let config = Config::load(&dir.config())?;
+    let ca = Ca::new(ca::read_private_key(&dir.ca_key())?);
+    let host_key = ca::read_private_key(&dir.host_key())?;
+    let store = Store::open(&dir.db())?;
+    if !store.is_initialized()? {
+        return Err(Error::DataDir(format!(
+            "the database in {} is empty; it was not made by 'sshjit-broker init'",
+            dir.root.display()
+        )));
+    }
+    let broker = Broker::new(store, ca, config.policy.clone());
+    Ok(Opened {
+        config,
+        broker,
+        host_key,
+    })
+}
+
+/// Adds a member and a host directly, for `serve --dev` (same audit as over SSH).
+pub fn dev_seed(
+    store: &Store,
+    approver: (&str, &str),
+    host: (&str, u16, &str),
+    now: Timestamp,
+) -> Result<()> {
+    let key = ca::parse_public_key(approver.1)?;
+    let member = Member {
+        name: approver.0.parse()?,
+        role: Role::Owner,
+        keys: vec![ca::openssh_without_comment(&key)?],
+        key_fingerprints: vec![ca::fingerprint(key.key_data())],
+        added_at: now,
+        added_by: "dev".into(),
+    };
+    let host = Host {
+        name: host.0.parse()?,
+        address: "127.0.0.1".into(),
+        port: host.1,
+        tags: vec!["dev".parse()?],
+        logins: [
+            (GrantRole::Viewer, host.2.to_string()),
+            (GrantRole::Editor, host.2.to_string()),
+        ]
+        .into_iter()
+        .collect(),
+        approvals_required: 1,
+        added_at: now,
+        added_by: "dev".into(),
+    };
+    store.apply(now, "dev", |tx| {
+        tx.add_member(&member)?;
+        tx.put_host(&host)?;
+        let events = vec![
+            AuditEvent::MemberAdded {
+                name: member.name.to_string(),
+                role: member.role,
+                key_fingerprints: member.key_fingerprints.clone(),
+            },
+            AuditEvent::HostAdded {
+                name: host.name.to_string(),
+                address: host.address.clone(),
+                port: host.port,
+                tags: vec!["dev".into()],
+                logins: host
+                    .logins
+                    .iter()
+                    .map(|(r, l)| format!("{r}={l}"))
+                    .collect(),
+                approvals_required: 1,
+            },
+        ];
+        Ok(((), events))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> String {
+        ca::generate_key("o")
+            .unwrap()
+            .public_key()
+            .to_openssh()
+            .unwrap()
+    }
+
+    #[test]
+    fn init_refuses_to_overwrite_and_open_works() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        init(
+            &dir,
+            "olga",
+            &key(),
+            "127.0.0.1:0",
+            Timestamp::from_unix(1_800_000_000),
+        )
+        .unwrap();
+        let mode = fs::metadata(dir.ca_key()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let err = init(&dir, "olga", &key(), "127.0.0.1:0", Timestamp::from_unix(1)).unwrap_err();
+        assert!(err.to_string().contains("not empty"), "{err}");
+        let opened = open(&dir).unwrap();
+        assert!(opened.broker.store().verify_audit().unwrap().ok);
+        // A second opener is told the broker is running.
+        let second = open(&dir).err().unwrap();
+        assert!(matches!(second, Error::DatabaseInUse(_)), "{second}");
+    }
+
+    #[test]
+    fn config_cannot_widen_the_policy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("c.toml");
+        fs::write(
+            &p,
+            "listen = \"127.0.0.1:1\"\n[policy]\nmax_duration_secs = 100000\n",
+        )
+        .unwrap();
+        assert!(Config::load(&p).is_err());
+        fs::write(&p, "listen = \"127.0.0.1:1\"\nbogus = 1\n").unwrap();
+        assert!(Config::load(&p).is_err());
+    }
+}

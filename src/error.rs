@@ -1,0 +1,128 @@
+//! The one error type of the library: each variant says what is wrong and what to do next.
+
+use std::path::PathBuf;
+
+/// A library result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, in words a user can act on.
+///
+/// Every variant has a stable machine `code` (part of the `--json` contract) and a
+/// lowercase message that pairs the problem with a recommendation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A value given on the command line is malformed or out of range.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The exec line could not be parsed as a command.
+    #[error("{0}")]
+    Usage(String),
+    /// The first word of the exec line is not a command.
+    #[error("unknown command '{command}'; the commands are: {known}. Run 'help' for details")]
+    UnknownCommand { command: String, known: String },
+    /// The exec line is over the size limit.
+    #[error(
+        "command line is {len} bytes; the limit is {max} bytes. Shorten the reason or other arguments"
+    )]
+    ExecLineTooLong { len: usize, max: usize },
+    /// JIT can only grant VIEWER or EDITOR.
+    #[error(
+        "role '{0}' cannot be requested: just-in-time access grants only 'viewer' or 'editor'. Ask an owner to change your base role if you need more"
+    )]
+    RoleNotGrantable(String),
+    /// Something named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// Something with that name or key already exists.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The caller's role does not allow the command.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The request is not in a state that allows the action.
+    #[error("{0}")]
+    InvalidState(String),
+    /// A certificate was asked for outside the grant window.
+    #[error("{0}")]
+    GrantNotCurrent(String),
+    /// A public key could not be used.
+    #[error("{0}")]
+    InvalidKey(String),
+    /// A connection or rate limit was hit.
+    #[error("{0}")]
+    Busy(String),
+    /// The database is held by another process (normally a running broker).
+    #[error(
+        "the database in {} is in use: a broker is running on it. Stop the broker first, or use 'audit verify' over SSH",
+        .0.display()
+    )]
+    DatabaseInUse(PathBuf),
+    /// The data directory is missing pieces or already exists.
+    #[error("{0}")]
+    DataDir(String),
+    /// The configuration file is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// sled failed underneath us.
+    #[error("storage error: {0}; the last change was not applied")]
+    Storage(String),
+    /// A file-system operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bug or broken invariant; never expected.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The stable machine-readable code used in `--json` error output.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::Usage(_) => "usage",
+            Error::UnknownCommand { .. } => "unknown_command",
+            Error::ExecLineTooLong { .. } => "command_too_long",
+            Error::RoleNotGrantable(_) => "role_not_grantable",
+            Error::NotFound(_) => "not_found",
+            Error::AlreadyExists(_) => "already_exists",
+            Error::PermissionDenied(_) => "permission_denied",
+            Error::InvalidState(_) => "invalid_state",
+            Error::GrantNotCurrent(_) => "grant_not_current",
+            Error::InvalidKey(_) => "invalid_key",
+            Error::Busy(_) => "busy",
+            Error::DatabaseInUse(_) => "database_in_use",
+            Error::DataDir(_) => "data_dir",
+            Error::Config(_) => "config",
+            Error::Storage(_) => "storage",
+            Error::Io { .. } => "io",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidArgument`].
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::Storage(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Internal(format!("stored record does not decode: {e}"))
+    }
+}

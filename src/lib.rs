@@ -1,0 +1,33 @@
+//! sshjit: a just-in-time SSH access broker and OpenSSH user-certificate authority.
+//!
+//! The components, from the inside out:
+//! - [`model`]: the nouns (members, hosts, requests, grants, times), parsed so bad values cannot exist;
+//! - [`policy`]: the access rules, pure, with `now` as an argument;
+//! - [`justify`]: the deterministic justification written for each request;
+//! - [`audit`]: typed audit events and the SHA-256 hash chain;
+//! - [`store`]: the only module that touches sled; one transaction per change, audit included;
+//! - [`ca`]: key files, the certificate profile, signing, and host setup;
+//! - [`commands`]: the command language (clap), shared by the server and its clients;
+//! - [`broker`]: runs one command for one member at one time;
+//! - [`views`]: the `--json` objects and their text forms;
+//! - [`datadir`]: `init`, the data directory and its config file;
+//! - [`dev`]: `serve --dev`, a throwaway broker with a walkthrough;
+//! - [`server`]: the russh SSH server, its limits and graceful shutdown.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod audit;
+pub mod broker;
+pub mod ca;
+pub mod commands;
+pub mod datadir;
+pub mod dev;
+pub mod error;
+pub mod justify;
+pub mod model;
+pub mod policy;
+pub mod server;
+pub mod store;
+pub mod views;
+
+pub use error::{Error, Result};

@@ -1,0 +1,556 @@
+//! The nouns of sshjit (members, roles, hosts, requests, grants, times), parsed so bad values cannot exist.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+
+/// A point in time: whole UTC seconds since the Unix epoch. Serialized as RFC 3339.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// The broker's clock, truncated to the second. The only place the wall clock is read.
+    pub fn now() -> Self {
+        Timestamp(Utc::now().timestamp())
+    }
+
+    /// A time from Unix seconds.
+    pub const fn from_unix(secs: i64) -> Self {
+        Timestamp(secs)
+    }
+
+    /// Unix seconds.
+    pub const fn unix(self) -> i64 {
+        self.0
+    }
+
+    /// This time plus `secs` seconds, saturating instead of overflowing.
+    pub fn plus(self, secs: u64) -> Self {
+        Timestamp(
+            self.0
+                .saturating_add(i64::try_from(secs).unwrap_or(i64::MAX)),
+        )
+    }
+
+    /// Seconds from `self` until `later` (negative if `later` is earlier).
+    pub fn until(self, later: Timestamp) -> i64 {
+        later.0.saturating_sub(self.0)
+    }
+
+    /// Parses RFC 3339 (`2026-11-21T22:46:20Z`), dropping sub-second parts.
+    pub fn parse_rfc3339(s: &str) -> Result<Self> {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| Timestamp(t.timestamp()))
+            .map_err(|_| {
+                Error::invalid(format!(
+                    "'{s}' is not a time; use RFC 3339 such as 2026-11-21T22:46:20Z, or +DURATION such as +30m"
+                ))
+            })
+    }
+
+    /// Parses a user-supplied start time: RFC 3339, or `+DURATION` relative to `now`.
+    pub fn parse_start(s: &str, now: Timestamp) -> Result<Self> {
+        match s.strip_prefix('+') {
+            Some(rel) => Ok(now.plus(parse_duration(rel)?)),
+            None => Self::parse_rfc3339(s),
+        }
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match DateTime::<Utc>::from_timestamp(self.0, 0) {
+            Some(t) => f.write_str(&t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+            None => write!(f, "@{}", self.0),
+        }
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Timestamp::parse_rfc3339(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses a duration such as `90s`, `30m`, `2h`, `1h30m` or `1d` into seconds.
+pub fn parse_duration(s: &str) -> Result<u64> {
+    let bad = || {
+        Error::invalid(format!(
+            "'{s}' is not a duration; use a number with a unit, such as 30m, 2h or 1h30m (units: s, m, h, d)"
+        ))
+    };
+    if s.is_empty() || s.len() > 32 {
+        return Err(bad());
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        digits.clear();
+    }
+    if !digits.is_empty() {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+/// Formats seconds as a short human duration (`2h`, `1h30m`, `45s`).
+pub fn format_duration(secs: u64) -> String {
+    if secs == 0 {
+        return "0s".into();
+    }
+    let (d, h, m, s) = (
+        secs / 86400,
+        secs % 86400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    let mut out = String::new();
+    for (n, unit) in [(d, 'd'), (h, 'h'), (m, 'm'), (s, 's')] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    out
+}
+
+/// A member's base role, lowest first so `Ord` ranks them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Editor,
+    Admin,
+    Owner,
+}
+
+impl Role {
+    /// OWNER and ADMIN hold the manage_members power: approving, and managing members and hosts.
+    pub fn can_manage(self) -> bool {
+        self >= Role::Admin
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Editor => "editor",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "viewer" => Ok(Role::Viewer),
+            "editor" => Ok(Role::Editor),
+            "admin" => Ok(Role::Admin),
+            "owner" => Ok(Role::Owner),
+            _ => Err(Error::invalid(format!(
+                "'{s}' is not a role; use one of owner, admin, editor, viewer"
+            ))),
+        }
+    }
+}
+
+/// A role that just-in-time access can grant. ADMIN and OWNER are not representable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantRole {
+    Viewer,
+    Editor,
+}
+
+impl GrantRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantRole::Viewer => "viewer",
+            GrantRole::Editor => "editor",
+        }
+    }
+}
+
+impl fmt::Display for GrantRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<GrantRole> for Role {
+    fn from(r: GrantRole) -> Role {
+        match r {
+            GrantRole::Viewer => Role::Viewer,
+            GrantRole::Editor => Role::Editor,
+        }
+    }
+}
+
+impl FromStr for GrantRole {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.parse::<Role>()? {
+            Role::Viewer => Ok(GrantRole::Viewer),
+            Role::Editor => Ok(GrantRole::Editor),
+            other => Err(Error::RoleNotGrantable(other.to_string())),
+        }
+    }
+}
+
+/// A member, host or tag name: 1-64 of `a-z 0-9 . _ -`, starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Name(String);
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Name {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+            });
+        if ok {
+            Ok(Name(s))
+        } else {
+            Err(Error::invalid(format!(
+                "'{}' is not a valid name; use 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit",
+                printable(&s, 80)
+            )))
+        }
+    }
+}
+
+impl FromStr for Name {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Name::try_from(s.to_string())
+    }
+}
+
+impl From<Name> for String {
+    fn from(n: Name) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A unix login name on a host: 1-32 of `A-Z a-z 0-9 . _ -`, not starting with `-`.
+pub fn validate_login(s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && !s.starts_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "'{}' is not a valid unix login; use 1-32 letters, digits, '.', '_' or '-'",
+            printable(s, 40)
+        )))
+    }
+}
+
+/// A host address: a DNS name or an IP address.
+pub fn validate_address(s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && !s.starts_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "'{}' is not a host address; use a DNS name or an IP address such as 10.0.0.5",
+            printable(s, 80)
+        )))
+    }
+}
+
+/// Shortens `s` to `max` chars and escapes control characters, for echoing bad input safely.
+pub fn printable(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).flat_map(char::escape_debug).collect();
+    if s.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
+/// A person on the team.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: Name,
+    pub role: Role,
+    /// Identity keys in OpenSSH form, without comments.
+    pub keys: Vec<String>,
+    /// SHA-256 fingerprints of `keys`, in the same order.
+    pub key_fingerprints: Vec<String>,
+    pub added_at: Timestamp,
+    pub added_by: String,
+}
+
+/// A host that access can be requested to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    pub name: Name,
+    pub address: String,
+    pub port: u16,
+    pub tags: Vec<Name>,
+    /// The unix login used on this host for each grantable role.
+    pub logins: BTreeMap<GrantRole, String>,
+    /// Distinct approvals needed before a request is granted.
+    pub approvals_required: u32,
+    pub added_at: Timestamp,
+    pub added_by: String,
+}
+
+impl Host {
+    /// Whether the host is tagged as production.
+    pub fn is_production(&self) -> bool {
+        self.tags
+            .iter()
+            .any(|t| matches!(t.as_str(), "prod" | "production") || t.as_str().starts_with("prod-"))
+    }
+}
+
+/// One approver's yes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub by: Name,
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// What an approved request became: a fixed window and the access it carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub effective_role: GrantRole,
+    pub login: String,
+}
+
+impl Grant {
+    /// Whether `now` is inside `[start, end)`.
+    pub fn is_current(&self, now: Timestamp) -> bool {
+        self.start <= now && now < self.end
+    }
+}
+
+/// How a request was decided, as stored. Expiry is not stored: it is read from the clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum Decision {
+    Pending,
+    Approved {
+        grant: Grant,
+    },
+    Denied {
+        by: Name,
+        at: Timestamp,
+        reason: String,
+    },
+    Cancelled {
+        at: Timestamp,
+    },
+}
+
+/// The state a reader sees at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestState {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    Cancelled,
+}
+
+impl RequestState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestState::Pending => "pending",
+            RequestState::Approved => "approved",
+            RequestState::Denied => "denied",
+            RequestState::Expired => "expired",
+            RequestState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for RequestState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RequestState {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "pending" => Ok(RequestState::Pending),
+            "approved" => Ok(RequestState::Approved),
+            "denied" => Ok(RequestState::Denied),
+            "expired" => Ok(RequestState::Expired),
+            "cancelled" | "canceled" => Ok(RequestState::Cancelled),
+            _ => Err(Error::invalid(format!(
+                "'{}' is not a request state; use pending, approved, denied, expired or cancelled",
+                printable(s, 40)
+            ))),
+        }
+    }
+}
+
+/// Who wrote a justification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JustificationSource {
+    Deterministic,
+    Model,
+}
+
+/// The written case for a request, for the approver and the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Justification {
+    pub text: String,
+    pub flags: Vec<String>,
+    pub source: JustificationSource,
+}
+
+/// A request for access, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub id: u64,
+    pub requester: Name,
+    pub resource: Name,
+    pub role: GrantRole,
+    pub duration_secs: u64,
+    pub reason: String,
+    pub requested_start: Option<Timestamp>,
+    pub justification: Justification,
+    pub created_at: Timestamp,
+    pub pending_until: Timestamp,
+    pub approvals: Vec<Approval>,
+    pub approvals_required: u32,
+    /// The host's login per role when the request was made.
+    pub logins: BTreeMap<GrantRole, String>,
+    pub decision: Decision,
+}
+
+impl Request {
+    /// The state as seen at `now`: a pending request past its TTL reads as expired.
+    pub fn state_at(&self, now: Timestamp) -> RequestState {
+        match &self.decision {
+            Decision::Pending if now >= self.pending_until => RequestState::Expired,
+            Decision::Pending => RequestState::Pending,
+            Decision::Approved { .. } => RequestState::Approved,
+            Decision::Denied { .. } => RequestState::Denied,
+            Decision::Cancelled { .. } => RequestState::Cancelled,
+        }
+    }
+
+    /// The grant, if the request was approved.
+    pub fn grant(&self) -> Option<&Grant> {
+        match &self.decision {
+            Decision::Approved { grant } => Some(grant),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_format() {
+        assert_eq!(parse_duration("90s").unwrap(), 90);
+        assert_eq!(parse_duration("2h").unwrap(), 7200);
+        assert_eq!(parse_duration("1h30m").unwrap(), 5400);
+        assert_eq!(parse_duration("1d").unwrap(), 86400);
+        for bad in ["", "2", "h", "2x", "-5m", "1.5h", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad} should not parse");
+        }
+        assert_eq!(format_duration(5400), "1h30m");
+        assert_eq!(format_duration(86400), "1d");
+    }
+
+    #[test]
+    fn timestamps_round_trip_as_rfc3339() {
+        let t = Timestamp::parse_rfc3339("2026-11-21T22:46:20Z").unwrap();
+        assert_eq!(t.to_string(), "2026-11-21T22:46:20Z");
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(json, "\"2026-11-21T22:46:20Z\"");
+        assert_eq!(Timestamp::parse_start("+30m", t).unwrap(), t.plus(1800));
+    }
+
+    #[test]
+    fn admin_and_owner_are_not_grantable() {
+        assert_eq!("EDITOR".parse::<GrantRole>().unwrap(), GrantRole::Editor);
+        assert!(matches!(
+            "admin".parse::<GrantRole>(),
+            Err(Error::RoleNotGrantable(_))
+        ));
+        assert!(matches!(
+            "owner".parse::<GrantRole>(),
+            Err(Error::RoleNotGrantable(_))
+        ));
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!("web-01".parse::<Name>().is_ok());
+        for bad in ["", "Web", "-x", "a b", "a/b", &"x".repeat(65)] {
+            assert!(bad.parse::<Name>().is_err(), "{bad}");
+        }
+    }
+}
