@@ -1,0 +1,386 @@
+//! Test helpers: a real broker process on 127.0.0.1:0, stock OpenSSH clients, and a real sshd.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Fails with install instructions when an OpenSSH tool is missing.
+pub fn require(tool: &str) -> PathBuf {
+    let candidates = [
+        PathBuf::from(tool),
+        Path::new("/usr/bin").join(tool),
+        Path::new("/usr/sbin").join(tool),
+    ];
+    for c in candidates {
+        if c.is_absolute() && c.is_file() {
+            return c;
+        }
+    }
+    if let Ok(out) = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+    {
+        let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !p.is_empty() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!(
+        "{tool} is not installed; these tests run real OpenSSH. Install it with \
+         'apt-get install -y openssh-server openssh-client', or run scripts/test, which does"
+    );
+}
+
+/// The unix user running the tests (logins go to this account, so no accounts are created).
+pub fn current_user() -> String {
+    let out = Command::new("id").arg("-un").output().expect("id -un");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// An identity key made by ssh-keygen.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub key: PathBuf,
+    pub public: String,
+}
+
+/// Makes an Ed25519 key with ssh-keygen in `dir`.
+pub fn keygen(dir: &Path, name: &str) -> Identity {
+    let key = dir.join(name);
+    let st = Command::new(require("ssh-keygen"))
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let public = std::fs::read_to_string(key.with_extension("pub"))
+        .unwrap_or_else(|_| std::fs::read_to_string(format!("{}.pub", key.display())).unwrap());
+    Identity {
+        name: name.to_string(),
+        key,
+        public: public.trim().to_string(),
+    }
+}
+
+/// What a command printed.
+#[derive(Debug, Clone)]
+pub struct Out {
+    pub stdout: String,
+    pub stderr: String,
+    pub code: i32,
+}
+
+impl Out {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "command failed: {self:?}");
+        self
+    }
+    /// The `--json` error object on stderr.
+    pub fn error_code(&self) -> String {
+        let v: Value = serde_json::from_str(self.stderr.trim())
+            .unwrap_or_else(|e| panic!("stderr is not a JSON error ({e}): {self:?}"));
+        v["error"]["code"].as_str().unwrap().to_string()
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sshjit-broker")
+}
+
+/// A broker daemon process over a data dir in a temp dir.
+pub struct Broker {
+    pub tmp: tempfile::TempDir,
+    pub data: PathBuf,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    pub owner: Identity,
+}
+
+impl Broker {
+    /// `init` a fresh data dir with `olga` as OWNER and start the daemon.
+    pub fn start_new() -> Broker {
+        let tmp = tempfile::tempdir().unwrap();
+        let owner = keygen(tmp.path(), "olga");
+        let data = tmp.path().join("data");
+        let out = Command::new(bin())
+            .args([
+                "init",
+                "--owner",
+                "olga",
+                "--owner-key",
+                &owner.public,
+                "--data-dir",
+            ])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "init failed: {out:?}");
+        let mut b = Broker {
+            tmp,
+            data,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            child: None,
+            owner,
+        };
+        b.spawn();
+        b
+    }
+
+    /// Starts the daemon on the existing data dir.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join("broker.log"))
+            .unwrap();
+        let mut child = Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.data)
+            .env("SSHJIT_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("broker did not start: {line:?}; log: {}", self.log()));
+        self.addr = addr.parse().unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("broker.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait: a graceful stop.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("broker not running");
+        signal(&child, "TERM");
+        wait_timeout(&mut child, Duration::from_secs(20)).expect("broker did not stop on SIGTERM")
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("broker not running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Base arguments for stock `ssh` to this broker as `who`.
+    pub fn ssh_cmd(&self, who: &Identity) -> Command {
+        let mut c = Command::new(require("ssh"));
+        c.args(ssh_opts(self.tmp.path()))
+            .arg("-i")
+            .arg(&who.key)
+            .args(["-p", &self.addr.port().to_string(), "127.0.0.1"]);
+        c
+    }
+
+    /// Runs one broker command over stock ssh as `who`.
+    pub fn ssh(&self, who: &Identity, line: &str) -> Out {
+        self.ssh_stdin(who, line, b"")
+    }
+
+    /// Runs one broker command with `stdin`.
+    pub fn ssh_stdin(&self, who: &Identity, line: &str, stdin: &[u8]) -> Out {
+        let mut c = self.ssh_cmd(who);
+        c.arg(line);
+        run_with_stdin(c, stdin)
+    }
+
+    /// Adds a member with a fresh key.
+    pub fn add_member(&self, name: &str, role: &str) -> Identity {
+        let id = keygen(self.tmp.path(), name);
+        self.ssh(
+            &self.owner,
+            &format!("member add {name} --role {role} --key '{}'", id.public),
+        )
+        .ok();
+        id
+    }
+
+    /// Offline-style JSON of a command as the owner.
+    pub fn json(&self, line: &str) -> Value {
+        self.ssh(&self.owner, &format!("{line} --json")).ok().json()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// ssh options that ignore the user's config and known hosts.
+pub fn ssh_opts(tmp: &Path) -> Vec<String> {
+    vec![
+        "-F".into(),
+        "/dev/null".into(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-o".into(),
+        "IdentitiesOnly=yes".into(),
+        "-o".into(),
+        "StrictHostKeyChecking=no".into(),
+        "-o".into(),
+        format!("UserKnownHostsFile={}", tmp.join("known_hosts").display()),
+        "-o".into(),
+        "LogLevel=ERROR".into(),
+        "-o".into(),
+        "ConnectTimeout=10".into(),
+    ]
+}
+
+pub fn run_with_stdin(mut c: Command, stdin: &[u8]) -> Out {
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    Out {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code().unwrap_or(-1),
+    }
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    let st = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// A real OpenSSH sshd on 127.0.0.1, configured by a base config plus the host-config files.
+pub struct Sshd {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Sshd {
+    /// Starts sshd with `extra` config lines (normally an `Include` of host-config's file).
+    pub fn start(dir: &Path, extra: &str) -> Sshd {
+        let sshd = require("/usr/sbin/sshd");
+        if !Path::new("/run/sshd").is_dir() {
+            let _ = std::fs::create_dir_all("/run/sshd");
+        }
+        assert!(
+            Path::new("/run/sshd").is_dir(),
+            "sshd needs the directory /run/sshd; create it with 'sudo mkdir -p /run/sshd' (scripts/test does)"
+        );
+        let host_key = dir.join("sshd_host_key");
+        if !host_key.exists() {
+            let st = Command::new(require("ssh-keygen"))
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&host_key)
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        let port = free_port();
+        let log = dir.join("sshd.log");
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nStrictModes no\nUsePAM no\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nAuthorizedKeysFile none\n\
+                 LogLevel VERBOSE\n{extra}\n",
+                host_key.display(),
+                dir.join("sshd.pid").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "sshd did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sshd { child, port, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Logs in as `login` with `key` (whose certificate is `key-cert.pub`) and runs `cmd`.
+    pub fn login(&self, tmp: &Path, key: &Path, login: &str, cmd: &str) -> Out {
+        let mut c = Command::new(require("ssh"));
+        c.args(ssh_opts(tmp))
+            .arg("-i")
+            .arg(key)
+            .args(["-p", &self.port.to_string()])
+            .arg(format!("{login}@127.0.0.1"))
+            .arg(cmd);
+        run_with_stdin(c, b"")
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
