@@ -1,0 +1,428 @@
+//! A table of bad inputs, each refused with its own clear error and changing nothing.
+//!
+//! The same setup and table run twice: over real SSH against the daemon (rows at the
+//! current time), and in process through `Broker::run_line` with `now` moved forward for
+//! rows that need time to pass (an expired request, a certificate after its window).
+
+mod util;
+
+use std::collections::HashMap;
+
+use sshjit::broker::Broker as Core;
+use sshjit::datadir::{self, DataDir};
+use sshjit::model::Timestamp;
+use util::{Broker, Identity, keygen};
+
+struct Row {
+    who: &'static str,
+    line: String,
+    stdin: &'static str,
+    /// Seconds after setup; rows with an offset run in process only.
+    offset: u64,
+    code: &'static str,
+    says: &'static str,
+}
+
+fn row(who: &'static str, line: impl Into<String>, code: &'static str, says: &'static str) -> Row {
+    Row {
+        who,
+        line: line.into(),
+        stdin: "",
+        offset: 0,
+        code,
+        says,
+    }
+}
+
+/// Setup lines: (who, line). Request ids come out as 1..=6.
+fn setup(keys: &HashMap<&str, Identity>) -> Vec<(&'static str, String)> {
+    let r = "--role editor --for 1h --reason 'INC-5 rotate the worker logs'";
+    vec![
+        (
+            "olga",
+            format!(
+                "member add adam --role admin --key '{}'",
+                keys["adam"].public
+            ),
+        ),
+        (
+            "olga",
+            format!("member add ed --role editor --key '{}'", keys["ed"].public),
+        ),
+        (
+            "olga",
+            format!(
+                "member add alice --role viewer --key '{}'",
+                keys["alice"].public
+            ),
+        ),
+        (
+            "olga",
+            "host add web-01 --address 10.0.0.5 --login editor=deploy --login viewer=ro --tag prod"
+                .into(),
+        ),
+        ("alice", format!("request web-01 {r}")), // 1: pending
+        ("alice", format!("request web-01 {r}")), // 2: denied
+        ("adam", "deny 2 --reason 'use the runbook instead'".into()),
+        ("alice", format!("request web-01 {r}")), // 3: cancelled
+        ("alice", "cancel 3".into()),
+        ("olga", format!("request web-01 {r}")), // 4: olga's own
+        ("alice", format!("request web-01 {r}")), // 5: approved at setup time
+        ("adam", "approve 5".into()),
+        ("alice", format!("request web-01 {r}")), // 6: left to expire
+    ]
+}
+
+fn table(keys: &HashMap<&str, Identity>) -> Vec<Row> {
+    let alice_key = keys["alice"].public.clone();
+    let fresh = keys["fresh"].public.clone();
+    let big = "x".repeat(100 * 1024);
+    vec![
+        row(
+            "alice",
+            "request web-01 --role admin --for 1h --reason 'INC-1 need root'",
+            "role_not_grantable",
+            "cannot be requested",
+        ),
+        row(
+            "alice",
+            "request web-01 --role owner --for 1h --reason 'INC-1 need root'",
+            "role_not_grantable",
+            "'owner' cannot be requested",
+        ),
+        row(
+            "alice",
+            "request web-01 --role editor --for 1m --reason 'INC-1 quick look'",
+            "invalid_argument",
+            "duration 1m is out of range",
+        ),
+        row(
+            "alice",
+            "request web-01 --role editor --for 25h --reason 'INC-1 long job'",
+            "invalid_argument",
+            "duration 1d1h is out of range",
+        ),
+        row(
+            "alice",
+            "request web-01 --role editor --for soon --reason 'INC-1 x'",
+            "invalid_argument",
+            "is not a duration",
+        ),
+        row(
+            "alice",
+            "request web-01 --role editor --for 1h --reason ''",
+            "invalid_argument",
+            "the reason is empty",
+        ),
+        row(
+            "alice",
+            format!("request web-01 --role editor --for 1h --reason '{big}'"),
+            "command_too_long",
+            "Shorten the reason",
+        ),
+        row(
+            "alice",
+            format!(
+                "request web-01 --role editor --for 1h --reason '{}'",
+                "y".repeat(2048)
+            ),
+            "invalid_argument",
+            "the limit is 1000",
+        ),
+        row(
+            "alice",
+            "request web-01 --role editor --for 1h --reason 'INC-1 ring\u{7}bell'",
+            "invalid_argument",
+            "control character",
+        ),
+        row(
+            "alice",
+            "request web-99 --role editor --for 1h --reason 'INC-1 fix'",
+            "not_found",
+            "no host named web-99",
+        ),
+        row(
+            "alice",
+            "request web-01 --role editor --for 1h --reason 'INC-1 fix' --start 2001-01-01T00:00:00Z",
+            "invalid_argument",
+            "is in the past",
+        ),
+        row(
+            "alice",
+            "cert 5 --key ssh-ed25519 AAAAnotakey",
+            "invalid_key",
+            "is not an OpenSSH public key",
+        ),
+        row(
+            "olga",
+            "member add bob --role viewer --key 'ssh-rsa AAAAB3Nza'",
+            "invalid_key",
+            "is not an OpenSSH public key",
+        ),
+        row(
+            "olga",
+            "approve 4",
+            "permission_denied",
+            "cannot approve your own request",
+        ),
+        row(
+            "ed",
+            "approve 1",
+            "permission_denied",
+            "only owners and admins can approve",
+        ),
+        row("adam", "approve 2", "invalid_state", "already denied"),
+        row("adam", "approve 3", "invalid_state", "already cancelled"),
+        Row {
+            offset: 3601,
+            ..row("adam", "approve 6", "invalid_state", "expired at")
+        },
+        Row {
+            stdin: "KEY",
+            ..row(
+                "ed",
+                "cert 5",
+                "permission_denied",
+                "issued only to the requester",
+            )
+        },
+        Row {
+            stdin: "KEY",
+            ..row("alice", "cert 1", "invalid_state", "not approved")
+        },
+        Row {
+            stdin: "KEY",
+            offset: 3600,
+            ..row("alice", "cert 5", "grant_not_current", "ended at")
+        },
+        row(
+            "alice",
+            "frobnicate 5",
+            "unknown_command",
+            "the commands are: whoami, ca-pubkey, request",
+        ),
+        row(
+            "alice",
+            format!("status {big}"),
+            "command_too_long",
+            "the limit is 8192 bytes",
+        ),
+        row(
+            "mallory",
+            "whoami",
+            "permission_denied",
+            "does not belong to a member",
+        ),
+        row(
+            "olga",
+            format!("member add alias --role viewer --key '{alice_key}'"),
+            "already_exists",
+            "already belongs to member alice",
+        ),
+        row(
+            "olga",
+            format!("member add alice --role viewer --key '{fresh}'"),
+            "already_exists",
+            "member alice already exists",
+        ),
+        row(
+            "olga",
+            format!("member add bob --role superuser --key '{fresh}'"),
+            "invalid_argument",
+            "not a role",
+        ),
+        row(
+            "olga",
+            format!("member add 'Bob!' --role viewer --key '{fresh}'"),
+            "invalid_argument",
+            "is not a valid name",
+        ),
+        row(
+            "adam",
+            "member remove olga",
+            "permission_denied",
+            "only owners can remove owners",
+        ),
+        row(
+            "olga",
+            "member remove olga",
+            "invalid_state",
+            "is the last owner",
+        ),
+        row(
+            "olga",
+            "host add web-02 --address 10.0.0.6 --login admin=root",
+            "role_not_grantable",
+            "'admin' cannot be requested",
+        ),
+        row(
+            "olga",
+            "host add web-02 --address 'a;b' --login editor=deploy",
+            "invalid_argument",
+            "is not a host address",
+        ),
+        row(
+            "olga",
+            "host add web-02 --address 10.0.0.6 --login editor=deploy --approvals 0",
+            "invalid_argument",
+            "out of range",
+        ),
+        row(
+            "olga",
+            "host add web-01 --address 10.0.0.6 --login editor=deploy",
+            "already_exists",
+            "host web-01 already exists",
+        ),
+        row("adam", "deny 1", "usage", "--reason <REASON>"),
+        row(
+            "ed",
+            "cancel 1",
+            "permission_denied",
+            "only the requester can cancel",
+        ),
+        row(
+            "alice",
+            "requests",
+            "permission_denied",
+            "only owners and admins can list",
+        ),
+        row(
+            "alice",
+            "audit verify",
+            "permission_denied",
+            "read the audit log",
+        ),
+        row("adam", "approve 999", "not_found", "no request 999"),
+        row("adam", "approve abc", "usage", "invalid value 'abc'"),
+        row("alice", "status 'unclosed", "usage", "unclosed quote"),
+    ]
+}
+
+fn keys(dir: &std::path::Path, owner: Identity) -> HashMap<&'static str, Identity> {
+    let mut m = HashMap::from([("olga", owner)]);
+    for n in ["adam", "ed", "alice", "mallory", "fresh"] {
+        m.insert(n, keygen(dir, n));
+    }
+    m
+}
+
+fn stdin_for<'a>(r: &Row, keys: &'a HashMap<&str, Identity>) -> &'a str {
+    if r.stdin == "KEY" {
+        &keys["fresh"].public
+    } else {
+        ""
+    }
+}
+
+#[test]
+fn bad_inputs_over_ssh_are_refused_and_change_nothing() {
+    let b = Broker::start_new();
+    let keys = keys(b.tmp.path(), b.owner.clone());
+    for (who, line) in setup(&keys) {
+        b.ssh(&keys[who], &line).ok();
+    }
+    let snapshot = |b: &Broker| {
+        (
+            b.ssh(&b.owner, "audit export").ok().stdout,
+            b.ssh(&b.owner, "member list --json").ok().stdout,
+            b.ssh(&b.owner, "host list --json").ok().stdout,
+        )
+    };
+    let before = snapshot(&b);
+    let rows = table(&keys);
+    assert!(rows.len() >= 25);
+    let mut ran = 0;
+    for r in rows.iter().filter(|r| r.offset == 0) {
+        let out = b.ssh_stdin(
+            &keys[r.who],
+            &format!("{} --json", r.line),
+            stdin_for(r, &keys).as_bytes(),
+        );
+        ran += 1;
+        if r.who == "mallory" {
+            // OpenSSH itself reports the refused key.
+            assert_eq!(out.code, 255, "{out:?}");
+            assert!(
+                out.stderr.contains("Permission denied (publickey)"),
+                "{out:?}"
+            );
+            continue;
+        }
+        assert_ne!(out.code, 0, "{} was accepted: {out:?}", r.line);
+        assert_eq!(out.error_code(), r.code, "{}: {out:?}", short(&r.line));
+        assert!(
+            out.stderr.contains(r.says),
+            "{}: expected '{}' in {}",
+            short(&r.line),
+            r.says,
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{out:?}");
+    }
+    assert!(ran >= 25, "only {ran} rows ran over SSH");
+    assert_eq!(
+        snapshot(&b),
+        before,
+        "a refused command changed stored state"
+    );
+    let v = b.json("audit verify");
+    assert_eq!(v["ok"], true, "{v}");
+    // The daemon is still up and answering.
+    assert_eq!(b.ssh(&b.owner, "whoami").ok().stdout.trim(), "olga (owner)");
+}
+
+#[test]
+fn bad_inputs_in_process_including_the_passage_of_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let owner = keygen(tmp.path(), "olga");
+    let keys = keys(tmp.path(), owner);
+    let dir = DataDir::new(tmp.path().join("data"));
+    let t0 = Timestamp::from_unix(1_900_000_000);
+    datadir::init(&dir, "olga", &keys["olga"].public, "127.0.0.1:0", t0).unwrap();
+    let opened = datadir::open(&dir).unwrap();
+    let core: &Core = &opened.broker;
+    let fp = |who: &str| {
+        let k = sshjit::ca::parse_public_key(&keys[who].public).unwrap();
+        sshjit::ca::fingerprint(k.key_data())
+    };
+    for (who, line) in setup(&keys) {
+        let out = core.run_line(&fp(who), line.as_bytes(), b"", t0);
+        assert_eq!(out.status, 0, "{line}: {out:?}");
+    }
+    let snapshot = || {
+        let s = core.store();
+        (
+            s.audit_raw(0).map(|r| r.unwrap()).collect::<Vec<_>>(),
+            s.requests_in(None, t0).unwrap(),
+            s.members().unwrap(),
+            s.hosts().unwrap(),
+        )
+    };
+    let before = snapshot();
+    for r in table(&keys) {
+        let now = t0.plus(r.offset);
+        let line = format!("{} --json", r.line);
+        let out = core.run_line(
+            &fp(r.who),
+            line.as_bytes(),
+            stdin_for(&r, &keys).as_bytes(),
+            now,
+        );
+        assert_ne!(out.status, 0, "{} was accepted: {out:?}", short(&r.line));
+        let v: serde_json::Value = serde_json::from_str(out.stderr.trim()).unwrap();
+        assert_eq!(v["error"]["code"], r.code, "{}: {out:?}", short(&r.line));
+        assert!(
+            out.stderr.contains(r.says),
+            "{}: expected '{}' in {}",
+            short(&r.line),
+            r.says,
+            out.stderr
+        );
+    }
+    assert_eq!(snapshot(), before, "a refused command changed stored state");
+    assert!(core.store().verify_audit().unwrap().ok);
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(80).collect()
+}
