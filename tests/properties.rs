@@ -1,0 +1,227 @@
+//! Property tests: random sequences of requests, decisions and certificate calls at random times,
+//! run through the real broker (sled in a temp dir, real signing), never break DESIGN.md's rules.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use proptest::prelude::*;
+use russh::keys::ssh_key::Certificate;
+use serde_json::Value;
+use sshjit::broker::Broker;
+use sshjit::datadir::{self, DataDir};
+use sshjit::model::Timestamp;
+
+const PEOPLE: [&str; 5] = ["olga", "adam", "ed", "alice", "vic"];
+const ROLES: [&str; 5] = ["owner", "admin", "editor", "viewer", "viewer"];
+const T0: i64 = 1_900_000_000;
+
+/// One identity key per person and one subject key, made once for all cases.
+fn keys() -> &'static HashMap<&'static str, (String, String)> {
+    static KEYS: OnceLock<HashMap<&'static str, (String, String)>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        PEOPLE
+            .iter()
+            .chain(["subject"].iter())
+            .map(|p| {
+                let k = sshjit::ca::generate_key(p).unwrap();
+                let public = k.public_key().to_openssh().unwrap();
+                (
+                    *p,
+                    (sshjit::ca::fingerprint(k.public_key().key_data()), public),
+                )
+            })
+            .collect()
+    })
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Request {
+        who: usize,
+        host: usize,
+        role: &'static str,
+        mins: u64,
+        start_in: Option<u64>,
+    },
+    Approve {
+        who: usize,
+        id: u64,
+    },
+    Deny {
+        who: usize,
+        id: u64,
+    },
+    Cancel {
+        who: usize,
+        id: u64,
+    },
+    /// `who: None` is the request's own requester.
+    Cert {
+        who: Option<usize>,
+        id: u64,
+    },
+    Wait {
+        secs: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let who = 0..PEOPLE.len();
+    let id = any::<u64>();
+    prop_oneof![
+        3 => (who.clone(), 0..2usize, prop::sample::select(vec!["viewer", "editor", "viewer", "editor", "admin", "owner"]),
+              prop::sample::select(vec![1u64, 5, 30, 120, 1440, 1500]), prop::option::weighted(0.2, 0u64..7200))
+            .prop_map(|(who, host, role, mins, start_in)| Op::Request { who, host, role, mins, start_in }),
+        4 => (prop::sample::select(vec![0usize, 1, 0, 1, 2, 3, 4]), id.clone()).prop_map(|(who, id)| Op::Approve { who, id }),
+        1 => (who.clone(), id.clone()).prop_map(|(who, id)| Op::Deny { who, id }),
+        1 => (who.clone(), id.clone()).prop_map(|(who, id)| Op::Cancel { who, id }),
+        4 => (prop::option::weighted(0.3, who), id).prop_map(|(who, id)| Op::Cert { who, id }),
+        2 => prop_oneof![0u64..600, 0u64..5400].prop_map(|secs| Op::Wait { secs }),
+    ]
+}
+
+fn setup() -> (tempfile::TempDir, Broker) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::new(tmp.path().join("data"));
+    let k = keys();
+    let t0 = Timestamp::from_unix(T0);
+    datadir::init(&dir, "olga", &k["olga"].1, "127.0.0.1:0", t0).unwrap();
+    let broker = datadir::open(&dir).unwrap().broker;
+    let run = |line: String| {
+        assert_eq!(
+            broker
+                .run_line(&k["olga"].0, line.as_bytes(), b"", t0)
+                .status,
+            0,
+            "{line}"
+        )
+    };
+    for (p, r) in PEOPLE.iter().zip(ROLES).skip(1) {
+        run(format!("member add {p} --role {r} --key '{}'", k[p].1));
+    }
+    run("host add web-01 --address 10.0.0.1 --login viewer=ro --login editor=deploy".into());
+    run("host add db-01 --address 10.0.0.2 --login viewer=ro --login editor=dba --tag prod --approvals 2".into());
+    (tmp, broker)
+}
+
+fn json(
+    broker: &Broker,
+    who: &str,
+    line: &str,
+    stdin: &[u8],
+    now: Timestamp,
+) -> Result<Value, String> {
+    let out = broker.run_line(
+        &keys()[who].0,
+        format!("{line} --json").as_bytes(),
+        stdin,
+        now,
+    );
+    if out.status == 0 {
+        Ok(serde_json::from_str(&out.stdout).unwrap())
+    } else {
+        Err(out.stderr)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_histories_keep_every_rule(ops in prop::collection::vec(op(), 1..60)) {
+        let (_tmp, broker) = setup();
+        let mut now = Timestamp::from_unix(T0);
+        let hosts = ["web-01", "db-01"];
+        let mut created = 0u64;
+        let mut issued = 0u64;
+        for op in ops {
+            // Ids pick among the requests made so far.
+            let pick = |id: u64| if created == 0 { 1 } else { id % created + 1 };
+            match op {
+                Op::Wait { secs } => now = now.plus(secs),
+                Op::Request { who, host, role, mins, start_in } => {
+                    let start = start_in.map(|s| format!(" --start +{s}s")).unwrap_or_default();
+                    let line = format!("request {} --role {role} --for {mins}m --reason 'INC-1 property test'{start}", hosts[host]);
+                    let r = json(&broker, PEOPLE[who], &line, b"", now);
+                    if r.is_ok() { created += 1; }
+                    if role == "admin" || role == "owner" {
+                        prop_assert!(r.is_err(), "granted a request for {role}");
+                    }
+                    if !(5..=1440).contains(&mins) {
+                        prop_assert!(r.is_err(), "accepted a duration of {mins}m");
+                    }
+                }
+                Op::Approve { who, id } => {
+                    let id = pick(id);
+                    let before = json(&broker, "olga", &format!("show {id}"), b"", now).ok();
+                    let r = json(&broker, PEOPLE[who], &format!("approve {id}"), b"", now);
+                    if let (Ok(_), Some(b)) = (&r, before) {
+                        prop_assert_ne!(b["requester"].as_str(), Some(PEOPLE[who]), "self-approval");
+                        prop_assert!(["owner", "admin"].contains(&ROLES[who]), "approved by {}", ROLES[who]);
+                        prop_assert_eq!(&b["state"], "pending");
+                    }
+                }
+                Op::Deny { who, id } => {
+                    let id = pick(id);
+                    let _ = json(&broker, PEOPLE[who], &format!("deny {id} --reason 'not now'"), b"", now);
+                }
+                Op::Cancel { who, id } => {
+                    let id = pick(id);
+                    let _ = json(&broker, PEOPLE[who], &format!("cancel {id}"), b"", now);
+                }
+                Op::Cert { who, id } => {
+                    let id = pick(id);
+                    let who = match who {
+                        Some(w) => w,
+                        None => match json(&broker, "olga", &format!("show {id}"), b"", now) {
+                            Ok(r) => PEOPLE.iter().position(|p| r["requester"] == *p).unwrap(),
+                            Err(_) => 0,
+                        },
+                    };
+                    let subject = keys()["subject"].1.as_bytes();
+                    let r = json(&broker, PEOPLE[who], &format!("cert {id}"), subject, now);
+                    if let Ok(c) = r {
+                        issued += 1;
+                        let req = json(&broker, "olga", &format!("show {id}"), b"", now).unwrap();
+                        let g = &req["grant"];
+                        prop_assert_eq!(req["requester"].as_str(), Some(PEOPLE[who]), "certificate for someone else");
+                        prop_assert_eq!(&c["valid_after"], &g["start"]);
+                        prop_assert_eq!(&c["valid_before"], &g["end"]);
+                        let start = Timestamp::parse_rfc3339(g["start"].as_str().unwrap()).unwrap();
+                        let end = Timestamp::parse_rfc3339(g["end"].as_str().unwrap()).unwrap();
+                        prop_assert!(start <= now && now < end, "issued outside its window");
+                        let cert = Certificate::from_openssh(c["certificate"].as_str().unwrap()).unwrap();
+                        prop_assert_eq!(cert.valid_after() as i64, start.unix());
+                        prop_assert_eq!(cert.valid_before() as i64, end.unix());
+                        prop_assert_eq!(cert.key_id(), format!("sshjit:{id}:{}", PEOPLE[who]));
+                        let role = g["effective_role"].as_str().unwrap();
+                        prop_assert!(role == "viewer" || role == "editor");
+                    }
+                }
+            }
+        }
+        // Every certificate handed out is in the audit log, and nothing else is.
+        let export = broker.run_line(&keys()["olga"].0, b"audit export", b"", now).stdout;
+        let audited = export.lines().filter(|l| l.contains("\"type\":\"certificate_issued\"")).count() as u64;
+        prop_assert_eq!(audited, issued);
+        // Whole-history checks.
+        let all = json(&broker, "olga", "requests --limit 1000", b"", now).unwrap();
+        for r in all.as_array().unwrap() {
+            let approvers: Vec<&str> = r["approvals"].as_array().unwrap().iter().map(|a| a["by"].as_str().unwrap()).collect();
+            prop_assert!(!approvers.contains(&r["requester"].as_str().unwrap()), "self-approval in {r}");
+            let mut distinct = approvers.clone();
+            distinct.sort();
+            distinct.dedup();
+            prop_assert_eq!(distinct.len(), approvers.len());
+            prop_assert!(["viewer", "editor"].contains(&r["role"].as_str().unwrap()));
+            if r["state"] == "approved" {
+                prop_assert!(distinct.len() as u64 >= r["approvals_required"].as_u64().unwrap(), "under-approved: {r}");
+                let g = &r["grant"];
+                let start = Timestamp::parse_rfc3339(g["start"].as_str().unwrap()).unwrap();
+                let end = Timestamp::parse_rfc3339(g["end"].as_str().unwrap()).unwrap();
+                prop_assert_eq!(start.until(end) as u64, r["duration_secs"].as_u64().unwrap());
+            }
+        }
+        prop_assert!(broker.store().verify_audit().unwrap().ok);
+    }
+}
