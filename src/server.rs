@@ -117,6 +117,14 @@ async fn connection(
     _permit: OwnedSemaphorePermit,
 ) {
     let _ = socket.set_nodelay(true);
+    // A second handle on the socket lets us cut a connection that russh is still negotiating.
+    let (socket, killer) = match split_killer(socket) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot set up a connection");
+            return;
+        }
+    };
     let grace = Duration::from_secs(shared.limits.login_grace_secs.max(1));
     let authed = Arc::new(AtomicBool::new(false));
     let inflight = Arc::new(AtomicUsize::new(0));
@@ -161,8 +169,7 @@ async fn connection(
                 deadline_passed = true;
                 if !authed.load(Ordering::SeqCst) {
                     tracing::info!(%peer, "closing a connection that did not authenticate in time");
-                    disconnect(&handle, "authentication took too long").await;
-                    return;
+                    let _ = killer.shutdown(std::net::Shutdown::Both);
                 }
             }
             _ = stop.recv() => {
@@ -171,17 +178,23 @@ async fn connection(
                 while inflight.load(Ordering::SeqCst) > 0 && start.elapsed() < SHUTDOWN_GRACE {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                disconnect(&handle, "the broker is shutting down").await;
+                let _ = handle
+                    .disconnect(russh::Disconnect::ByApplication, "the broker is shutting down".into(), String::new())
+                    .await;
+                if tokio::time::timeout(Duration::from_secs(1), &mut session).await.is_err() {
+                    let _ = killer.shutdown(std::net::Shutdown::Both);
+                }
                 return;
             }
         }
     }
 }
 
-async fn disconnect(handle: &Handle, why: &str) {
-    let _ = handle
-        .disconnect(russh::Disconnect::ByApplication, why.into(), String::new())
-        .await;
+/// Splits a socket into the stream russh drives and a clone that can shut it down.
+fn split_killer(socket: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
+    let std_socket = socket.into_std()?;
+    let killer = std_socket.try_clone()?;
+    Ok((TcpStream::from_std(std_socket)?, killer))
 }
 
 /// One connection's handler.

@@ -188,7 +188,9 @@ async fn serve_dev(listen: Option<String>) -> anyhow::Result<ExitCode> {
         .unwrap_or_default();
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "root".into());
+        .ok()
+        .or_else(unix_user_from_id)
+        .context("cannot tell which unix user you are; set USER")?;
     let listener = bind(listen.as_deref().unwrap_or("127.0.0.1:2222")).await?;
     let sshd_port = free_port("127.0.0.1:2022")
         .or_else(|| free_port("127.0.0.1:0"))
@@ -206,6 +208,13 @@ async fn serve_dev(listen: Option<String>) -> anyhow::Result<ExitCode> {
     .await?;
     drop(env);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The current user's name from `id -un`, for environments without USER.
+fn unix_user_from_id() -> Option<String> {
+    let out = std::process::Command::new("id").arg("-un").output().ok()?;
+    let name = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !name.is_empty()).then_some(name)
 }
 
 fn free_port(addr: &str) -> Option<u16> {

@@ -110,6 +110,11 @@ pub struct Broker {
 impl Broker {
     /// `init` a fresh data dir with `olga` as OWNER and start the daemon.
     pub fn start_new() -> Broker {
+        Self::start_with_config(&[])
+    }
+
+    /// Like `start_new`, with settings in config.toml changed: `("login_grace_secs", "1")`.
+    pub fn start_with_config(settings: &[(&str, &str)]) -> Broker {
         let tmp = tempfile::tempdir().unwrap();
         let owner = keygen(tmp.path(), "olga");
         let data = tmp.path().join("data");
@@ -126,6 +131,17 @@ impl Broker {
             .output()
             .unwrap();
         assert!(out.status.success(), "init failed: {out:?}");
+        let cfg = data.join("config.toml");
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        for (key, value) in settings {
+            let start = text
+                .find(&format!("\n{key} = "))
+                .unwrap_or_else(|| panic!("no {key} in config"))
+                + 1;
+            let end = start + text[start..].find('\n').unwrap();
+            text.replace_range(start..end, &format!("{key} = {value}"));
+        }
+        std::fs::write(&cfg, text).unwrap();
         let mut b = Broker {
             tmp,
             data,

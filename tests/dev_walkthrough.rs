@@ -1,0 +1,73 @@
+//! `serve --dev` prints a walkthrough; running it as printed, with stock OpenSSH, ends in a
+//! working login on a local sshd.
+
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[test]
+fn the_printed_walkthrough_works_as_printed() {
+    util::require("/usr/sbin/sshd");
+    let home = tempfile::tempdir().unwrap();
+    let user = util::current_user();
+    let mut broker = Command::new(util::bin())
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .env("HOME", home.path())
+        .env("USER", &user)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut printed = String::new();
+    let mut lines = BufReader::new(broker.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    let script: String = printed
+        .lines()
+        .skip_while(|l| !l.contains("--- walkthrough ---"))
+        .take_while(|l| !l.contains("--- end ---"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(script.contains("approver approve 1"), "{printed}");
+    let dev_dir = script
+        .lines()
+        .find_map(|l| l.strip_prefix("D="))
+        .unwrap()
+        .to_string();
+    let out = Command::new("bash")
+        .arg("-euc")
+        .arg(&script)
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "walkthrough failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("request 1 approved"), "{stdout}");
+    assert!(stdout.contains("Key ID: \"sshjit:1:"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("({user})")),
+        "no login as {user}:\n{stdout}"
+    );
+    assert!(stdout.contains("certificate serial 1"), "{stdout}");
+    // Ctrl-C stops the broker cleanly and removes the throwaway directory.
+    util::signal(&broker, "INT");
+    let st =
+        util::wait_timeout(&mut broker, Duration::from_secs(20)).expect("dev broker did not stop");
+    assert!(st.success());
+    assert!(
+        !std::path::Path::new(&dev_dir).exists(),
+        "{dev_dir} was left behind"
+    );
+}

@@ -1,0 +1,175 @@
+//! The SSH transport: help, connection limits, stalled clients, and a graceful stop under load.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use util::{Broker, Identity, require, ssh_opts};
+
+#[test]
+fn help_and_a_bare_login_explain_the_commands() {
+    let b = Broker::start_new();
+    let help = b.ssh(&b.owner, "help").ok();
+    for cmd in ["request", "approve", "cert", "host-config", "audit"] {
+        assert!(help.stdout.contains(cmd), "{help:?}");
+    }
+    let sub = b.ssh(&b.owner, "request --help").ok();
+    assert!(sub.stdout.contains("--reason"), "{sub:?}");
+    // No command at all: the user is told how to give one, with a usage exit status.
+    let mut c = b.ssh_cmd(&b.owner);
+    c.arg("-T");
+    let bare = util::run_with_stdin(c, b"");
+    assert_eq!(bare.code, 2, "{bare:?}");
+    assert!(bare.stderr.contains("give a command"), "{bare:?}");
+    // Text errors go to stderr with a non-zero status.
+    let err = b.ssh(&b.owner, "approve 42");
+    assert_eq!(err.code, 1);
+    assert!(err.stderr.starts_with("error: no request 42"), "{err:?}");
+}
+
+/// Holds an authenticated connection open without running anything (`ssh -N`).
+fn hold(b: &Broker, who: &Identity) -> Child {
+    let mut c = Command::new(require("ssh"));
+    c.args(ssh_opts(b.tmp.path()))
+        .arg("-i")
+        .arg(&who.key)
+        .args(["-N", "-p", &b.addr.port().to_string(), "127.0.0.1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c.spawn().unwrap()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn per_member_connections_are_capped() {
+    let b = Broker::start_with_config(&[("max_connections_per_member", "2")]);
+    let alice = b.add_member("alice", "viewer");
+    let mut held: Vec<Child> = (0..2).map(|_| hold(&b, &alice)).collect();
+    wait_for("two held connections", || {
+        b.log().matches("member=alice").count() >= 2
+    });
+    let refused = b.ssh(&alice, "whoami --json");
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert_eq!(refused.error_code(), "busy");
+    assert!(
+        refused.stderr.contains("too many connections open"),
+        "{refused:?}"
+    );
+    // Others are not affected.
+    b.ssh(&b.owner, "whoami").ok();
+    // Closing one frees a slot.
+    held[0].kill().unwrap();
+    held[0].wait().unwrap();
+    wait_for("a freed slot", || b.ssh(&alice, "whoami").code == 0);
+    for mut h in held {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+}
+
+/// Reads until EOF; returns how long that took.
+fn time_to_eof(mut s: TcpStream) -> Duration {
+    let start = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return start.elapsed(),
+            Ok(_) => {}
+        }
+    }
+}
+
+#[test]
+fn stalled_clients_do_not_hold_slots() {
+    let b = Broker::start_with_config(&[("login_grace_secs", "1"), ("max_connections", "2")]);
+    // Silent after connecting, and silent after the SSH greeting: both closed after the grace.
+    let silent = TcpStream::connect(b.addr).unwrap();
+    let mut greeted = TcpStream::connect(b.addr).unwrap();
+    greeted.write_all(b"SSH-2.0-stalled\r\n").unwrap();
+    // Both slots are taken: a third connection is closed at once.
+    std::thread::sleep(Duration::from_millis(200));
+    let third = b.ssh(&b.owner, "whoami");
+    assert_eq!(
+        third.code, 255,
+        "a connection over the global cap was served: {third:?}"
+    );
+    let (t1, t2) = (time_to_eof(silent), time_to_eof(greeted));
+    assert!(
+        t1 < Duration::from_secs(5) && t2 < Duration::from_secs(5),
+        "{t1:?} {t2:?}"
+    );
+    // Slots are free again.
+    wait_for("a free slot", || b.ssh(&b.owner, "whoami").code == 0);
+}
+
+#[test]
+fn sigterm_under_load_stops_cleanly_and_loses_nothing_acknowledged() {
+    let mut b = Broker::start_new();
+    let alice = b.add_member("alice", "viewer");
+    b.ssh(
+        &b.owner,
+        "host add web-01 --address 10.0.0.5 --login viewer=ro",
+    )
+    .ok();
+    let idle = hold(&b, &alice);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (alice, tx) = (alice.clone(), tx.clone());
+            let (port, tmp) = (b.addr.port(), b.tmp.path().to_path_buf());
+            std::thread::spawn(move || {
+                for _ in 0..15 {
+                    let mut c = Command::new(require("ssh"));
+                    c.args(ssh_opts(&tmp)).arg("-i").arg(&alice.key).args([
+                        "-p",
+                        &port.to_string(),
+                        "127.0.0.1",
+                    ]);
+                    c.arg("request web-01 --role viewer --for 10m --reason 'INC-2 load' --json");
+                    let out = util::run_with_stdin(c, b"");
+                    if out.code == 0 {
+                        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+                        tx.send(v["id"].as_u64().unwrap()).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    // Stop mid-stream.
+    wait_for("some requests", || {
+        b.log().matches("request created").count() >= 5
+    });
+    let st = b.stop();
+    assert!(st.success(), "exit {st:?}; log:\n{}", b.log());
+    for w in workers {
+        w.join().unwrap();
+    }
+    let acknowledged: Vec<u64> = rx.iter().collect();
+    assert!(!acknowledged.is_empty());
+    let mut idle = idle;
+    let _ = idle.kill();
+    let _ = idle.wait();
+    b.spawn();
+    for id in &acknowledged {
+        let r = b.ssh(&b.owner, &format!("show {id} --json")).ok().json();
+        assert_eq!(r["requester"], "alice");
+    }
+    let v = b.json("audit verify");
+    assert_eq!(v["ok"], true, "{v}");
+}
