@@ -11,10 +11,10 @@ pub const MAX_EXEC_LINE: usize = 8 * 1024;
 #[derive(Debug, Parser)]
 #[command(
     name = "sshjit",
+    bin_name = "ssh BROKER",
     about = "sshjit broker commands: ask for, approve and use time-boxed SSH access",
     disable_version_flag = true,
-    color = clap::ColorChoice::Never,
-    help_template = "{about}\n\nUsage: ssh BROKER {usage}\n\n{all-args}"
+    color = clap::ColorChoice::Never
 )]
 pub struct Invocation {
     /// Print machine-readable JSON instead of text.
@@ -42,7 +42,7 @@ pub enum Command {
     Show { id: u64 },
     /// Withdraw your pending request.
     Cancel { id: u64 },
-    /// List requests (owners and admins).
+    /// List everyone's requests (owners and admins).
     Requests {
         /// Only this state: pending, approved, denied, expired or cancelled.
         #[arg(long)]
@@ -75,7 +75,7 @@ pub enum Command {
     /// Manage team members (owners and admins).
     #[command(subcommand)]
     Member(MemberCommand),
-    /// Manage hosts (owners and admins).
+    /// Manage hosts (owners and admins; any member may list them).
     #[command(subcommand)]
     Host(HostCommand),
     /// Print what makes a host trust the broker (owners and admins).
@@ -258,8 +258,7 @@ fn clean_clap_error(s: &str) -> String {
         "\n\nFor more information, try '--help'.",
         "; run 'help' for usage",
     )
-    .replace("Usage: ", "usage: ssh BROKER ")
-    .replace("sshjit ", "")
+    .replace("Usage: ", "usage: ")
 }
 
 #[cfg(test)]
@@ -281,7 +280,7 @@ mod tests {
         };
         assert_eq!(a.reason, r#"fix "it""#);
         assert!(inv.json);
-        let inv = run(r#"deny 3 --reason "no\ way""#);
+        let inv = run(r#"deny 3 --reason no\ way"#);
         assert!(matches!(inv.command, Command::Deny { reason, .. } if reason == "no way"));
     }
 

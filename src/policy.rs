@@ -213,13 +213,16 @@ pub fn approve(
         });
     }
     let start = req.requested_start.map_or(now, |s| s.max(now));
-    let effective = effective_role(requester_base, req.role);
-    let login = req
-        .logins
-        .get(&effective)
-        .or_else(|| req.logins.get(&req.role))
-        .cloned()
-        .ok_or_else(|| Error::Internal(format!("request {} has no login for its role", req.id)))?;
+    // The certificate's rights must match the login it opens: if the host has no login for
+    // the elevated role, the grant stays at the requested role.
+    let mut effective = effective_role(requester_base, req.role);
+    if !req.logins.contains_key(&effective) {
+        effective = req.role;
+    }
+    let login =
+        req.logins.get(&effective).cloned().ok_or_else(|| {
+            Error::Internal(format!("request {} has no login for its role", req.id))
+        })?;
     let grant = Grant {
         start,
         end: start.plus(req.duration_secs),
@@ -568,6 +571,28 @@ mod tests {
         assert_eq!(effective_role(Role::Editor, Viewer), Editor);
         assert_eq!(effective_role(Role::Owner, Viewer), Editor);
         assert_eq!(effective_role(Role::Admin, Editor), Editor);
+    }
+
+    #[test]
+    fn elevation_never_lends_editor_rights_to_a_viewer_login() {
+        let mut h = host(1, &[]);
+        h.logins.remove(&GrantRole::Editor);
+        let p = Policy::default();
+        let mut r = p
+            .open(
+                1,
+                &member("ed", Role::Editor),
+                &h,
+                &ask(GrantRole::Viewer, 600),
+                T0,
+            )
+            .unwrap();
+        approve(&mut r, &member("olga", Role::Owner), Role::Editor, None, T0).unwrap();
+        let g = r.grant().unwrap();
+        assert_eq!(
+            (g.effective_role, g.login.as_str()),
+            (GrantRole::Viewer, "readonly")
+        );
     }
 
     #[test]

@@ -225,7 +225,7 @@ fn key_given_as_words_on_the_exec_line_works_too() {
     let adam = b.add_member("adam", "admin");
     b.ssh(
         &b.owner,
-        "host add db-01 --address 10.0.0.9 --login viewer=ro",
+        "host add db-01 --address 10.0.0.9 --login viewer=ro --login editor=dba",
     )
     .ok();
     let id = b
@@ -250,4 +250,5 @@ fn key_given_as_words_on_the_exec_line_works_too() {
     // Owners are capped at EDITOR: JIT elevates, never downgrades, never past EDITOR.
     let show = b.json(&format!("show {id}"));
     assert_eq!(show["grant"]["effective_role"], "editor");
+    assert_eq!(show["grant"]["logins"], serde_json::json!(["dba"]));
 }

@@ -72,9 +72,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (who.clone(), 0..2usize, prop::sample::select(vec!["viewer", "editor", "viewer", "editor", "admin", "owner"]),
               prop::sample::select(vec![1u64, 5, 30, 120, 1440, 1500]), prop::option::weighted(0.2, 0u64..7200))
             .prop_map(|(who, host, role, mins, start_in)| Op::Request { who, host, role, mins, start_in }),
-        4 => (prop::sample::select(vec![0usize, 1, 0, 1, 2, 3, 4]), id.clone()).prop_map(|(who, id)| Op::Approve { who, id }),
-        1 => (who.clone(), id.clone()).prop_map(|(who, id)| Op::Deny { who, id }),
-        1 => (who.clone(), id.clone()).prop_map(|(who, id)| Op::Cancel { who, id }),
+        4 => (prop::sample::select(vec![0usize, 1, 0, 1, 2, 3, 4]), id).prop_map(|(who, id)| Op::Approve { who, id }),
+        1 => (who.clone(), id).prop_map(|(who, id)| Op::Deny { who, id }),
+        1 => (who.clone(), id).prop_map(|(who, id)| Op::Cancel { who, id }),
         4 => (prop::option::weighted(0.3, who), id).prop_map(|(who, id)| Op::Cert { who, id }),
         2 => prop_oneof![0u64..600, 0u64..5400].prop_map(|secs| Op::Wait { secs }),
     ]

@@ -43,6 +43,7 @@ impl Broker {
     ) -> Result<Reply> {
         match cmd {
             MemberCommand::List => {
+                require_manager(actor, "list members")?;
                 let ms = self.store.members()?;
                 let json = ms.iter().map(views::member_json).collect();
                 Ok(Reply::new(json, views::members_table(&ms)))
