@@ -121,3 +121,17 @@ fn state_survives_graceful_stop_and_sigkill() {
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["entries"].as_u64().unwrap(), entries_before + 4);
 }
+
+#[test]
+fn offline_verify_refuses_a_dir_without_a_database_and_creates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope");
+    let (code, _, stderr) = offline_verify(&["--data-dir", missing.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(stderr.trim()).unwrap();
+    assert_eq!(v["error"]["code"], "data_dir");
+    assert!(!missing.exists(), "verify created {}", missing.display());
+    let (code, _, stderr) = offline_verify(&["--file", missing.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("cannot read"), "{stderr}");
+}

@@ -8,9 +8,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sshjit::audit::VerifyReport;
+use sshjit::broker::{Output, verify_reply};
 use sshjit::datadir::{self, DataDir};
 use sshjit::model::Timestamp;
-use sshjit::{audit, dev, server};
+use sshjit::store::Store;
+use sshjit::{Error, audit, dev, server};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
@@ -145,40 +148,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             file,
             json,
         }) => {
-            let report = match (data_dir, file) {
-                (Some(d), _) => {
-                    let store = sshjit::store::Store::open(&DataDir::new(d).db())?;
-                    store.verify_audit()?
+            let report = match verify_offline(data_dir, file) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprint!("{}", Output::error(&e, json).stderr);
+                    return Ok(ExitCode::FAILURE);
                 }
-                (None, Some(f)) => {
-                    let text = std::fs::read_to_string(&f)
-                        .with_context(|| format!("cannot read {}", f.display()))?;
-                    audit::verify_lines(&text)
-                }
-                (None, None) => anyhow::bail!("give --data-dir DIR or --file EXPORT.jsonl"),
             };
-            let ok = report.ok;
-            let out = if json {
-                serde_json::to_string(&report)?
-            } else if ok {
-                format!(
-                    "audit chain ok: {} entries, head {}",
-                    report.entries, report.head
-                )
+            let reply = verify_reply(report);
+            let ok = reply.status == 0;
+            if json {
+                println!("{}", reply.json);
             } else {
-                format!(
-                    "audit chain BROKEN at entry {}: {}",
-                    report.first_bad_seq.unwrap_or(0),
-                    report.problem.unwrap_or_default()
-                )
-            };
-            println!("{out}");
+                println!("{}", reply.text);
+            }
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+/// Verifies a stopped broker's database or an export file.
+fn verify_offline(data_dir: Option<PathBuf>, file: Option<PathBuf>) -> Result<VerifyReport, Error> {
+    match (data_dir, file) {
+        (Some(d), _) => {
+            let db = DataDir::new(&d).db();
+            if !db.is_dir() {
+                return Err(Error::DataDir(format!(
+                    "{} holds no broker database; give the --data-dir used with 'init'",
+                    d.display()
+                )));
+            }
+            Store::open(&db)?.verify_audit()
+        }
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(&f)
+                .map_err(Error::io(format!("cannot read {}", f.display())))?;
+            Ok(audit::verify_lines(&text))
+        }
+        (None, None) => Err(Error::invalid("give --data-dir DIR or --file EXPORT.jsonl")),
     }
 }
 

@@ -6,6 +6,8 @@
 mod access;
 mod team;
 
+pub use team::verify_reply;
+
 use serde_json::Value;
 
 use crate::ca::Ca;
