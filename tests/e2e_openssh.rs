@@ -147,29 +147,12 @@ fn stock_openssh_from_request_to_login_on_a_real_sshd() {
     );
 
     // The same sshd refuses a certificate for another host...
-    let req2 = b
-        .ssh(
-            &alice,
-            "request web-02 --role editor --for 1h --reason 'INC-8 same fix on web-02' --json",
-        )
-        .ok()
-        .json();
-    let id2 = req2["id"].as_u64().unwrap();
-    b.ssh(&adam, &format!("approve {id2}")).ok();
-    let other = keygen(b.tmp.path(), "alice-web02");
-    let c2 = b
-        .ssh_stdin(
-            &alice,
-            &format!("cert {id2} --json"),
-            other.public.as_bytes(),
-        )
-        .ok()
-        .json();
-    std::fs::write(
-        b.tmp.path().join("alice-web02-cert.pub"),
-        format!("{}\n", c2["certificate"].as_str().unwrap()),
-    )
-    .unwrap();
+    let (_, other, c2) = b.granted_cert(
+        &alice,
+        &adam,
+        "request web-02 --role editor --for 1h --reason 'INC-8 same fix on web-02' --json",
+        "alice-web02",
+    );
     let refused = sshd.login(b.tmp.path(), &other.key, &me, "true");
     assert_ne!(
         refused.code, 0,
@@ -177,30 +160,13 @@ fn stock_openssh_from_request_to_login_on_a_real_sshd() {
     );
 
     // ...and a VIEWER certificate for the EDITOR login.
-    let req3 = b
-        .ssh(
-            &alice,
-            "request web-01 --role viewer --for 1h --reason 'INC-9 read the worker logs' --json",
-        )
-        .ok()
-        .json();
-    let id3 = req3["id"].as_u64().unwrap();
-    b.ssh(&adam, &format!("approve {id3}")).ok();
-    let viewer = keygen(b.tmp.path(), "alice-viewer");
-    let c3 = b
-        .ssh_stdin(
-            &alice,
-            &format!("cert {id3} --json"),
-            viewer.public.as_bytes(),
-        )
-        .ok()
-        .json();
+    let (_, viewer, c3) = b.granted_cert(
+        &alice,
+        &adam,
+        "request web-01 --role viewer --for 1h --reason 'INC-9 read the worker logs' --json",
+        "alice-viewer",
+    );
     assert_eq!(c3["principals"], serde_json::json!(["sshjit-ro@web-01"]));
-    std::fs::write(
-        b.tmp.path().join("alice-viewer-cert.pub"),
-        format!("{}\n", c3["certificate"].as_str().unwrap()),
-    )
-    .unwrap();
     let (_, _, _, _, ext) = inspect(&b.tmp.path().join("alice-viewer-cert.pub"));
     assert_eq!(ext, vec!["permit-pty"]);
     let refused = sshd.login(b.tmp.path(), &viewer.key, &me, "true");

@@ -131,15 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let listener = bind(&addr).await?;
                     tracing::info!(addr = %listener.local_addr()?, data_dir = %dir.root.display(), "listening");
                     println!("listening on {}", listener.local_addr()?);
-                    server::run(
-                        listener,
-                        Arc::new(opened.broker),
-                        opened.host_key,
-                        opened.config.limits,
-                        shutdown_signal(),
-                    )
-                    .await?;
-                    Ok(ExitCode::SUCCESS)
+                    serve(listener, opened).await
                 }
             })
         }
@@ -209,15 +201,22 @@ async fn serve_dev(listen: Option<String>) -> anyhow::Result<ExitCode> {
     let (env, opened) = dev::prepare(&home, &user, sshd_port, Timestamp::now())?;
     let addr = listener.local_addr()?;
     println!("{}", dev::walkthrough(&env, addr)?);
+    let code = serve(listener, opened).await;
+    drop(env);
+    code
+}
+
+/// Serves until SIGINT or SIGTERM.
+async fn serve(listener: TcpListener, opened: datadir::Opened) -> anyhow::Result<ExitCode> {
+    let broker = Arc::new(opened.broker);
     server::run(
         listener,
-        Arc::new(opened.broker),
+        broker,
         opened.host_key,
         opened.config.limits,
         shutdown_signal(),
     )
     .await?;
-    drop(env);
     Ok(ExitCode::SUCCESS)
 }
 

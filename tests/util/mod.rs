@@ -235,7 +235,35 @@ impl Broker {
         id
     }
 
-    /// Offline-style JSON of a command as the owner.
+    /// `requester` runs `request_line` (which must include `--json`), `approver` approves,
+    /// and `requester` certifies a fresh key named `key_name`, written with its `-cert.pub`.
+    /// Returns the request id, the key, and the `cert` JSON.
+    pub fn granted_cert(
+        &self,
+        requester: &Identity,
+        approver: &Identity,
+        request_line: &str,
+        key_name: &str,
+    ) -> (u64, Identity, Value) {
+        let id = self.ssh(requester, request_line).ok().json()["id"]
+            .as_u64()
+            .unwrap();
+        self.ssh(approver, &format!("approve {id}")).ok();
+        let key = keygen(self.tmp.path(), key_name);
+        let cert = self
+            .ssh_stdin(
+                requester,
+                &format!("cert {id} --json"),
+                key.public.as_bytes(),
+            )
+            .ok()
+            .json();
+        let path = format!("{}-cert.pub", key.key.display());
+        std::fs::write(path, format!("{}\n", cert["certificate"].as_str().unwrap())).unwrap();
+        (id, key, cert)
+    }
+
+    /// JSON of a command run as the owner.
     pub fn json(&self, line: &str) -> Value {
         self.ssh(&self.owner, &format!("{line} --json")).ok().json()
     }
