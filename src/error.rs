@@ -73,6 +73,21 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The broker could not be reached or the connection dropped.
+    #[error("{0}")]
+    Connect(String),
+    /// The broker's host key is unknown, changed, or not trusted.
+    #[error("{0}")]
+    BrokerKey(String),
+    /// The broker did not accept our identity.
+    #[error("{0}")]
+    Auth(String),
+    /// A local step of the helper failed (files, ssh-agent, ssh).
+    #[error("{0}")]
+    Client(String),
+    /// The broker refused a command; its code and message.
+    #[error("{message}")]
+    Remote { code: String, message: String },
     /// A bug or broken invariant; never expected.
     #[error("internal error: {0}")]
     Internal(String),
@@ -80,7 +95,7 @@ pub enum Error {
 
 impl Error {
     /// The stable machine-readable code used in `--json` error output.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> &str {
         match self {
             Error::InvalidArgument(_) => "invalid_argument",
             Error::Usage(_) => "usage",
@@ -99,6 +114,11 @@ impl Error {
             Error::Config(_) => "config",
             Error::Storage(_) => "storage",
             Error::Io { .. } => "io",
+            Error::Connect(_) => "connect",
+            Error::BrokerKey(_) => "broker_key",
+            Error::Auth(_) => "auth",
+            Error::Client(_) => "client",
+            Error::Remote { code, .. } => code,
             Error::Internal(_) => "internal",
         }
     }

@@ -19,6 +19,7 @@
 pub mod audit;
 pub mod broker;
 pub mod ca;
+pub mod client;
 pub mod commands;
 pub mod datadir;
 pub mod dev;

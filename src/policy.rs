@@ -179,6 +179,22 @@ pub fn effective_role(base: Role, granted: GrantRole) -> GrantRole {
     }
 }
 
+/// The role and login a grant for `req` carries when its requester's base role is `base`.
+///
+/// The certificate's rights must match the login it opens: if the host has no login for the
+/// elevated role, the grant stays at the requested role.
+pub fn grant_shape(req: &Request, base: Role) -> Result<(GrantRole, String)> {
+    let mut effective = effective_role(base, req.role);
+    if !req.logins.contains_key(&effective) {
+        effective = req.role;
+    }
+    let login =
+        req.logins.get(&effective).cloned().ok_or_else(|| {
+            Error::Internal(format!("request {} has no login for its role", req.id))
+        })?;
+    Ok((effective, login))
+}
+
 /// Records `approver`'s approval of `req` at `now`; the last one needed turns it into a grant.
 pub fn approve(
     req: &mut Request,
@@ -213,16 +229,7 @@ pub fn approve(
         });
     }
     let start = req.requested_start.map_or(now, |s| s.max(now));
-    // The certificate's rights must match the login it opens: if the host has no login for
-    // the elevated role, the grant stays at the requested role.
-    let mut effective = effective_role(requester_base, req.role);
-    if !req.logins.contains_key(&effective) {
-        effective = req.role;
-    }
-    let login =
-        req.logins.get(&effective).cloned().ok_or_else(|| {
-            Error::Internal(format!("request {} has no login for its role", req.id))
-        })?;
+    let (effective, login) = grant_shape(req, requester_base)?;
     let grant = Grant {
         start,
         end: start.plus(req.duration_secs),

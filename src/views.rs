@@ -46,6 +46,9 @@ pub fn request_json(r: &Request, now: Timestamp) -> Value {
         "approvals_required": r.approvals_required,
         "grant": grant,
     });
+    if r.state_at(now) == RequestState::Pending {
+        v["pending_seconds_left"] = json!(now.until(r.pending_until).max(0));
+    }
     match &r.decision {
         Decision::Denied { by, at, reason } => {
             v["denial"] = json!({"by": by, "at": at, "reason": reason});

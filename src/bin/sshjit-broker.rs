@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sshjit::audit::VerifyReport;
 use sshjit::broker::{Output, verify_reply};
+use sshjit::client::{ConnectArgs, Settings, admin};
 use sshjit::datadir::{self, DataDir};
 use sshjit::model::Timestamp;
 use sshjit::store::Store;
@@ -53,6 +54,28 @@ enum Cmd {
         /// A throwaway demo broker with a printed walkthrough.
         #[arg(long)]
         dev: bool,
+    },
+    /// Run a broker command remotely as an approver, over SSH (for example: admin requests).
+    #[command(
+        after_help = "Examples:\n  sshjit-broker admin requests\n  sshjit-broker admin show 42\n  sshjit-broker admin approve 42 --comment 'ok for INC-7'\n  sshjit-broker admin deny 43 --reason 'use the runbook'\n  sshjit-broker admin member add bob --role editor --key \"$(cat bob.pub)\"\n\nConnection settings are the helper's: --broker/SSHJIT_BROKER, --identity/SSHJIT_IDENTITY, ~/.config/sshjit/config.toml."
+    )]
+    Admin {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        /// Print the broker's JSON.
+        #[arg(long)]
+        json: bool,
+        /// Approve without asking for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// The broker command and its arguments.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            required = true,
+            value_name = "COMMAND"
+        )]
+        command: Vec<String>,
     },
     /// Offline audit commands (the daemon must be stopped to read its database).
     #[command(subcommand)]
@@ -134,6 +157,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     serve(listener, opened).await
                 }
             })
+        }
+        Cmd::Admin {
+            connect,
+            json,
+            yes,
+            command,
+        } => {
+            // --json and --yes may also come after the command, where people type them.
+            let json = json || command.iter().any(|w| w == "--json");
+            let yes = yes || command.iter().any(|w| w == "--yes");
+            let words: Vec<String> = command
+                .into_iter()
+                .filter(|w| w != "--json" && w != "--yes")
+                .collect();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let out = rt.block_on(async {
+                let settings = Settings::resolve(&connect)?;
+                admin::run(&settings, &words, json, yes).await
+            });
+            match out {
+                Ok(o) => {
+                    print!("{}", o.stdout);
+                    eprint!("{}", o.stderr);
+                    Ok(if o.status == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(u8::try_from(o.status).unwrap_or(1))
+                    })
+                }
+                Err(e) => {
+                    eprint!("{}", Output::error(&e, json).stderr);
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Cmd::Audit(AuditCmd::Verify {
             data_dir,

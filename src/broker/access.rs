@@ -99,6 +99,19 @@ impl Broker {
             .iter()
             .map(|c| json!({"serial": c.serial, "key_id": c.key_id, "key_fingerprint": c.key_fingerprint, "issued_at": c.issued_at}))
             .collect::<Vec<_>>());
+        if r.state_at(now) == RequestState::Pending
+            && let Some(m) = self.store.member(&r.requester)?
+        {
+            let (role, login) = policy::grant_shape(&r, m.role)?;
+            let start = r.requested_start.map_or(now, |s| s.max(now));
+            json["would_grant"] = json!({
+                "effective_role": role,
+                "login": login,
+                "principals": [ca::principal(&login, r.resource.as_str())],
+                "start_if_approved_now": start,
+                "end_if_approved_now": start.plus(r.duration_secs),
+            });
+        }
         let mut text = views::request_text(&r, now);
         for c in &certs {
             text.push_str(&format!(
@@ -313,6 +326,7 @@ impl Broker {
             "valid_after": record.valid_after,
             "valid_before": record.valid_before,
             "login": login,
+            "seconds_left": now.until(record.valid_before).max(0),
             "host": {"name": host.name, "address": host.address, "port": host.port},
         });
         Ok(Reply::new(json, format!("{line}\n")))

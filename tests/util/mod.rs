@@ -348,6 +348,11 @@ pub struct Sshd {
 impl Sshd {
     /// Starts sshd with `extra` config lines (normally an `Include` of host-config's file).
     pub fn start(dir: &Path, extra: &str) -> Sshd {
+        Self::start_on(dir, extra, free_port())
+    }
+
+    /// Like `start`, on a chosen port.
+    pub fn start_on(dir: &Path, extra: &str, port: u16) -> Sshd {
         let sshd = require("/usr/sbin/sshd");
         if !Path::new("/run/sshd").is_dir() {
             let _ = std::fs::create_dir_all("/run/sshd");
@@ -365,7 +370,6 @@ impl Sshd {
                 .unwrap();
             assert!(st.success());
         }
-        let port = free_port();
         let log = dir.join("sshd.log");
         let config = dir.join("sshd_config");
         std::fs::write(

@@ -1,0 +1,125 @@
+//! `sshjit`, the engineer's helper: parses flags, resolves settings, runs one client command.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sshjit::Error;
+use sshjit::client::{self, ConnectArgs, Settings, helper, local};
+use sshjit::commands::RequestArgs;
+use sshjit::model::Timestamp;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sshjit",
+    version,
+    about = "Ask for time-boxed SSH access, wait for approval, and connect with a short-lived certificate",
+    after_help = "Settings come from flags, then SSHJIT_BROKER / SSHJIT_IDENTITY, then ~/.config/sshjit/config.toml."
+)]
+struct Cli {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Ask for access to a host; with --wait, follow it to a certificate.
+    Request {
+        #[command(flatten)]
+        args: RequestArgs,
+        /// Wait for the decision, then fetch the certificate.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show your requests and grants with the time left.
+    Status { id: Option<u64> },
+    /// Withdraw a pending request.
+    Cancel { id: u64 },
+    /// Make a fresh key for an approved grant, have it certified, and add it to ssh-agent.
+    Login { id: u64 },
+    /// Run ssh to HOST with the current grant's login, key and certificate.
+    Ssh {
+        host: String,
+        /// Passed to ssh after the destination (options, then a remote command).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Print an ~/.ssh/config block so plain ssh, scp, rsync and git use your certificates.
+    SshConfig,
+    /// List the certificates stored in ~/.ssh/sshjit.
+    Certs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if cli.json {
+                let v = serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}});
+                eprintln!("{v}");
+            } else {
+                eprintln!("error: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: &Cli) -> Result<(), Error> {
+    let printed = match &cli.command {
+        // Local-only commands need no broker.
+        Cmd::SshConfig => helper::ssh_config(&client::certs_dir()?)?,
+        Cmd::Certs => helper::certs(&client::certs_dir()?)?,
+        Cmd::Request { args, wait } => {
+            helper::request(&settings(cli)?, args, *wait, cli.json).await?
+        }
+        Cmd::Status { id } => helper::status(&settings(cli)?, *id).await?,
+        Cmd::Cancel { id } => helper::cancel(&settings(cli)?, *id).await?,
+        Cmd::Login { id } => helper::login(&settings(cli)?, *id).await?,
+        Cmd::Ssh { host, args } => {
+            let cert = helper::certificate_for(&settings(cli)?, host).await?;
+            let err = exec(helper::ssh_command(&cert, args));
+            return Err(Error::Client(format!(
+                "cannot run ssh: {err}; install openssh-client"
+            )));
+        }
+    };
+    if cli.json {
+        println!("{}", printed.json);
+    } else {
+        print!("{}", printed.text);
+    }
+    Ok(())
+}
+
+/// Resolves settings and removes expired certificates, as every broker command does first.
+fn settings(cli: &Cli) -> Result<Settings, Error> {
+    let settings = Settings::resolve(&cli.connect)?;
+    let pruned = local::prune(&settings.certs_dir, Timestamp::now())?;
+    if !pruned.is_empty() && !cli.json && std::io::stderr().is_terminal() {
+        eprintln!("sshjit: removed {} expired certificate(s)", pruned.len());
+    }
+    Ok(settings)
+}
+
+/// Replaces this process with `cmd`; returns only on failure.
+fn exec(mut cmd: std::process::Command) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    cmd.exec()
+}

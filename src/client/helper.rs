@@ -1,0 +1,422 @@
+//! The engineer's commands (`sshjit request|status|cancel|login|ssh|ssh-config|certs`).
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use russh::keys::ssh_key::LineEnding;
+use serde_json::{Value, json};
+
+use super::Settings;
+use super::conn::Connection;
+use super::local::{self, LocalCert};
+use crate::ca;
+use crate::commands::RequestArgs;
+use crate::error::{Error, Result};
+use crate::justify;
+use crate::model::{Timestamp, format_duration};
+
+/// What a helper command prints: text for people, JSON with `--json`.
+pub struct Printed {
+    pub text: String,
+    pub json: Value,
+}
+
+/// How often `request --wait` asks the broker (SSHJIT_POLL_MS overrides, for tests).
+fn poll_interval() -> Duration {
+    let ms = std::env::var("SSHJIT_POLL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000u64);
+    Duration::from_millis(ms.clamp(50, 60_000))
+}
+
+/// `sshjit request`: asks, prints the case for approvers, and with `wait` follows it to a certificate.
+pub async fn request(
+    settings: &Settings,
+    a: &RequestArgs,
+    wait: bool,
+    json_out: bool,
+) -> Result<Printed> {
+    let conn = Connection::open(settings).await?;
+    let mut words = vec![
+        "request",
+        a.host.as_str(),
+        "--role",
+        a.role.as_str(),
+        "--for",
+        a.duration.as_str(),
+        "--reason",
+        a.reason.as_str(),
+    ];
+    if let Some(s) = &a.start {
+        words.extend(["--start", s.as_str()]);
+    }
+    let req = conn.json(&words).await?;
+    let id = req["id"].as_u64().unwrap_or_default();
+    let mut text = describe_request(&req);
+    if !wait {
+        text.push_str(&format!(
+            "\nWhen it is approved, fetch your certificate with: sshjit login {id}\nor wait for it: sshjit request ... --wait (or sshjit status {id})\n"
+        ));
+        conn.close().await;
+        return Ok(Printed { text, json: req });
+    }
+    // Print the request now: waiting can take a while.
+    if !json_out {
+        print!("{text}");
+        let _ = std::io::stdout().flush();
+    }
+    let decided = tokio::select! {
+        r = follow(&conn, id, json_out) => r?,
+        _ = tokio::signal::ctrl_c() => {
+            conn.close().await;
+            return Err(Error::Client(format!(
+                "stopped waiting; request {id} is still pending. Check it with 'sshjit status {id}' and, once approved, run 'sshjit login {id}'"
+            )));
+        }
+    };
+    match decided["state"].as_str() {
+        Some("approved") => {
+            let status = decided["grant"]["status"].as_str().unwrap_or_default();
+            if status == "scheduled" {
+                conn.close().await;
+                let start = decided["grant"]["start"].as_str().unwrap_or_default();
+                let text = format!(
+                    "request {id} approved; the window starts at {start}. Then run: sshjit login {id}\n"
+                );
+                return Ok(Printed {
+                    text,
+                    json: decided,
+                });
+            }
+            let cert = login_on(&conn, settings, id).await?;
+            conn.close().await;
+            Ok(Printed {
+                text: login_text(&cert.0, cert.1),
+                json: json!({"request": decided, "certificate": cert.0}),
+            })
+        }
+        Some(state) => {
+            conn.close().await;
+            let why = match state {
+                "denied" => format!(
+                    ": {}",
+                    decided["denial"]["reason"].as_str().unwrap_or_default()
+                ),
+                _ => String::new(),
+            };
+            Err(Error::Client(format!(
+                "request {id} was {state}{why}; make a new request if you still need access"
+            )))
+        }
+        None => Err(Error::Internal("the broker's answer has no state".into())),
+    }
+}
+
+/// Polls until the request leaves `pending`, showing progress.
+async fn follow(conn: &Connection, id: u64, quiet: bool) -> Result<Value> {
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut last = String::new();
+    loop {
+        let list = conn.json(&["status", &id.to_string()]).await?;
+        let r = list.get(0).cloned().unwrap_or(Value::Null);
+        let state = r["state"].as_str().unwrap_or("unknown").to_string();
+        let line = format!(
+            "request {id}: {state}, approvals {}/{}, waiting {}, {} left before it expires",
+            r["approvals"].as_array().map_or(0, Vec::len),
+            r["approvals_required"],
+            format_duration(started.elapsed().as_secs()),
+            format_duration(r["pending_seconds_left"].as_u64().unwrap_or(0)),
+        );
+        if state != "pending" {
+            if tty && !quiet {
+                eprintln!();
+            }
+            return Ok(r);
+        }
+        if !quiet {
+            if tty {
+                eprint!("\r{line}  ");
+            } else {
+                // Without a terminal, print only changes (not the ticking clock).
+                let key = format!("{state} {}", r["approvals"].as_array().map_or(0, Vec::len));
+                if key != last {
+                    eprintln!("{line}");
+                    last = key;
+                }
+            }
+        }
+        tokio::time::sleep(poll_interval()).await;
+    }
+}
+
+fn describe_request(r: &Value) -> String {
+    let id = r["id"].as_u64().unwrap_or_default();
+    let mut s = format!(
+        "request {id}: {} access to {} for {} ({})\n",
+        r["role"].as_str().unwrap_or_default(),
+        r["resource"].as_str().unwrap_or_default(),
+        format_duration(r["duration_secs"].as_u64().unwrap_or_default()),
+        r["state"].as_str().unwrap_or_default(),
+    );
+    s.push_str(&format!(
+        "justification: {}\n",
+        r["justification"]["text"].as_str().unwrap_or_default()
+    ));
+    let flags: Vec<String> = r["justification"]["flags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(|f| format!("  ! {f}: {}", justify::describe(f)))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !flags.is_empty() {
+        s.push_str("flags an approver will see:\n");
+        s.push_str(&flags.join("\n"));
+        s.push('\n');
+    }
+    let approvers: Vec<&str> = r["approvers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    s.push_str(&format!(
+        "needs {} approval(s) from: {}\n",
+        r["approvals_required"],
+        if approvers.is_empty() {
+            "nobody yet".to_string()
+        } else {
+            approvers.join(", ")
+        }
+    ));
+    s
+}
+
+/// `sshjit status [ID]`.
+pub async fn status(settings: &Settings, id: Option<u64>) -> Result<Printed> {
+    let conn = Connection::open(settings).await?;
+    let id_text = id.map(|i| i.to_string());
+    let mut words = vec!["status"];
+    if let Some(i) = &id_text {
+        words.push(i);
+    }
+    let list = conn.json(&words).await?;
+    conn.close().await;
+    let mut text = format!(
+        "{:<6} {:<9} {:<14} {:<7} {:<8} {}\n",
+        "ID", "STATE", "HOST", "ROLE", "FOR", "WHEN"
+    );
+    for r in list.as_array().into_iter().flatten() {
+        let when = match (r["state"].as_str(), r["grant"]["status"].as_str()) {
+            (Some("pending"), _) => format!(
+                "{} left to decide",
+                format_duration(r["pending_seconds_left"].as_u64().unwrap_or(0))
+            ),
+            (Some("approved"), Some("active")) => format!(
+                "active, {} left as {}",
+                format_duration(r["grant"]["seconds_left"].as_u64().unwrap_or(0)),
+                r["grant"]["logins"][0].as_str().unwrap_or_default()
+            ),
+            (Some("approved"), Some("scheduled")) => format!(
+                "starts {}",
+                r["grant"]["start"].as_str().unwrap_or_default()
+            ),
+            (Some("approved"), _) => "window over".into(),
+            _ => String::new(),
+        };
+        text.push_str(&format!(
+            "{:<6} {:<9} {:<14} {:<7} {:<8} {}\n",
+            r["id"],
+            r["state"].as_str().unwrap_or_default(),
+            r["resource"].as_str().unwrap_or_default(),
+            r["role"].as_str().unwrap_or_default(),
+            format_duration(r["duration_secs"].as_u64().unwrap_or(0)),
+            when
+        ));
+    }
+    Ok(Printed { text, json: list })
+}
+
+/// `sshjit cancel ID`.
+pub async fn cancel(settings: &Settings, id: u64) -> Result<Printed> {
+    let conn = Connection::open(settings).await?;
+    let r = conn.json(&["cancel", &id.to_string()]).await?;
+    conn.close().await;
+    Ok(Printed {
+        text: format!("request {id} cancelled\n"),
+        json: r,
+    })
+}
+
+/// `sshjit login ID`: a fresh key, signed, stored, and added to ssh-agent for the time left.
+pub async fn login(settings: &Settings, id: u64) -> Result<Printed> {
+    let conn = Connection::open(settings).await?;
+    let (cert, agent) = login_on(&conn, settings, id).await?;
+    conn.close().await;
+    Ok(Printed {
+        text: login_text(&cert, agent),
+        json: serde_json::to_value(&cert)?,
+    })
+}
+
+async fn login_on(
+    conn: &Connection,
+    settings: &Settings,
+    id: u64,
+) -> Result<(LocalCert, Option<u64>)> {
+    let key = ca::generate_key(&format!("sshjit:{id}"))?;
+    let private = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| Error::Internal(format!("cannot encode a key: {e}")))?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| Error::Internal(format!("cannot encode a key: {e}")))?;
+    let answer = conn
+        .run(
+            &super::conn::quote_line(&["cert", &id.to_string()], true),
+            public.as_bytes(),
+        )
+        .await?;
+    let cert_json = answer.json()?;
+    let local = local::save(&settings.certs_dir, &cert_json, id, &private, &public)?;
+    // The broker's clock decides the lifetime, not ours.
+    let seconds = cert_json["seconds_left"].as_u64().unwrap_or(0);
+    let agent = local::add_to_agent(&local, seconds)?.then_some(seconds);
+    Ok((local, agent))
+}
+
+fn login_text(c: &LocalCert, agent: Option<u64>) -> String {
+    let mut s = format!(
+        "certificate for {} as {} (serial {}), valid {} to {}\n  key          {}\n  certificate  {}\n",
+        c.host,
+        c.login,
+        c.serial,
+        c.valid_after,
+        c.valid_before,
+        c.key.display(),
+        c.certificate.display()
+    );
+    match agent {
+        Some(secs) => s.push_str(&format!(
+            "  ssh-agent    added for {} (until the window ends)\n",
+            format_duration(secs)
+        )),
+        None => s.push_str("  ssh-agent    not running; 'sshjit ssh' uses the files directly\n"),
+    }
+    s.push_str(&format!("connect with: sshjit ssh {}\n", c.host));
+    s
+}
+
+/// Finds (or fetches) the current certificate for `host`, or says which request to make.
+pub async fn certificate_for(settings: &Settings, host: &str) -> Result<LocalCert> {
+    let now = Timestamp::now();
+    if let Some(c) = local::current_for(&settings.certs_dir, host, now)? {
+        return Ok(c);
+    }
+    let conn = Connection::open(settings).await?;
+    let mine = conn.json(&["status"]).await?;
+    let grants: Vec<&Value> = mine
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["resource"] == host && r["state"] == "approved")
+        .collect();
+    if let Some(active) = grants.iter().find(|r| r["grant"]["status"] == "active") {
+        let id = active["id"].as_u64().unwrap_or_default();
+        let (c, _) = login_on(&conn, settings, id).await?;
+        conn.close().await;
+        return Ok(c);
+    }
+    conn.close().await;
+    if let Some(later) = grants.iter().find(|r| r["grant"]["status"] == "scheduled") {
+        return Err(Error::Client(format!(
+            "your grant for {host} (request {}) starts at {}; connect then",
+            later["id"],
+            later["grant"]["start"].as_str().unwrap_or_default()
+        )));
+    }
+    Err(Error::Client(format!(
+        "you have no current grant for {host}; ask for one with:\n  sshjit request {host} --role viewer --for 1h --reason 'TICKET-123 what you need to do'"
+    )))
+}
+
+/// The `ssh` command line for a certificate, with `extra` after the destination.
+pub fn ssh_command(c: &LocalCert, extra: &[String]) -> std::process::Command {
+    let mut cmd = std::process::Command::new("ssh");
+    cmd.arg("-i")
+        .arg(&c.key)
+        .arg("-o")
+        .arg(format!("CertificateFile={}", c.certificate.display()))
+        .args(["-o", "IdentitiesOnly=yes", "-p", &c.port.to_string()])
+        .arg(format!("{}@{}", c.login, c.address))
+        .args(extra);
+    cmd
+}
+
+/// `sshjit ssh-config`: blocks for `~/.ssh/config` using the stable `current` links.
+pub fn ssh_config(certs_dir: &std::path::Path) -> Result<Printed> {
+    let now = Timestamp::now();
+    local::prune(certs_dir, now)?;
+    let mut latest: std::collections::BTreeMap<String, LocalCert> = Default::default();
+    for c in local::list(certs_dir)? {
+        latest.insert(c.host.clone(), c);
+    }
+    let mut text = String::from(
+        "# sshjit: paste into ~/.ssh/config (or Include it). Plain ssh, scp, rsync and git then use\n# the current certificate for each host. Run 'sshjit login ID' to renew; rerun this for new hosts.\n",
+    );
+    for (host, c) in &latest {
+        let dir = c
+            .key
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "\nHost {host}\n    HostName {}\n    Port {}\n    User {}\n    IdentityFile {dir}/current\n    CertificateFile {dir}/current-cert.pub\n    IdentitiesOnly yes\n",
+            c.address, c.port, c.login
+        ));
+    }
+    if latest.is_empty() {
+        text.push_str("# no certificates yet: run 'sshjit login ID' after a request is approved\n");
+    }
+    Ok(Printed {
+        json: json!({"config": text}),
+        text,
+    })
+}
+
+/// `sshjit certs`: local certificates with their windows.
+pub fn certs(certs_dir: &std::path::Path) -> Result<Printed> {
+    let now = Timestamp::now();
+    local::prune(certs_dir, now)?;
+    let all = local::list(certs_dir)?;
+    let mut text = format!(
+        "{:<14} {:<10} {:<6} {:<21} {:<21} {}\n",
+        "HOST", "LOGIN", "ID", "FROM", "UNTIL", "LEFT"
+    );
+    for c in &all {
+        let left = if now < c.valid_after {
+            "not yet".into()
+        } else {
+            format_duration(c.seconds_left(now))
+        };
+        text.push_str(&format!(
+            "{:<14} {:<10} {:<6} {:<21} {:<21} {}\n",
+            c.host,
+            c.login,
+            c.request_id,
+            c.valid_after.to_string(),
+            c.valid_before.to_string(),
+            left
+        ));
+    }
+    if all.is_empty() {
+        text = "no certificates; run 'sshjit login ID' after a request is approved\n".into();
+    }
+    Ok(Printed {
+        text,
+        json: serde_json::to_value(&all)?,
+    })
+}

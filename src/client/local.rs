@@ -1,0 +1,218 @@
+//! The helper's certificate store under `~/.ssh/sshjit/<host>/`, and handing keys to ssh-agent.
+//!
+//! Per grant: `<id>` (private key), `<id>.pub`, `<id>-cert.pub` and `<id>.json` (what the broker
+//! said), all 0600, in a 0700 directory; `current` and `current-cert.pub` link to the newest grant
+//! so an ssh_config block can name stable paths.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{Name, Timestamp};
+
+/// One certificate on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalCert {
+    pub request_id: u64,
+    pub serial: u64,
+    pub host: String,
+    pub address: String,
+    pub port: u16,
+    pub login: String,
+    pub valid_after: Timestamp,
+    pub valid_before: Timestamp,
+    pub key: PathBuf,
+    pub certificate: PathBuf,
+}
+
+impl LocalCert {
+    /// Seconds of validity left at `now` (0 when expired).
+    pub fn seconds_left(&self, now: Timestamp) -> u64 {
+        now.until(self.valid_before).max(0) as u64
+    }
+}
+
+/// The directory for one host's certificates.
+pub fn host_dir(root: &Path, host: &str) -> Result<PathBuf> {
+    let name: Name = host.parse()?;
+    Ok(root.join(name.as_str()))
+}
+
+/// Writes a new grant's key and certificate and points `current` at them.
+pub fn save(
+    root: &Path,
+    cert_json: &serde_json::Value,
+    request_id: u64,
+    private_key: &str,
+    public_key: &str,
+) -> Result<LocalCert> {
+    let field = |k: &str| {
+        cert_json[k]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| Error::Internal(format!("the broker's certificate answer has no {k}")))
+    };
+    let host = cert_json["host"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let dir = host_dir(root, &host)?;
+    for d in [root, dir.as_path()] {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .map_err(Error::io(format!("cannot create {}", d.display())))?;
+    }
+    let key = dir.join(request_id.to_string());
+    let certificate = dir.join(format!("{request_id}-cert.pub"));
+    let local = LocalCert {
+        request_id,
+        serial: cert_json["serial"].as_u64().unwrap_or_default(),
+        host,
+        address: cert_json["host"]["address"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        port: cert_json["host"]["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(22),
+        login: field("login")?,
+        valid_after: Timestamp::parse_rfc3339(&field("valid_after")?)?,
+        valid_before: Timestamp::parse_rfc3339(&field("valid_before")?)?,
+        key: key.clone(),
+        certificate: certificate.clone(),
+    };
+    write_private(&key, private_key)?;
+    write_private(
+        &dir.join(format!("{request_id}.pub")),
+        &format!("{}\n", public_key.trim()),
+    )?;
+    write_private(&certificate, &format!("{}\n", field("certificate")?))?;
+    let meta = serde_json::to_string_pretty(&local).map_err(Error::from)?;
+    write_private(&dir.join(format!("{request_id}.json")), &meta)?;
+    relink(&dir, request_id)?;
+    Ok(local)
+}
+
+/// Replaces a file with `content`, created 0600.
+fn write_private(path: &Path, content: &str) -> Result<()> {
+    let _ = fs::remove_file(path);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(Error::io(format!("cannot create {}", path.display())))?;
+    f.write_all(content.as_bytes())
+        .map_err(Error::io(format!("cannot write {}", path.display())))
+}
+
+fn relink(dir: &Path, id: u64) -> Result<()> {
+    for (link, target) in [
+        ("current", id.to_string()),
+        ("current-cert.pub", format!("{id}-cert.pub")),
+    ] {
+        let path = dir.join(link);
+        let _ = fs::remove_file(&path);
+        std::os::unix::fs::symlink(&target, &path)
+            .map_err(Error::io(format!("cannot link {}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Every certificate on disk, newest window last.
+pub fn list(root: &Path) -> Result<Vec<LocalCert>> {
+    let mut out = Vec::new();
+    let Ok(hosts) = fs::read_dir(root) else {
+        return Ok(out);
+    };
+    for host in hosts.flatten() {
+        let Ok(files) = fs::read_dir(host.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let p = f.path();
+            if p.extension().is_some_and(|e| e == "json")
+                && let Some(c) = fs::read_to_string(&p)
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok())
+            {
+                out.push(c);
+            }
+        }
+    }
+    out.sort_by_key(|c: &LocalCert| (c.valid_before, c.request_id));
+    Ok(out)
+}
+
+/// Deletes the files of certificates whose window has ended; returns them.
+pub fn prune(root: &Path, now: Timestamp) -> Result<Vec<LocalCert>> {
+    let mut removed = Vec::new();
+    for c in list(root)? {
+        if c.valid_before > now {
+            continue;
+        }
+        let dir = c.key.parent().map(Path::to_path_buf).unwrap_or_default();
+        let id = c.request_id;
+        for name in [
+            id.to_string(),
+            format!("{id}.pub"),
+            format!("{id}-cert.pub"),
+            format!("{id}.json"),
+        ] {
+            let _ = fs::remove_file(dir.join(name));
+        }
+        for link in ["current", "current-cert.pub"] {
+            let p = dir.join(link);
+            if fs::symlink_metadata(&p).is_ok() && fs::metadata(&p).is_err() {
+                let _ = fs::remove_file(&p);
+            }
+        }
+        let _ = fs::remove_dir(&dir);
+        removed.push(c);
+    }
+    Ok(removed)
+}
+
+/// The current certificate for `host` with the most time left, if any.
+pub fn current_for(root: &Path, host: &str, now: Timestamp) -> Result<Option<LocalCert>> {
+    Ok(list(root)?
+        .into_iter()
+        .filter(|c| c.host == host && c.valid_after <= now && now < c.valid_before)
+        .max_by_key(|c| c.valid_before))
+}
+
+/// Adds the key and its certificate to the running ssh-agent for `seconds`.
+///
+/// russh's agent client cannot add certificates, so this runs `ssh-add -t`, which loads
+/// `KEY-cert.pub` beside `KEY`. Returns false when no agent is running.
+pub fn add_to_agent(cert: &LocalCert, seconds: u64) -> Result<bool> {
+    if std::env::var_os("SSH_AUTH_SOCK").is_none() {
+        return Ok(false);
+    }
+    let out = Command::new("ssh-add")
+        .arg("-q")
+        .arg("-t")
+        .arg(seconds.max(1).to_string())
+        .arg(&cert.key)
+        .output()
+        .map_err(|e| Error::Client(format!("cannot run ssh-add ({e}); install openssh-client")))?;
+    if !out.status.success() {
+        return Err(Error::Client(format!(
+            "ssh-add refused the key: {}; the key and certificate are still in {}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            cert.key
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        )));
+    }
+    Ok(true)
+}

@@ -1,0 +1,235 @@
+//! The client side: settings (flags, then environment, then config file), the SSH connection,
+//! broker key pinning, the local certificate store, and the `sshjit` and `admin` commands.
+
+pub mod admin;
+pub mod conn;
+pub mod helper;
+pub mod known;
+pub mod local;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The broker's default port.
+pub const DEFAULT_PORT: u16 = 2222;
+
+/// Connection flags shared by `sshjit` and `sshjit-broker admin`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConnectArgs {
+    /// The broker, HOST[:PORT] (default port 2222). Also SSHJIT_BROKER or broker = in the config file.
+    #[arg(long, global = true)]
+    pub broker: Option<String>,
+    /// Your identity: a private key file, `agent`, or `agent:SHA256:...`. Also SSHJIT_IDENTITY.
+    #[arg(long, global = true)]
+    pub identity: Option<String>,
+    /// Pin the broker's host key on first contact without asking.
+    #[arg(long, global = true)]
+    pub accept_new_broker_key: bool,
+}
+
+/// Which key proves who you are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// An unencrypted private key file.
+    File(PathBuf),
+    /// A key held by the running ssh-agent; optionally the one with this fingerprint.
+    Agent(Option<String>),
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::File(p) => write!(f, "the key {}", p.display()),
+            Identity::Agent(None) => f.write_str("any key in ssh-agent"),
+            Identity::Agent(Some(fp)) => write!(f, "the ssh-agent key {fp}"),
+        }
+    }
+}
+
+/// `~/.config/sshjit/config.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    broker: Option<String>,
+    identity: Option<String>,
+    broker_fingerprint: Option<String>,
+}
+
+/// Everything a client needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `host:port`.
+    pub broker: String,
+    pub identity: Identity,
+    pub known_brokers: PathBuf,
+    pub accept_new: bool,
+    pub fingerprint: Option<String>,
+    /// Where certificates and their keys live (`~/.ssh/sshjit`).
+    pub certs_dir: PathBuf,
+}
+
+/// The user's home directory, from HOME.
+pub fn home() -> Result<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            Error::Config(
+                "HOME is not set; sshjit keeps its files under your home directory".into(),
+            )
+        })
+}
+
+/// Where certificates and their keys live: `~/.ssh/sshjit`.
+pub fn certs_dir() -> Result<PathBuf> {
+    Ok(home()?.join(".ssh/sshjit"))
+}
+
+/// The helper's config directory: `$XDG_CONFIG_HOME/sshjit` or `~/.config/sshjit`.
+pub fn config_dir(home: &Path) -> PathBuf {
+    match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x).join("sshjit"),
+        None => home.join(".config/sshjit"),
+    }
+}
+
+impl Settings {
+    /// Resolves settings: flags first, then SSHJIT_BROKER / SSHJIT_IDENTITY, then the config file.
+    pub fn resolve(flags: &ConnectArgs) -> Result<Settings> {
+        let home = home()?;
+        let dir = config_dir(&home);
+        let path = dir.join("config.toml");
+        let file: FileConfig = match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| Error::Config(format!("{} is invalid: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileConfig::default(),
+            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()))(e)),
+        };
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let broker = flags
+            .broker
+            .clone()
+            .or_else(|| env("SSHJIT_BROKER"))
+            .or(file.broker)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "no broker configured; pass --broker HOST:PORT, set SSHJIT_BROKER, or add broker = \"HOST:PORT\" to {}",
+                    path.display()
+                ))
+            })?;
+        let broker = normalize_broker(&broker)?;
+        let identity = match flags
+            .identity
+            .clone()
+            .or_else(|| env("SSHJIT_IDENTITY"))
+            .or(file.identity)
+        {
+            Some(s) => parse_identity(&s, &home)?,
+            None => default_identity(&home)?,
+        };
+        Ok(Settings {
+            broker,
+            identity,
+            known_brokers: dir.join("known_brokers"),
+            accept_new: flags.accept_new_broker_key,
+            fingerprint: file.broker_fingerprint,
+            certs_dir: certs_dir()?,
+        })
+    }
+
+    /// The host key policy for this broker.
+    pub fn host_key_policy(&self) -> known::HostKeyPolicy {
+        known::HostKeyPolicy {
+            file: self.known_brokers.clone(),
+            broker: self.broker.clone(),
+            accept_new: self.accept_new,
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
+}
+
+fn parse_identity(s: &str, home: &Path) -> Result<Identity> {
+    if s == "agent" {
+        return Ok(Identity::Agent(None));
+    }
+    if let Some(fp) = s.strip_prefix("agent:") {
+        return Ok(Identity::Agent(Some(fp.to_string())));
+    }
+    let path = match s.strip_prefix("~/") {
+        Some(rest) => home.join(rest),
+        None => PathBuf::from(s),
+    };
+    if !path.is_file() {
+        return Err(Error::Config(format!(
+            "the identity key {} does not exist; give the private key file you use for the broker (not the .pub), or 'agent'",
+            path.display()
+        )));
+    }
+    Ok(Identity::File(path))
+}
+
+fn default_identity(home: &Path) -> Result<Identity> {
+    let key = home.join(".ssh/id_ed25519");
+    if key.is_file() {
+        return Ok(Identity::File(key));
+    }
+    if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+        return Ok(Identity::Agent(None));
+    }
+    Err(Error::Config(
+        "no identity key: ~/.ssh/id_ed25519 does not exist and no ssh-agent is running; pass --identity FILE or set SSHJIT_IDENTITY".into(),
+    ))
+}
+
+/// `host` or `host:port` to `host:port`.
+fn normalize_broker(s: &str) -> Result<String> {
+    let bad = || {
+        Error::Config(format!(
+            "'{s}' is not a broker address; use HOST or HOST:PORT, such as broker.example.com:2222"
+        ))
+    };
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.ends_with(':') => {
+            port.parse::<u16>().map_err(|_| bad())?;
+            Ok(s.to_string())
+        }
+        Some(_) => Err(bad()),
+        None => Ok(format!("{s}:{DEFAULT_PORT}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_addresses_get_a_default_port() {
+        assert_eq!(normalize_broker("b.example").unwrap(), "b.example:2222");
+        assert_eq!(normalize_broker("127.0.0.1:22").unwrap(), "127.0.0.1:22");
+        for bad in ["", "b:", ":22", "b:x", "a b"] {
+            assert!(normalize_broker(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn identities_parse() {
+        let home = Path::new("/nonexistent");
+        assert_eq!(
+            parse_identity("agent", home).unwrap(),
+            Identity::Agent(None)
+        );
+        assert_eq!(
+            parse_identity("agent:SHA256:x", home).unwrap(),
+            Identity::Agent(Some("SHA256:x".into()))
+        );
+        assert!(parse_identity("~/.ssh/missing", home).is_err());
+    }
+}

@@ -1,0 +1,388 @@
+//! The helper `sshjit` and `sshjit-broker admin` end to end, with real OpenSSH:
+//! request --wait, approve --yes, login, `sshjit ssh`, plain ssh via ssh-config, ssh-agent,
+//! broker host key pinning, and the local files.
+
+mod util;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use util::{Broker, Identity, Out, Sshd, free_port, require, ssh_opts};
+
+fn helper_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sshjit")
+}
+
+/// A person with their own HOME and identity, talking to `b` through the helper.
+struct Person {
+    home: tempfile::TempDir,
+    id: Identity,
+    broker: String,
+}
+
+impl Person {
+    fn new(b: &Broker, id: &Identity) -> Person {
+        Person {
+            home: tempfile::tempdir().unwrap(),
+            id: id.clone(),
+            broker: format!("127.0.0.1:{}", b.addr.port()),
+        }
+    }
+
+    fn cmd(&self, bin: &str) -> Command {
+        let mut c = Command::new(bin);
+        c.env("HOME", self.home.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("SSH_AUTH_SOCK")
+            .env("SSHJIT_BROKER", &self.broker)
+            .env("SSHJIT_IDENTITY", &self.id.key)
+            .env("SSHJIT_POLL_MS", "100")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn helper(&self, args: &[&str]) -> Out {
+        let mut c = self.cmd(helper_bin());
+        c.args(args);
+        util::run_with_stdin(c, b"")
+    }
+
+    fn admin(&self, args: &[&str]) -> Out {
+        let mut c = self.cmd(util::bin());
+        c.arg("admin").args(args);
+        util::run_with_stdin(c, b"")
+    }
+
+    fn certs_dir(&self) -> PathBuf {
+        self.home.path().join(".ssh/sshjit")
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// A broker with alice (viewer) and adam (admin), and host web-01 backed by a real sshd.
+fn setup() -> (Broker, Identity, Sshd, String) {
+    let b = Broker::start_new();
+    let me = util::current_user();
+    let alice = b.add_member("alice", "viewer");
+    let port = free_port();
+    b.ssh(&b.owner, &format!("host add web-01 --address 127.0.0.1 --port {port} --login editor={me} --login viewer=sshjit-ro")).ok();
+    let host_dir = b.tmp.path().join("host");
+    let script = b
+        .ssh(
+            &b.owner,
+            &format!("host-config web-01 --dir {} --script", host_dir.display()),
+        )
+        .ok()
+        .stdout;
+    assert!(
+        Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let sshd = Sshd::start_on(
+        b.tmp.path(),
+        &format!("Include {}/sshd_config.d/sshjit.conf", host_dir.display()),
+        port,
+    );
+    (b, alice, sshd, me)
+}
+
+#[test]
+fn request_wait_approve_login_and_ssh() {
+    let (b, alice_id, sshd, me) = setup();
+    let alice = Person::new(&b, &alice_id);
+    let olga = Person::new(&b, &b.owner);
+
+    // 1. alice asks and waits in the background.
+    let waiting: Child = alice
+        .cmd(helper_bin())
+        .args([
+            "--accept-new-broker-key",
+            "request",
+            "web-01",
+            "--role",
+            "editor",
+            "--for",
+            "1h",
+        ])
+        .args(["--reason", "INC-77 restart the stuck worker", "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while b
+        .json("requests --state pending")
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the request never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // 2. olga reviews and approves with --yes.
+    let table = olga.admin(&["--accept-new-broker-key", "requests"]).ok();
+    assert!(
+        table.stdout.contains("alice")
+            && table.stdout.contains("web-01")
+            && table.stdout.contains("0/1"),
+        "{table:?}"
+    );
+    let approved = olga.admin(&["approve", "1", "--yes"]).ok();
+    assert!(
+        approved.stdout.contains("request 1 approved"),
+        "{approved:?}"
+    );
+    assert!(
+        approved.stderr.contains(&format!("as login {me}")),
+        "the approver was not shown the grant: {approved:?}"
+    );
+
+    // 3. alice's helper fetches the certificate.
+    let out = waiting.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("needs 1 approval(s) from: olga"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("certificate for web-01 as {me}")),
+        "{stdout}"
+    );
+    let dir = alice.certs_dir().join("web-01");
+    for f in ["1", "1.pub", "1-cert.pub", "1.json"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+    assert_eq!(mode(&alice.certs_dir()), 0o700);
+
+    // 4. sshjit ssh logs in to the real sshd as the granted login.
+    let opts = ssh_opts(alice.home.path());
+    let mut args = vec!["ssh", "web-01", "--"];
+    args.extend(opts.iter().map(String::as_str));
+    args.extend(["id", "-un"]);
+    let ssh = alice.helper(&args);
+    assert_eq!(ssh.code, 0, "{ssh:?}\n{}", sshd.log());
+    assert_eq!(ssh.stdout.trim(), me);
+
+    // 5. plain ssh through the ssh-config block.
+    let block = alice.helper(&["ssh-config"]).ok().stdout;
+    assert!(
+        block.contains("Host web-01") && block.contains("CertificateFile"),
+        "{block}"
+    );
+    let cfg = alice.home.path().join("ssh_config");
+    std::fs::write(&cfg, &block).unwrap();
+    let mut plain = Command::new(require("ssh"));
+    plain
+        .arg("-F")
+        .arg(&cfg)
+        .args(&opts[2..])
+        .args(["web-01", "id", "-un"]);
+    let plain = util::run_with_stdin(plain, b"");
+    assert_eq!(plain.code, 0, "{plain:?}\n{}", sshd.log());
+    assert_eq!(plain.stdout.trim(), me);
+
+    // status and certs show the grant with time left.
+    let status = alice.helper(&["status"]).ok().stdout;
+    assert!(
+        status.contains("active") && status.contains("left as"),
+        "{status}"
+    );
+    let certs = alice.helper(&["certs"]).ok().stdout;
+    assert!(certs.contains("web-01") && certs.contains(&me), "{certs}");
+
+    // Expired files go at the next helper command. (The stored window is moved into the past
+    // to stand in for an hour passing.)
+    let meta = dir.join("1.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    v["valid_before"] = serde_json::json!("2001-01-01T00:00:00Z");
+    std::fs::write(&meta, v.to_string()).unwrap();
+    alice.helper(&["certs"]).ok();
+    assert!(
+        !dir.join("1").exists() && !dir.join("1-cert.pub").exists(),
+        "expired key left behind"
+    );
+}
+
+#[test]
+fn login_adds_the_certificate_to_a_real_agent_for_the_time_left() {
+    let (b, alice_id, _sshd, _me) = setup();
+    let alice = Person::new(&b, &alice_id);
+    let adam = b.add_member("adam", "admin");
+    let id = b
+        .ssh(
+            &alice_id,
+            "request web-01 --role viewer --for 30m --reason 'INC-5 read logs' --json",
+        )
+        .ok()
+        .json()["id"]
+        .as_u64()
+        .unwrap();
+    b.ssh(&adam, &format!("approve {id}")).ok();
+
+    // A real ssh-agent, and a PATH shim that records what ssh-add is asked before running it.
+    let sock = alice.home.path().join("agent.sock");
+    let mut agent = Command::new(require("ssh-agent"))
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "ssh-agent did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let shim = alice.home.path().join("bin");
+    std::fs::create_dir(&shim).unwrap();
+    let log = alice.home.path().join("ssh-add.args");
+    std::fs::write(
+        shim.join("ssh-add"),
+        format!(
+            "#!/bin/sh\necho \"$@\" > {}\nexec {} \"$@\"\n",
+            log.display(),
+            require("ssh-add").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(shim.join("ssh-add"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", shim.display(), std::env::var("PATH").unwrap());
+
+    let mut c = alice.cmd(helper_bin());
+    c.env("SSH_AUTH_SOCK", &sock).env("PATH", &path).args([
+        "--accept-new-broker-key",
+        "--json",
+        "login",
+        &id.to_string(),
+    ]);
+    let login = util::run_with_stdin(c, b"").ok();
+    let cert: serde_json::Value = login.json();
+
+    let mut list = Command::new(require("ssh-add"));
+    list.env("SSH_AUTH_SOCK", &sock).arg("-l");
+    let listed = util::run_with_stdin(list, b"").ok().stdout;
+    assert!(
+        listed.contains("ED25519-CERT"),
+        "agent does not hold the certificate: {listed}"
+    );
+
+    let args = std::fs::read_to_string(&log).unwrap();
+    let secs: i64 = args
+        .split_whitespace()
+        .skip_while(|w| *w != "-t")
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let end =
+        sshjit::model::Timestamp::parse_rfc3339(cert["valid_before"].as_str().unwrap()).unwrap();
+    let left = sshjit::model::Timestamp::now().until(end);
+    assert!(
+        (secs - left).abs() <= 5 && secs > 1700,
+        "lifetime {secs}s, but {left}s are left in the window"
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+#[test]
+fn broker_host_keys_are_pinned_like_openssh() {
+    let b = Broker::start_new();
+    let alice_id = b.add_member("alice", "viewer");
+    let alice = Person::new(&b, &alice_id);
+
+    // No terminal and no --accept-new-broker-key: refused, nothing pinned.
+    let first = alice.helper(&["status"]);
+    assert_ne!(first.code, 0);
+    assert!(
+        first.stderr.contains("first contact with the broker")
+            && first.stderr.contains("--accept-new-broker-key"),
+        "{first:?}"
+    );
+    let known = alice.home.path().join(".config/sshjit/known_brokers");
+    assert!(!known.exists());
+
+    // Accepted once, then remembered.
+    alice.helper(&["--accept-new-broker-key", "status"]).ok();
+    alice.helper(&["status"]).ok();
+
+    // A changed key is refused loudly, even with --accept-new-broker-key.
+    let text = std::fs::read_to_string(&known).unwrap();
+    let other = sshjit::ca::generate_key("x")
+        .unwrap()
+        .public_key()
+        .to_openssh()
+        .unwrap();
+    let (who, _) = text.trim().split_once(' ').unwrap();
+    std::fs::write(&known, format!("{who} {other}\n")).unwrap();
+    let changed = alice.helper(&["--accept-new-broker-key", "status"]);
+    assert_ne!(changed.code, 0);
+    assert!(
+        changed.stderr.contains("HOST KEY HAS CHANGED"),
+        "{changed:?}"
+    );
+
+    // A configured fingerprint pins without asking.
+    std::fs::remove_file(&known).unwrap();
+    let host_key = std::fs::read_to_string(b.data.join("host_key")).unwrap();
+    let key = russh::keys::PrivateKey::from_openssh(host_key.trim()).unwrap();
+    let fingerprint = sshjit::ca::fingerprint(key.public_key().key_data());
+    let cfg_dir = alice.home.path().join(".config/sshjit");
+    std::fs::write(
+        cfg_dir.join("config.toml"),
+        format!("broker_fingerprint = \"{fingerprint}\"\n"),
+    )
+    .unwrap();
+    alice.helper(&["status"]).ok();
+    std::fs::remove_file(&known).unwrap();
+    std::fs::write(
+        cfg_dir.join("config.toml"),
+        "broker_fingerprint = \"SHA256:wrong\"\n",
+    )
+    .unwrap();
+    let wrong = alice.helper(&["status"]);
+    assert!(
+        wrong.stderr.contains("configured broker_fingerprint"),
+        "{wrong:?}"
+    );
+}
+
+#[test]
+fn admin_approve_refuses_without_a_terminal_or_yes() {
+    let (b, alice_id, _sshd, _) = setup();
+    let olga = Person::new(&b, &b.owner);
+    b.ssh(
+        &alice_id,
+        "request web-01 --role viewer --for 30m --reason 'INC-5 read logs'",
+    )
+    .ok();
+    let out = olga.admin(&["--accept-new-broker-key", "approve", "1"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("rerun with --yes"), "{out:?}");
+    assert_eq!(b.json("show 1")["state"], "pending");
+    // Pass-through commands print the broker's own output, and --json its JSON.
+    let hosts = olga.admin(&["host", "list", "--json"]).ok().json();
+    assert_eq!(hosts[0]["name"], "web-01");
+}
