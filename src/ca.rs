@@ -67,6 +67,20 @@ pub fn fingerprint(key: &KeyData) -> String {
 /// Parses a public key a user pasted (`ssh-ed25519 AAAA... [comment]`) and checks it is usable.
 pub fn parse_public_key(text: &str) -> Result<PublicKey> {
     let text = text.trim();
+    if text.contains("PRIVATE KEY") {
+        return Err(Error::InvalidKey(
+            "that is a private key: never send it anywhere. Send the public key instead (the .pub file beside it)".into(),
+        ));
+    }
+    let looks_like_path = !text.contains(' ')
+        && (text.starts_with('/') || text.starts_with('~') || text.ends_with(".pub"));
+    if looks_like_path {
+        return Err(Error::InvalidKey(format!(
+            "'{}' looks like a file name; give the key's text, such as --key \"$(cat {})\", or send it on stdin",
+            printable(text, 60),
+            printable(text, 60)
+        )));
+    }
     let shown = printable(text, 60);
     if text.contains("-cert-v01@openssh.com") {
         return Err(Error::InvalidKey(format!(
@@ -269,6 +283,13 @@ mod tests {
             Err(Error::InvalidKey(_))
         ));
         assert!(matches!(parse_public_key(""), Err(Error::InvalidKey(_))));
+        let k = generate_key("x").unwrap();
+        let private = k.to_openssh(LineEnding::LF).unwrap();
+        let err = parse_public_key(&private).unwrap_err().to_string();
+        assert!(
+            err.contains("that is a private key") && !err.contains("b3Bl"),
+            "{err}"
+        );
         let k = generate_key("x").unwrap();
         let line = k.public_key().to_openssh().unwrap();
         assert!(parse_public_key(&line).is_ok());

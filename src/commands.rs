@@ -12,6 +12,7 @@ pub const MAX_EXEC_LINE: usize = 8 * 1024;
 #[command(
     name = "sshjit",
     bin_name = "ssh BROKER",
+    override_usage = "ssh BROKER <COMMAND> [ARGS]... [--json]",
     about = "sshjit broker commands: ask for, approve and use time-boxed SSH access",
     disable_version_flag = true,
     color = clap::ColorChoice::Never
@@ -199,7 +200,7 @@ pub fn parse_line(line: &[u8]) -> Result<Parsed> {
         .map_err(|_| Error::Usage("the command is not valid UTF-8; send plain text".into()))?;
     let words = shlex::split(line).ok_or_else(|| {
         Error::Usage(
-            "the command has an unclosed quote or a trailing backslash; check its quoting".into(),
+            "the command has an unclosed quote or a trailing backslash; check its quoting (for an apostrophe in a reason, use double quotes inside: --reason '\"can't log in\"')".into(),
         )
     })?;
     parse_words(&words)
@@ -220,18 +221,56 @@ pub fn parse_words(words: &[String]) -> Result<Parsed> {
             ErrorKind::DisplayHelp | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
                 Ok(Parsed::Help(e.render().to_string()))
             }
-            ErrorKind::InvalidSubcommand => {
-                let first = words
-                    .iter()
-                    .find(|w| !w.starts_with('-'))
-                    .cloned()
-                    .unwrap_or_default();
-                Err(Error::UnknownCommand {
-                    command: crate::model::printable(&first, 40),
-                    known: known_commands().join(", "),
-                })
+            ErrorKind::InvalidSubcommand => Err(unknown_command(&e, words)),
+            kind => {
+                let mut msg = clean_clap_error(&e.render().to_string());
+                if kind == ErrorKind::UnknownArgument {
+                    msg.push_str(
+                        ". A value with spaces needs its own quotes inside the ssh command, such as --reason \"'INC-7 restart the worker'\"",
+                    );
+                }
+                if msg.contains("'<ID>'") {
+                    msg.push_str(". Request ids are numbers, such as 7");
+                }
+                Err(Error::Usage(msg))
             }
-            _ => Err(Error::Usage(clean_clap_error(&e.render().to_string()))),
+        },
+    }
+}
+
+/// Names the unknown word and what would have been valid in its place.
+fn unknown_command(e: &clap::Error, words: &[String]) -> Error {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue};
+    let bad = match e.get(ContextKind::InvalidSubcommand) {
+        Some(ContextValue::String(s)) => s.clone(),
+        _ => words.first().cloned().unwrap_or_default(),
+    };
+    let parent = words.first().filter(|w| **w != bad).and_then(|first| {
+        Invocation::command().find_subcommand(first).map(|c| {
+            (
+                first.clone(),
+                c.get_subcommands()
+                    .map(|s| s.get_name().to_string())
+                    .filter(|n| n != "help")
+                    .collect::<Vec<_>>(),
+            )
+        })
+    });
+    match parent {
+        Some((first, subs)) => Error::UnknownCommand {
+            command: format!("{first} {}", crate::model::printable(&bad, 40)),
+            hint: format!(
+                "'{first}' takes: {}. Run '{first} --help' for details",
+                subs.join(", ")
+            ),
+        },
+        None => Error::UnknownCommand {
+            command: crate::model::printable(&bad, 40),
+            hint: format!(
+                "the commands are: {}. Run 'help' for details",
+                known_commands().join(", ")
+            ),
         },
     }
 }
@@ -256,7 +295,7 @@ fn clean_clap_error(s: &str) -> String {
     let s = s.trim().trim_start_matches("error: ");
     s.replace(
         "\n\nFor more information, try '--help'.",
-        "; run 'help' for usage",
+        "; add --help to the command for usage",
     )
     .replace("Usage: ", "usage: ")
 }

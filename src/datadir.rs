@@ -120,8 +120,9 @@ pub struct Initialized {
 /// Reads a public key given as text or as the path of a `.pub` file.
 pub fn read_public_key_arg(arg: &str) -> Result<String> {
     let p = Path::new(arg);
-    if !arg.contains(' ') && p.is_file() {
-        return fs::read_to_string(p).map_err(Error::io(format!("cannot read {arg}")));
+    let looks_like_path = !arg.contains(' ') && (arg.contains('/') || arg.ends_with(".pub"));
+    if looks_like_path || p.is_file() {
+        return fs::read_to_string(p).map_err(Error::io(format!("cannot read the key file {arg}")));
     }
     Ok(arg.to_string())
 }

@@ -154,10 +154,12 @@ pub fn walkthrough(env: &DevEnv, addr: SocketAddr) -> Result<String> {
         ),
     )
     .map_err(Error::io("cannot write known_hosts"))?;
-    let ident = match &env.owner_private {
-        Some(p) => format!(" -o IdentitiesOnly=yes -i {}", p.display()),
-        None => String::new(),
+    // Name the key explicitly: ssh finds ~/.ssh through the account database, not $HOME.
+    let private = match &env.owner_private {
+        Some(p) => p.clone(),
+        None => env.owner_pub.with_extension(""),
     };
+    let ident = format!(" -o IdentitiesOnly=yes -i {}", private.display());
     let (login, sshd_port, owner) = (&env.login, env.sshd_port, &env.owner);
     Ok(format!(
         "sshjit broker (dev mode) listening on {addr}\n\

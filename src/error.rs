@@ -18,8 +18,8 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// The first word of the exec line is not a command.
-    #[error("unknown command '{command}'; the commands are: {known}. Run 'help' for details")]
-    UnknownCommand { command: String, known: String },
+    #[error("unknown command '{command}'; {hint}")]
+    UnknownCommand { command: String, hint: String },
     /// The exec line is over the size limit.
     #[error(
         "command line is {len} bytes; the limit is {max} bytes. Shorten the reason or other arguments"
@@ -53,7 +53,7 @@ pub enum Error {
     Busy(String),
     /// The database is held by another process (normally a running broker).
     #[error(
-        "the database in {} is in use: a broker is running on it. Stop the broker first, or use 'audit verify' over SSH",
+        "the database in {} is in use by a running broker; stop it first (to check the audit chain while it runs, use 'audit verify' over SSH)",
         .0.display()
     )]
     DatabaseInUse(PathBuf),

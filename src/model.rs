@@ -121,19 +121,14 @@ pub fn parse_duration(s: &str) -> Result<u64> {
     Ok(total)
 }
 
-/// Formats seconds as a short human duration (`2h`, `1h30m`, `45s`).
+/// Formats seconds as a short human duration (`2h`, `1h30m`, `45s`, `48h`).
 pub fn format_duration(secs: u64) -> String {
     if secs == 0 {
         return "0s".into();
     }
-    let (d, h, m, s) = (
-        secs / 86400,
-        secs % 86400 / 3600,
-        secs % 3600 / 60,
-        secs % 60,
-    );
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
     let mut out = String::new();
-    for (n, unit) in [(d, 'd'), (h, 'h'), (m, 'm'), (s, 's')] {
+    for (n, unit) in [(h, 'h'), (m, 'm'), (s, 's')] {
         if n > 0 {
             out.push_str(&format!("{n}{unit}"));
         }
@@ -223,10 +218,14 @@ impl From<GrantRole> for Role {
 impl FromStr for GrantRole {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s.parse::<Role>()? {
-            Role::Viewer => Ok(GrantRole::Viewer),
-            Role::Editor => Ok(GrantRole::Editor),
-            other => Err(Error::RoleNotGrantable(other.to_string())),
+        match s.parse::<Role>() {
+            Ok(Role::Viewer) => Ok(GrantRole::Viewer),
+            Ok(Role::Editor) => Ok(GrantRole::Editor),
+            Ok(other) => Err(Error::RoleNotGrantable(other.to_string())),
+            Err(_) => Err(Error::invalid(format!(
+                "'{}' is not a role you can ask for; use viewer or editor",
+                printable(s, 40)
+            ))),
         }
     }
 }
@@ -521,7 +520,7 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad} should not parse");
         }
         assert_eq!(format_duration(5400), "1h30m");
-        assert_eq!(format_duration(86400), "1d");
+        assert_eq!(format_duration(86400), "24h");
     }
 
     #[test]

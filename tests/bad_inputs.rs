@@ -79,6 +79,34 @@ fn table(keys: &HashMap<&str, Identity>) -> Vec<Row> {
     let big = "x".repeat(100 * 1024);
     vec![
         row(
+            "olga",
+            "member lst",
+            "unknown_command",
+            "'member' takes: add, list, remove",
+        ),
+        row(
+            "alice",
+            "request web-01 --role editr --for 1h --reason 'INC-1 x y'",
+            "invalid_argument",
+            "use viewer or editor",
+        ),
+        row(
+            "adam",
+            "requests --limit 0",
+            "invalid_argument",
+            "--limit must be at least 1",
+        ),
+        row(
+            "alice",
+            "request web-01 --role editor --for 1h --reason INC-1 restart worker",
+            "usage",
+            "needs its own quotes",
+        ),
+        Row {
+            stdin: "PRIVATE",
+            ..row("alice", "cert 5", "invalid_key", "that is a private key")
+        },
+        row(
             "alice",
             "request web-01 --role admin --for 1h --reason 'INC-1 need root'",
             "role_not_grantable",
@@ -100,7 +128,7 @@ fn table(keys: &HashMap<&str, Identity>) -> Vec<Row> {
             "alice",
             "request web-01 --role editor --for 25h --reason 'INC-1 long job'",
             "invalid_argument",
-            "duration 1d1h is out of range",
+            "duration 25h is out of range",
         ),
         row(
             "alice",
@@ -252,8 +280,8 @@ fn table(keys: &HashMap<&str, Identity>) -> Vec<Row> {
         row(
             "olga",
             "host add web-02 --address 10.0.0.6 --login admin=root",
-            "role_not_grantable",
-            "'admin' cannot be requested",
+            "invalid_argument",
+            "only viewer and editor have logins",
         ),
         row(
             "olga",
@@ -306,11 +334,11 @@ fn keys(dir: &std::path::Path, owner: Identity) -> HashMap<&'static str, Identit
     m
 }
 
-fn stdin_for<'a>(r: &Row, keys: &'a HashMap<&str, Identity>) -> &'a str {
-    if r.stdin == "KEY" {
-        &keys["fresh"].public
-    } else {
-        ""
+fn stdin_for(r: &Row, keys: &HashMap<&str, Identity>) -> String {
+    match r.stdin {
+        "KEY" => keys["fresh"].public.clone(),
+        "PRIVATE" => std::fs::read_to_string(&keys["fresh"].key).unwrap(),
+        _ => String::new(),
     }
 }
 

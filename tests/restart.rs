@@ -62,7 +62,7 @@ fn state_survives_graceful_stop_and_sigkill() {
     let data = b.data.to_str().unwrap().to_string();
     let (code, _, stderr) = offline_verify(&["--data-dir", &data]);
     assert_ne!(code, 0);
-    assert!(stderr.contains("a broker is running on it"), "{stderr}");
+    assert!(stderr.contains("in use by a running broker"), "{stderr}");
 
     let export = b.ssh(&b.owner, "audit export").ok().stdout;
     let entries_before = export.lines().count() as u64;

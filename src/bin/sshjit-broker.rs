@@ -298,9 +298,11 @@ async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
     let sock: SocketAddr = addr.parse().with_context(|| {
         format!("'{addr}' is not an address; use IP:PORT such as 127.0.0.1:2222")
     })?;
-    TcpListener::bind(sock)
-        .await
-        .with_context(|| format!("cannot listen on {addr}; is another broker running there?"))
+    TcpListener::bind(sock).await.with_context(|| {
+        format!(
+            "cannot listen on {addr}; pick another address with --listen, or stop what holds it"
+        )
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

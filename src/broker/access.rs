@@ -142,6 +142,9 @@ impl Broker {
             actor,
             "list everyone's requests (use 'status' for your own)",
         )?;
+        if limit == 0 {
+            return Err(Error::invalid("--limit must be at least 1"));
+        }
         let state: Option<RequestState> = state.map(str::parse).transpose()?;
         let mut reqs = self.store.requests_in(state, now)?;
         if reqs.len() > limit {

@@ -162,10 +162,22 @@ impl Broker {
                     Ok(((), vec![event]))
                 })?;
                 tracing::info!(host = %host.name, by = %actor.name, "host added");
-                let text = format!(
+                let mut text = format!(
                     "added host {}; run 'host-config {}' to set it up",
                     host.name, host.name
                 );
+                let managers = self
+                    .store
+                    .members()?
+                    .iter()
+                    .filter(|m| m.role.can_manage())
+                    .count() as u32;
+                if managers <= host.approvals_required {
+                    text.push_str(&format!(
+                        "\nnote: each request needs {} approver(s) other than its requester, and only {managers} owner(s)/admin(s) exist; add approvers so requests can be approved",
+                        host.approvals_required
+                    ));
+                }
                 Ok(Reply::new(views::host_json(&host), text))
             }
             HostCommand::Remove { name } => {
@@ -227,8 +239,13 @@ impl Broker {
             for f in &cfg.files {
                 t.push_str(&format!("\n# {}\n{}", f.path, f.content));
             }
+            let dir_flag = if dir == "/etc/ssh" {
+                String::new()
+            } else {
+                format!(" --dir {dir}")
+            };
             t.push_str(&format!(
-                "\n# Or run: ssh BROKER host-config {name} --script | sudo sh\n"
+                "\n# Or run: ssh -p PORT BROKER host-config {name}{dir_flag} --script | sudo sh\n"
             ));
             t
         };
@@ -240,6 +257,7 @@ impl Broker {
     pub(super) fn audit(&self, actor: &Member, cmd: &AuditCommand) -> Result<Reply> {
         require_manager(actor, "read the audit log")?;
         match cmd {
+            AuditCommand::Log { limit: 0, .. } => Err(Error::invalid("--limit must be at least 1")),
             AuditCommand::Log { from, limit } => {
                 let mut entries = Vec::new();
                 let mut text = String::new();
@@ -412,7 +430,16 @@ fn new_host(
                 crate::model::printable(l, 40)
             ))
         })?;
-        let role: GrantRole = role.parse()?;
+        let role: GrantRole = match role.parse::<Role>() {
+            Ok(Role::Viewer) => GrantRole::Viewer,
+            Ok(Role::Editor) => GrantRole::Editor,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "--login {}: only viewer and editor have logins on hosts (just-in-time access never grants admin or owner)",
+                    crate::model::printable(l, 40)
+                )));
+            }
+        };
         validate_login(user)?;
         if map.insert(role, user.to_string()).is_some() {
             return Err(Error::invalid(format!(
