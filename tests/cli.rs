@@ -14,8 +14,18 @@ fn broker_help_over_ssh() {
     let expected = include_str!("snapshots/broker-help.txt");
     let actual = sshjit::commands::help_text();
     if std::env::var_os("TRYCMD").is_some_and(|v| v == "overwrite") {
-        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/snapshots/broker-help.txt"), &actual).unwrap();
+        std::fs::write(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/snapshots/broker-help.txt"
+            ),
+            &actual,
+        )
+        .unwrap();
         return;
     }
-    assert_eq!(actual, expected, "broker help changed; refresh with TRYCMD=overwrite");
+    assert_eq!(
+        actual, expected,
+        "broker help changed; refresh with TRYCMD=overwrite"
+    );
 }

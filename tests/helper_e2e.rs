@@ -386,3 +386,149 @@ fn admin_approve_refuses_without_a_terminal_or_yes() {
     let hosts = olga.admin(&["host", "list", "--json"]).ok().json();
     assert_eq!(hosts[0]["name"], "web-01");
 }
+
+#[test]
+fn ssh_fetches_an_unfetched_grant_or_names_the_request_to_make() {
+    let (b, alice_id, sshd, me) = setup();
+    let alice = Person::new(&b, &alice_id);
+    let opts = ssh_opts(alice.home.path());
+    let ssh_args = |extra: &[&'static str]| {
+        let mut a: Vec<String> = vec![
+            "--accept-new-broker-key".into(),
+            "ssh".into(),
+            "web-01".into(),
+            "--".into(),
+        ];
+        a.extend(opts.iter().cloned());
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let none = alice.helper(
+        &ssh_args(&["true"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_ne!(none.code, 0);
+    assert!(
+        none.stderr.contains("you have no current grant for web-01")
+            && none.stderr.contains("sshjit request web-01"),
+        "{none:?}"
+    );
+
+    // Approved but never fetched: `sshjit ssh` fetches it, then connects.
+    b.ssh(
+        &alice_id,
+        "request web-01 --role editor --for 20m --reason 'INC-6 check disk'",
+    )
+    .ok();
+    b.ssh(&b.owner, "approve 1").ok();
+    let ok = alice.helper(
+        &ssh_args(&["id", "-un"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(ok.code, 0, "{ok:?}\n{}", sshd.log());
+    assert_eq!(ok.stdout.trim(), me);
+    assert!(alice.certs_dir().join("web-01/1-cert.pub").exists());
+}
+
+#[test]
+fn ctrl_c_while_waiting_leaves_the_request_pending_and_cancel_withdraws_it() {
+    let (b, alice_id, _sshd, _) = setup();
+    let alice = Person::new(&b, &alice_id);
+    let mut waiting = alice
+        .cmd(helper_bin())
+        .args([
+            "--accept-new-broker-key",
+            "request",
+            "web-01",
+            "--role",
+            "viewer",
+            "--for",
+            "15m",
+        ])
+        .args(["--reason", "INC-8 look at the queue", "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while b
+        .json("requests --state pending")
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the request never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    util::signal(&waiting, "INT");
+    let status = util::wait_timeout(&mut waiting, Duration::from_secs(10))
+        .expect("the helper ignored Ctrl-C");
+    let out = waiting.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("request 1 is still pending") && stderr.contains("sshjit login 1"),
+        "{stderr}"
+    );
+    assert_eq!(b.json("show 1")["state"], "pending");
+
+    alice.helper(&["cancel", "1"]).ok();
+    assert_eq!(b.json("show 1")["state"], "cancelled");
+    let again = alice.helper(&["cancel", "1", "--json"]);
+    assert_ne!(again.code, 0);
+    assert_eq!(again.error_code(), "invalid_state");
+}
+
+#[test]
+fn an_identity_held_only_in_ssh_agent_works() {
+    let b = Broker::start_new();
+    let alice_id = b.add_member("alice", "viewer");
+    let alice = Person::new(&b, &alice_id);
+    let sock = alice.home.path().join("agent.sock");
+    let mut agent = Command::new(require("ssh-agent"))
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "ssh-agent did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut add = Command::new(require("ssh-add"));
+    add.env("SSH_AUTH_SOCK", &sock).arg("-q").arg(&alice_id.key);
+    util::run_with_stdin(add, b"").ok();
+    let mut c = alice.cmd(helper_bin());
+    c.env("SSH_AUTH_SOCK", &sock)
+        .env("SSHJIT_IDENTITY", "agent")
+        .args(["--accept-new-broker-key", "status", "--json"]);
+    let out = util::run_with_stdin(c, b"").ok();
+    assert_eq!(out.json(), serde_json::json!([]));
+    // A key the broker does not know is refused with advice.
+    let mut c = alice.cmd(helper_bin());
+    c.env("SSH_AUTH_SOCK", &sock)
+        .env("SSHJIT_IDENTITY", "agent:SHA256:nope")
+        .arg("status");
+    let refused = util::run_with_stdin(c, b"");
+    assert!(
+        refused
+            .stderr
+            .contains("ssh-agent holds no key SHA256:nope"),
+        "{refused:?}"
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
