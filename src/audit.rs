@@ -2,11 +2,11 @@
 //!
 //! Entry `n` stores `prev` (entry `n-1`'s hash, 32 zero bytes for the first) and
 //! `hash = SHA-256(prev || canonical(n))`, where `canonical(n)` is the entry as compact JSON
-//! with sorted keys, without `prev` and `hash`. Verification works on raw JSON, so any
-//! change to any field, including fields this version does not know, breaks the chain.
+//! with sorted keys, without `prev` and `hash`: exactly the stored bytes with those two
+//! members cut out. Verification hashes the bytes as stored, so any change to any byte,
+//! including fields this version does not know, breaks the chain.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -99,6 +99,9 @@ pub struct AuditEntry {
 }
 
 /// Builds the entry that follows `prev_hash` and returns it as JSON bytes with its hash.
+///
+/// The stored form is the canonical JSON with the chain members spliced in before `seq`
+/// (keys stay sorted): `{"actor":..,"at":..,"event":{..},"hash":"..","prev":"..","seq":N}`.
 pub fn seal(
     seq: u64,
     at: Timestamp,
@@ -106,18 +109,34 @@ pub fn seal(
     event: &AuditEvent,
     prev_hash: &[u8; 32],
 ) -> Result<(Vec<u8>, [u8; 32])> {
-    let mut body = serde_json::json!({
+    let body = serde_json::json!({
         "seq": seq,
         "at": at,
         "actor": actor,
         "event": serde_json::to_value(event)?,
     });
-    let hash = chain_hash(prev_hash, &serde_json::to_vec(&body)?);
-    if let Value::Object(map) = &mut body {
-        map.insert("prev".into(), Value::String(hex::encode(prev_hash)));
-        map.insert("hash".into(), Value::String(hex::encode(hash)));
-    }
-    Ok((serde_json::to_vec(&body)?, hash))
+    let canonical = serde_json::to_vec(&body)?;
+    let hash = chain_hash(prev_hash, &canonical);
+    let cut = rfind(&canonical, SEQ_MEMBER)
+        .ok_or_else(|| Error::Internal("sealed entry has no seq member".into()))?;
+    let mut stored = Vec::with_capacity(canonical.len() + CHAIN_SPAN);
+    stored.extend_from_slice(&canonical[..cut]);
+    stored.extend_from_slice(b",\"hash\":\"");
+    stored.extend_from_slice(hex::encode(hash).as_bytes());
+    stored.extend_from_slice(b"\",\"prev\":\"");
+    stored.extend_from_slice(hex::encode(prev_hash).as_bytes());
+    stored.push(b'"');
+    stored.extend_from_slice(&canonical[cut..]);
+    Ok((stored, hash))
+}
+
+/// `,"seq":` — the last member of every entry.
+const SEQ_MEMBER: &[u8] = b",\"seq\":";
+/// `,"hash":"<64 hex>","prev":"<64 hex>"`.
+const CHAIN_SPAN: usize = 9 + 64 + 10 + 64 + 1;
+
+fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).rposition(|w| w == needle)
 }
 
 /// `SHA-256(prev || canonical)`.
@@ -126,6 +145,48 @@ pub fn chain_hash(prev: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
     h.update(prev);
     h.update(canonical);
     h.finalize().into()
+}
+
+/// A stored entry taken apart: its canonical bytes (as two slices), hash, prev and seq.
+struct Sealed<'a> {
+    head: &'a [u8],
+    tail: &'a [u8],
+    hash: [u8; 32],
+    prev: [u8; 32],
+    seq: u64,
+}
+
+/// Splits a stored entry at its chain members. Strings inside JSON cannot hold an unescaped
+/// `"`, so the last `,"hash":"` is the entry's own.
+fn unseal(raw: &[u8]) -> std::result::Result<Sealed<'_>, String> {
+    let bad = || "entry is not in the sealed form (chain members missing or altered)".to_string();
+    let i = rfind(raw, b",\"hash\":\"").ok_or_else(bad)?;
+    let span = raw.get(i..i + CHAIN_SPAN).ok_or_else(bad)?;
+    if &span[73..83] != b"\",\"prev\":\"" || span[CHAIN_SPAN - 1] != b'"' {
+        return Err(bad());
+    }
+    let (mut hash, mut prev) = ([0u8; 32], [0u8; 32]);
+    hex::decode_to_slice(&span[9..73], &mut hash)
+        .map_err(|_| "'hash' is not 64 hex digits".to_string())?;
+    hex::decode_to_slice(&span[83..147], &mut prev)
+        .map_err(|_| "'prev' is not 64 hex digits".to_string())?;
+    let tail = &raw[i + CHAIN_SPAN..];
+    let digits = tail
+        .strip_prefix(SEQ_MEMBER)
+        .and_then(|t| t.strip_suffix(b"}"))
+        .filter(|d| !d.is_empty() && d.iter().all(u8::is_ascii_digit))
+        .ok_or_else(|| "entry has no sequence number where it belongs".to_string())?;
+    let seq = std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| "sequence number out of range".to_string())?;
+    Ok(Sealed {
+        head: &raw[..i],
+        tail,
+        hash,
+        prev,
+        seq,
+    })
 }
 
 /// The outcome of checking a chain.
@@ -175,29 +236,25 @@ impl Verifier {
     }
 
     fn check(&mut self, raw: &[u8]) -> std::result::Result<(), String> {
-        let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(raw) else {
-            return Err("entry is not a JSON object".into());
-        };
-        let stored_hash = take_hex(&mut map, "hash")?;
-        let prev = take_hex(&mut map, "prev")?;
-        match map.get("seq").and_then(Value::as_u64) {
-            Some(s) if s == self.expected_seq => {}
-            Some(s) => {
-                return Err(format!(
-                    "sequence number is {s}, expected {}",
-                    self.expected_seq
-                ));
-            }
-            None => return Err("entry has no sequence number".into()),
+        let e = unseal(raw)?;
+        if e.seq != self.expected_seq {
+            return Err(format!(
+                "sequence number is {}, expected {}",
+                e.seq, self.expected_seq
+            ));
         }
-        if prev != self.prev {
+        if e.prev != self.prev {
             return Err("prev does not match the previous entry's hash".into());
         }
-        let canonical = serde_json::to_vec(&Value::Object(map)).map_err(|e| e.to_string())?;
-        if chain_hash(&prev, &canonical) != stored_hash {
+        let mut h = Sha256::new();
+        h.update(e.prev);
+        h.update(e.head);
+        h.update(e.tail);
+        let computed: [u8; 32] = h.finalize().into();
+        if computed != e.hash {
             return Err("hash does not match the entry's contents".into());
         }
-        self.prev = stored_hash;
+        self.prev = e.hash;
         Ok(())
     }
 
@@ -251,18 +308,6 @@ impl Verifier {
     }
 }
 
-fn take_hex(
-    map: &mut serde_json::Map<String, Value>,
-    key: &str,
-) -> std::result::Result<[u8; 32], String> {
-    let Some(Value::String(s)) = map.remove(key) else {
-        return Err(format!("entry has no '{key}'"));
-    };
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(&s, &mut out).map_err(|_| format!("'{key}' is not 64 hex digits"))?;
-    Ok(out)
-}
-
 /// Verifies an export: one JSON entry per line.
 pub fn verify_lines(text: &str) -> VerifyReport {
     let mut v = Verifier::default();
@@ -280,6 +325,8 @@ pub fn decode(raw: &[u8]) -> Result<AuditEntry> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     fn chain(n: u64) -> Vec<Vec<u8>> {

@@ -121,7 +121,8 @@ pub fn openssh_without_comment(key: &PublicKey) -> Result<String> {
         .map_err(|e| Error::Internal(format!("cannot encode a public key: {e}")))
 }
 
-/// Everything that goes into one certificate (DESIGN rule 8), decided before signing.
+/// Everything that goes into one certificate, decided before signing: host-scoped principals,
+/// key id `sshjit:<id>:<member>`, the serial, the exact window, and extensions by role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
     pub serial: u64,
@@ -156,11 +157,37 @@ pub fn principal(login: &str, host: &str) -> String {
 /// The certificate authority.
 pub struct Ca {
     key: PrivateKey,
+    /// The CA key, expanded once: ssh-key would re-derive it (a scalar multiplication) per signature.
+    fast: Option<Ed25519Signer>,
+}
+
+/// An Ed25519 signing key kept in its expanded form, for signing many certificates.
+struct Ed25519Signer {
+    key: ed25519_dalek::SigningKey,
+    public: KeyData,
+}
+
+impl signature::Signer<ssh_key::Signature> for Ed25519Signer {
+    fn try_sign(&self, msg: &[u8]) -> signature::Result<ssh_key::Signature> {
+        let sig = self.key.sign(msg);
+        ssh_key::Signature::new(Algorithm::Ed25519, sig.to_bytes().to_vec())
+            .map_err(|_| signature::Error::new())
+    }
+}
+
+impl From<&Ed25519Signer> for KeyData {
+    fn from(s: &Ed25519Signer) -> KeyData {
+        s.public.clone()
+    }
 }
 
 impl Ca {
     pub fn new(key: PrivateKey) -> Self {
-        Ca { key }
+        let fast = key.key_data().ed25519().map(|kp| Ed25519Signer {
+            key: ed25519_dalek::SigningKey::from_bytes(&kp.private.to_bytes()),
+            public: key.public_key().key_data().clone(),
+        });
+        Ca { key, fast }
     }
 
     /// The CA's public key in OpenSSH form, for `TrustedUserCAKeys`.
@@ -200,7 +227,10 @@ impl Ca {
         for e in &profile.extensions {
             b.extension(*e, "").map_err(sign_err)?;
         }
-        b.sign(&self.key).map_err(sign_err)
+        match &self.fast {
+            Some(fast) => b.sign(fast).map_err(sign_err),
+            None => b.sign(&self.key).map_err(sign_err),
+        }
     }
 }
 
@@ -293,6 +323,26 @@ mod tests {
         let k = generate_key("x").unwrap();
         let line = k.public_key().to_openssh().unwrap();
         assert!(parse_public_key(&line).is_ok());
+    }
+
+    #[test]
+    fn the_fast_signer_makes_certificates_that_verify_against_the_ca_key() {
+        let key = generate_key("ca").unwrap();
+        let ca = Ca::new(key.clone());
+        assert!(ca.fast.is_some());
+        let subject = generate_key("s").unwrap();
+        let p = Profile {
+            serial: 1,
+            key_id: "sshjit:1:a".into(),
+            principals: vec!["deploy@web-01".into()],
+            valid_after: 1_900_000_000,
+            valid_before: 1_900_003_600,
+            extensions: vec!["permit-pty"],
+        };
+        let cert = ca.sign(subject.public_key().key_data(), &p).unwrap();
+        let fp = key.public_key().fingerprint(HashAlg::Sha256);
+        cert.validate_at(1_900_000_000, &[fp]).unwrap();
+        assert!(cert.validate_at(1_900_003_600, &[fp]).is_err());
     }
 
     #[test]

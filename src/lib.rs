@@ -12,7 +12,9 @@
 //! - [`views`]: the `--json` objects and their text forms;
 //! - [`datadir`]: `init`, the data directory and its config file;
 //! - [`dev`]: `serve --dev`, a throwaway broker with a walkthrough;
-//! - [`server`]: the russh SSH server, its limits and graceful shutdown.
+//! - [`server`]: the russh SSH server, its limits and graceful shutdown;
+//! - [`client`]: the helper's side: settings, broker key pinning, the SSH client, local
+//!   certificates, and the `sshjit` and `admin` commands.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 

@@ -18,7 +18,7 @@ pub fn grant_status(g: &Grant, now: Timestamp) -> &'static str {
     }
 }
 
-/// The request object of DESIGN.md "Machine output".
+/// The request object of `--json` output (its field names are a contract: add, never rename).
 pub fn request_json(r: &Request, now: Timestamp) -> Value {
     let grant = r.grant().map(|g| {
         json!({

@@ -1,5 +1,5 @@
 //! Property tests: random sequences of requests, decisions and certificate calls at random times,
-//! run through the real broker (sled in a temp dir, real signing), never break DESIGN.md's rules.
+//! run through the real broker (sled in a temp dir, real signing), never break the product's access rules.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;

@@ -172,10 +172,16 @@ impl Broker {
                     .iter()
                     .filter(|m| m.role.can_manage())
                     .count() as u32;
-                if managers <= host.approvals_required {
+                let need = host.approvals_required;
+                if managers < need {
                     text.push_str(&format!(
-                        "\nnote: each request needs {} approver(s) other than its requester, and only {managers} owner(s)/admin(s) exist; add approvers so requests can be approved",
-                        host.approvals_required
+                        "\nnote: requests for {} need {need} approvers but only {managers} owner(s)/admin(s) exist, so none can be approved yet; add approvers",
+                        host.name
+                    ));
+                } else if managers == need {
+                    text.push_str(&format!(
+                        "\nnote: requests for {} need {need} approvers other than the requester; with {managers} owner(s)/admin(s), their own requests cannot be approved",
+                        host.name
                     ));
                 }
                 Ok(Reply::new(views::host_json(&host), text))

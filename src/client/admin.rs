@@ -27,6 +27,11 @@ pub async fn run(
 ) -> Result<AdminOutput> {
     let conn = Connection::open(settings).await?;
     let args: Vec<&str> = words.iter().map(String::as_str).collect();
+    let mut args = args;
+    if args.first() == Some(&"requests") && !args.contains(&"--state") {
+        // Approvers come to decide: pending ones by default, in text and JSON alike.
+        args.extend(["--state", "pending"]);
+    }
     let out = match args.first().copied() {
         Some("requests") if !json => pending_table(&conn, &args).await,
         Some("approve") => approve(&conn, &args, json, yes).await,
@@ -47,11 +52,7 @@ async fn pass_through(conn: &Connection, args: &[&str], json: bool) -> Result<Ad
 
 /// `admin requests`: pending by default, as a table with what an approver needs to decide.
 async fn pending_table(conn: &Connection, args: &[&str]) -> Result<AdminOutput> {
-    let mut words = args.to_vec();
-    if !words.contains(&"--state") {
-        words.extend(["--state", "pending"]);
-    }
-    let list = conn.json(&words).await?;
+    let list = conn.json(args).await?;
     let rows = list.as_array().cloned().unwrap_or_default();
     if rows.is_empty() {
         return Ok(text_output("no requests waiting for a decision\n".into()));
@@ -71,7 +72,7 @@ async fn pending_table(conn: &Connection, args: &[&str]) -> Result<AdminOutput> 
         };
         s.push_str(&format!(
             "{:<6} {:<12} {:<14} {:<7} {:<7} {:<10} {:<12} {}\n",
-            r["id"],
+            r["id"].as_u64().unwrap_or_default(),
             r["requester"].as_str().unwrap_or_default(),
             r["resource"].as_str().unwrap_or_default(),
             r["role"].as_str().unwrap_or_default(),

@@ -56,7 +56,7 @@ pub async fn request(
     let mut text = describe_request(&req);
     if !wait {
         text.push_str(&format!(
-            "\nWhen it is approved, fetch your certificate with: sshjit login {id}\nor wait for it: sshjit request ... --wait (or sshjit status {id})\n"
+            "\nFollow it with: sshjit status {id}\nOnce approved, fetch your certificate with: sshjit login {id} (or just: sshjit ssh HOST)\n"
         ));
         conn.close().await;
         return Ok(Printed { text, json: req });
@@ -228,7 +228,7 @@ pub async fn status(settings: &Settings, id: Option<u64>) -> Result<Printed> {
         };
         text.push_str(&format!(
             "{:<6} {:<9} {:<14} {:<7} {:<8} {}\n",
-            r["id"],
+            r["id"].as_u64().unwrap_or_default(),
             r["state"].as_str().unwrap_or_default(),
             r["resource"].as_str().unwrap_or_default(),
             r["role"].as_str().unwrap_or_default(),
