@@ -63,6 +63,9 @@ struct Args {
     /// Command line for `command` mode.
     #[arg(long, default_value = "whoami")]
     command: String,
+    /// SSH user name (the broker ignores it; a baseline sshd needs a real account).
+    #[arg(long, default_value = "sshjit")]
+    user: String,
     /// Label printed with the result.
     #[arg(long, default_value = "")]
     label: String,
@@ -80,14 +83,18 @@ impl client::Handler for AnyKey {
 
 type Conn = Handle<AnyKey>;
 
-async fn connect(addr: SocketAddr, key: &Arc<russh::keys::PrivateKey>) -> anyhow::Result<Conn> {
+async fn connect(
+    addr: SocketAddr,
+    user: &str,
+    key: &Arc<russh::keys::PrivateKey>,
+) -> anyhow::Result<Conn> {
     let config = Arc::new(client::Config {
         nodelay: true,
         ..Default::default()
     });
     let mut h = client::connect(config, addr, AnyKey).await?;
     let ok = h
-        .authenticate_publickey("loadgen", PrivateKeyWithHashAlg::new(key.clone(), None))
+        .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key.clone(), None))
         .await?;
     anyhow::ensure!(ok.success(), "authentication refused");
     Ok(h)
@@ -173,7 +180,7 @@ async fn client_loop(
             while Instant::now() < deadline {
                 let started = Instant::now();
                 let r = async {
-                    let conn = connect(args.addr, &key).await?;
+                    let conn = connect(args.addr, &args.user, &key).await?;
                     let out = run(&conn, line, stdin).await;
                     close(conn).await;
                     ok_status(out?).map(|_| ())
@@ -183,7 +190,7 @@ async fn client_loop(
             }
         }
         Mode::FetchReuse | Mode::Command => {
-            let conn = match connect(args.addr, &key).await {
+            let conn = match connect(args.addr, &args.user, &key).await {
                 Ok(c) => c,
                 Err(e) => {
                     t.record(Instant::now(), Err(e));
@@ -215,8 +222,8 @@ async fn client_loop(
             };
             let conns = async {
                 anyhow::Ok((
-                    connect(args.addr, &key).await?,
-                    connect(args.addr, &approver).await?,
+                    connect(args.addr, &args.user, &key).await?,
+                    connect(args.addr, &args.user, &approver).await?,
                 ))
             }
             .await;

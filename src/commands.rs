@@ -36,8 +36,11 @@ pub enum Command {
     Request(RequestArgs),
     /// Show your requests and grants, or one of them.
     Status {
-        /// A request id; omit to list all of yours.
+        /// A request id; omit to list yours.
         id: Option<u64>,
+        /// At most this many, newest last.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
     },
     /// Show one request in full (requester or approvers).
     Show { id: u64 },
@@ -179,6 +182,13 @@ pub enum Parsed {
     Run(Invocation),
     /// Text to print with success (help).
     Help(String),
+}
+
+impl Command {
+    /// Commands whose work grows with the whole audit log.
+    pub fn is_heavy(&self) -> bool {
+        matches!(self, Command::Audit(_))
+    }
 }
 
 impl Invocation {

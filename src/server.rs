@@ -262,17 +262,32 @@ impl Conn {
         inflight.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             let json = inv.json;
-            let out = tokio::task::spawn_blocking(move || {
-                broker.execute(&fp, &inv, &stdin, Timestamp::now())
-            })
-            .await
-            .unwrap_or_else(|e| {
-                tracing::error!(%peer, error = %e, "command task failed");
+            let failed = |e: &dyn std::fmt::Display| {
+                tracing::error!(%peer, error = %e, "command failed");
                 Output::error(
                     &Error::Internal("the command failed; see the broker log".into()),
                     json,
                 )
-            });
+            };
+            let out = if inv.command.is_heavy() {
+                // Whole-log reads take long enough to belong on the blocking pool.
+                tokio::task::spawn_blocking(move || {
+                    broker.execute(&fp, &inv, &stdin, Timestamp::now())
+                })
+                .await
+                .unwrap_or_else(|e| failed(&e))
+            } else {
+                // Everything else is microseconds of work: run it here, then wait for the
+                // group flush without holding a thread. Nothing is sent before it is durable.
+                let (out, ticket) = broker.execute_deferred(&fp, &inv, &stdin, Timestamp::now());
+                match ticket {
+                    Some(t) => match broker.store().wait_durable(t).await {
+                        Ok(()) => out,
+                        Err(e) => failed(&e),
+                    },
+                    None => out,
+                }
+            };
             send_output(&handle, channel, out).await;
             inflight.fetch_sub(1, Ordering::SeqCst);
             drop(done);

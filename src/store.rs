@@ -2,9 +2,11 @@
 //!
 //! Architecture invariant: every state change goes through [`Store::apply`], whose closure
 //! must return at least one audit event; the change and its audit entries commit in one sled
-//! transaction, and the database is flushed before the caller hears of success.
+//! transaction, and the database is flushed before the caller hears of success (with group
+//! commit: concurrent changes share one flush).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
@@ -39,12 +41,12 @@ pub struct CertRecord {
 
 const HEAD: &[u8] = b"audit_head";
 const NEXT_REQUEST: &[u8] = b"last_request_id";
-const NEXT_SERIAL: &[u8] = b"last_serial";
 const OWNERS: &[u8] = b"owner_count";
 
 /// The broker's database.
 pub struct Store {
     db: sled::Db,
+    flusher: GroupFlush,
     meta: Tree,
     members: Tree,
     keys: Tree,
@@ -88,17 +90,36 @@ impl Store {
             by_member: tree("requests_by_member")?,
             certs: tree("certs")?,
             audit: tree("audit")?,
+            flusher: GroupFlush::start(db.clone())?,
             db,
         })
     }
 
-    /// Applies one state change and its audit events atomically, then flushes.
+    /// Applies one state change and its audit events atomically, and returns once it is flushed.
     pub fn apply<T>(
         &self,
         now: Timestamp,
         actor: &str,
         change: impl Fn(&Tx<'_>) -> TxResult<(T, Vec<AuditEvent>)>,
     ) -> Result<T> {
+        let (out, ticket) = self.commit(now, actor, change)?;
+        self.flusher.wait_blocking(ticket)?;
+        Ok(out)
+    }
+
+    /// Waits until the change with `ticket` is flushed. Nobody may hear of a change before.
+    pub async fn wait_durable(&self, ticket: Ticket) -> Result<()> {
+        self.flusher.wait(ticket).await
+    }
+
+    /// Commits one state change and its audit events atomically, without waiting for the
+    /// flush: the caller must [`Store::wait_durable`] before acknowledging it.
+    pub fn commit<T>(
+        &self,
+        now: Timestamp,
+        actor: &str,
+        change: impl Fn(&Tx<'_>) -> TxResult<(T, Vec<AuditEvent>)>,
+    ) -> Result<(T, Ticket)> {
         let trees = (
             &self.meta,
             &self.members,
@@ -135,13 +156,11 @@ impl Store {
                 Ok(out)
             },
         );
-        let out = match out {
-            Ok(v) => v,
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-        };
-        self.db.flush()?;
-        Ok(out)
+        match out {
+            Ok(v) => Ok((v, self.flusher.register())),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
     }
 
     /// Whether `init` has run on this database.
@@ -177,47 +196,69 @@ impl Store {
         get_json(&self.requests, &id.to_be_bytes())
     }
 
-    /// Requests in `state` at `now`, oldest first. Pending ones come from the deadline index.
-    pub fn requests_in(&self, state: Option<RequestState>, now: Timestamp) -> Result<Vec<Request>> {
+    /// The newest `limit` requests in `state` at `now`, oldest first.
+    ///
+    /// Pending ones come from the deadline index (only undecided, unexpired requests are at
+    /// or after `now` in it), so that answer never scans decided history.
+    pub fn requests_in(
+        &self,
+        state: Option<RequestState>,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Request>> {
+        let mut out = Vec::new();
         if state == Some(RequestState::Pending) {
-            let mut out = Vec::new();
-            for kv in self.pending.range(pending_key(now, 0).to_vec()..) {
+            for kv in self.pending.range(pending_key(now, 0).to_vec()..).rev() {
+                if out.len() >= limit {
+                    break;
+                }
                 let (k, _) = kv?;
-                let id = u64_at(&k, 8)?;
-                if let Some(r) = self.request(id)? {
+                if let Some(r) = self.request(u64_at(&k, 8)?)? {
                     out.push(r);
                 }
             }
             out.sort_by_key(|r| r.id);
             return Ok(out);
         }
-        let all: Vec<Request> = scan_json(&self.requests)?;
-        Ok(all
-            .into_iter()
-            .filter(|r| state.is_none_or(|s| r.state_at(now) == s))
-            .collect())
+        for v in self.requests.iter().values().rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let r: Request = serde_json::from_slice(&v?)?;
+            if state.is_none_or(|s| r.state_at(now) == s) {
+                out.push(r);
+            }
+        }
+        out.reverse();
+        Ok(out)
     }
 
-    /// One member's requests, oldest first.
-    pub fn requests_of(&self, member: &Name) -> Result<Vec<Request>> {
+    /// One member's newest `limit` requests, oldest first.
+    pub fn requests_of(&self, member: &Name, limit: usize) -> Result<Vec<Request>> {
         let mut out = Vec::new();
-        for kv in self.by_member.scan_prefix(member_prefix(member)) {
+        for kv in self
+            .by_member
+            .scan_prefix(member_prefix(member))
+            .rev()
+            .take(limit)
+        {
             let (k, _) = kv?;
             let id = u64_at(&k, k.len() - 8)?;
             if let Some(r) = self.request(id)? {
                 out.push(r);
             }
         }
+        out.reverse();
         Ok(out)
     }
 
     /// Certificates issued for a request.
     pub fn certs_of(&self, request_id: u64) -> Result<Vec<CertRecord>> {
-        let all: Vec<CertRecord> = scan_json(&self.certs)?;
-        Ok(all
-            .into_iter()
-            .filter(|c| c.request_id == request_id)
-            .collect())
+        self.certs
+            .scan_prefix(request_id.to_be_bytes())
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
     }
 
     /// Raw audit entries from `from_seq` on, in order.
@@ -345,13 +386,18 @@ impl Tx<'_> {
         self.bump(NEXT_REQUEST)
     }
 
-    /// The next certificate serial (1, 2, ...): unique and increasing across restarts.
+    /// The serial for a certificate issued in this transaction: the sequence number its audit
+    /// entry will get. Unique and increasing across restarts, and it ties every certificate to
+    /// its place in the log. Valid only when the certificate's event is the transaction's first.
     pub fn next_serial(&self) -> TxResult<u64> {
-        self.bump(NEXT_SERIAL)
+        Ok(decode_head(self.meta.get(HEAD)?.as_deref())?.0 + 1)
     }
 
     pub fn put_cert(&self, c: &CertRecord) -> TxResult<()> {
-        tx_put(self.certs, &c.serial.to_be_bytes(), c)
+        // Keyed by request, then serial: a request's certificates are one prefix scan.
+        let mut key = c.request_id.to_be_bytes().to_vec();
+        key.extend_from_slice(&c.serial.to_be_bytes());
+        tx_put(self.certs, &key, c)
     }
 
     fn bump(&self, key: &[u8]) -> TxResult<u64> {
@@ -373,6 +419,169 @@ impl Tx<'_> {
         head.extend_from_slice(&hash);
         self.meta.insert(HEAD, head)?;
         Ok(())
+    }
+}
+
+/// A committed change's place in the flush order; durable once the flusher has passed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// Group commit. Committed changes take a ticket; one flusher thread flushes whatever has
+/// committed since its last flush, so one flush serves every change that came before it.
+struct GroupFlush {
+    shared: Arc<FlushShared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct FlushShared {
+    state: Mutex<FlushState>,
+    /// Wakes the flusher (work to do) and blocking waiters (a flush finished).
+    signal: Condvar,
+    /// Tells async waiters that `flushed` moved.
+    flushed_tx: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct FlushState {
+    registered: u64,
+    flushed: u64,
+    failed: Option<String>,
+    stop: bool,
+}
+
+impl GroupFlush {
+    fn start(db: sled::Db) -> Result<GroupFlush> {
+        let shared = Arc::new(FlushShared {
+            state: Mutex::new(FlushState::default()),
+            signal: Condvar::new(),
+            flushed_tx: tokio::sync::watch::channel(0).0,
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("sshjit-flush".into())
+            .spawn(move || flusher(&s, &db))
+            .map_err(Error::io("cannot start the flush thread"))?;
+        Ok(GroupFlush {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn register(&self) -> Ticket {
+        let mut st = self.shared.lock();
+        st.registered += 1;
+        self.shared.signal.notify_all();
+        Ticket(st.registered)
+    }
+
+    fn wait_blocking(&self, t: Ticket) -> Result<()> {
+        let mut st = self.shared.lock();
+        loop {
+            if st.flushed >= t.0 {
+                return Ok(());
+            }
+            if let Some(e) = &st.failed {
+                return Err(Error::Storage(format!("flush failed: {e}")));
+            }
+            st = self
+                .shared
+                .signal
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    async fn wait(&self, t: Ticket) -> Result<()> {
+        let mut rx = self.shared.flushed_tx.subscribe();
+        loop {
+            {
+                let st = self.shared.lock();
+                if st.flushed >= t.0 {
+                    return Ok(());
+                }
+                if let Some(e) = &st.failed {
+                    return Err(Error::Storage(format!("flush failed: {e}")));
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::Storage("the flush thread stopped".into()));
+            }
+        }
+    }
+}
+
+impl FlushShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FlushState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How long the flusher lets commits gather before it flushes, unless enough are waiting.
+/// A flush costs about a millisecond of I/O here; sharing it is what makes durable writes cheap.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+/// A gap this long with no new commit ends the gathering.
+const QUIET: std::time::Duration = std::time::Duration::from_micros(300);
+/// Flush at once when this many commits are waiting.
+const GATHER_MAX: u64 = 16;
+
+fn flusher(s: &FlushShared, db: &sled::Db) {
+    loop {
+        let covers = {
+            let mut st = s.lock();
+            while st.registered == st.flushed && !st.stop {
+                st = s.signal.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.registered == st.flushed {
+                return;
+            }
+            // Keep gathering while commits keep coming (up to GATHER); a lone commit waits
+            // at most one short quiet period.
+            let deadline = std::time::Instant::now() + GATHER;
+            loop {
+                let seen = st.registered;
+                if seen - st.flushed >= GATHER_MAX || st.stop {
+                    break;
+                }
+                let left = deadline
+                    .saturating_duration_since(std::time::Instant::now())
+                    .min(QUIET);
+                if left.is_zero() {
+                    break;
+                }
+                st = s
+                    .signal
+                    .wait_timeout(st, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+                if st.registered == seen {
+                    break;
+                }
+            }
+            st.registered
+        };
+        let result = db.flush();
+        let mut st = s.lock();
+        match result {
+            Ok(_) => st.flushed = covers,
+            Err(e) => {
+                tracing::error!(error = %e, "flush failed; changes are not acknowledged");
+                st.failed = Some(e.to_string());
+            }
+        }
+        let flushed = st.flushed;
+        drop(st);
+        s.signal.notify_all();
+        s.flushed_tx.send_replace(flushed);
+    }
+}
+
+impl Drop for GroupFlush {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.signal.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -421,7 +421,7 @@ fn bad_inputs_in_process_including_the_passage_of_time() {
         let s = core.store();
         (
             s.audit_raw(0).map(|r| r.unwrap()).collect::<Vec<_>>(),
-            s.requests_in(None, t0).unwrap(),
+            s.requests_in(None, t0, usize::MAX).unwrap(),
             s.members().unwrap(),
             s.hosts().unwrap(),
         )

@@ -60,7 +60,20 @@ fn the_printed_walkthrough_works_as_printed() {
         stdout.contains(&format!("({user})")),
         "no login as {user}:\n{stdout}"
     );
-    assert!(stdout.contains("certificate serial 1"), "{stdout}");
+    // The serial is the sequence number of the certificate's own audit entry.
+    let serial: u64 = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Serial: "))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no serial in:\n{stdout}"));
+    let entry = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{serial} ")))
+        .unwrap_or_else(|| panic!("no audit entry {serial}:\n{stdout}"));
+    assert!(
+        entry.contains(&format!("certificate serial {serial}")),
+        "{entry}"
+    );
     // Ctrl-C stops the broker cleanly and removes the throwaway directory.
     util::signal(&broker, "INT");
     let st =

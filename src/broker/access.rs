@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::{Broker, Reply, require_manager};
+use super::{Broker, Call, Reply, require_manager};
 use crate::audit::AuditEvent;
 use crate::ca;
 use crate::commands::RequestArgs;
@@ -15,7 +15,8 @@ use crate::store::CertRecord;
 use crate::views;
 
 impl Broker {
-    pub(super) fn request(&self, actor: &Member, a: &RequestArgs, now: Timestamp) -> Result<Reply> {
+    pub(super) fn request(&self, actor: &Member, a: &RequestArgs, cx: &Call) -> Result<Reply> {
+        let now = cx.now;
         let host_name: Name = a.host.parse()?;
         let role: GrantRole = a.role.parse()?;
         let duration_secs = parse_duration(&a.duration)?;
@@ -30,7 +31,7 @@ impl Broker {
             reason: &a.reason,
             start,
         };
-        let req = self.store.apply(now, actor.name.as_str(), |tx| {
+        let req = self.apply(cx, actor.name.as_str(), |tx| {
             let host = tx
                 .host(&host_name)?
                 .ok_or_else(|| unknown_host(&host_name))?;
@@ -78,10 +79,20 @@ impl Broker {
             .collect())
     }
 
-    pub(super) fn status(&self, actor: &Member, id: Option<u64>, now: Timestamp) -> Result<Reply> {
+    pub(super) fn status(
+        &self,
+        actor: &Member,
+        id: Option<u64>,
+        limit: usize,
+        cx: &Call,
+    ) -> Result<Reply> {
+        let now = cx.now;
+        if limit == 0 {
+            return Err(Error::invalid("--limit must be at least 1"));
+        }
         let reqs = match id {
             Some(id) => vec![self.visible_request(actor, id)?],
-            None => self.store.requests_of(&actor.name)?,
+            None => self.store.requests_of(&actor.name, limit)?,
         };
         let json = reqs.iter().map(|r| views::request_json(r, now)).collect();
         let text = match id {
@@ -91,7 +102,8 @@ impl Broker {
         Ok(Reply::new(json, text))
     }
 
-    pub(super) fn show(&self, actor: &Member, id: u64, now: Timestamp) -> Result<Reply> {
+    pub(super) fn show(&self, actor: &Member, id: u64, cx: &Call) -> Result<Reply> {
+        let now = cx.now;
         let r = self.visible_request(actor, id)?;
         let mut json = views::request_json(&r, now);
         let certs = self.store.certs_of(id)?;
@@ -136,8 +148,9 @@ impl Broker {
         actor: &Member,
         state: Option<&str>,
         limit: usize,
-        now: Timestamp,
+        cx: &Call,
     ) -> Result<Reply> {
+        let now = cx.now;
         require_manager(
             actor,
             "list everyone's requests (use 'status' for your own)",
@@ -146,16 +159,14 @@ impl Broker {
             return Err(Error::invalid("--limit must be at least 1"));
         }
         let state: Option<RequestState> = state.map(str::parse).transpose()?;
-        let mut reqs = self.store.requests_in(state, now)?;
-        if reqs.len() > limit {
-            reqs.drain(..reqs.len() - limit);
-        }
+        let reqs = self.store.requests_in(state, now, limit)?;
         let json = reqs.iter().map(|r| views::request_json(r, now)).collect();
         Ok(Reply::new(json, views::requests_table(&reqs, now)))
     }
 
-    pub(super) fn cancel(&self, actor: &Member, id: u64, now: Timestamp) -> Result<Reply> {
-        let req = self.store.apply(now, actor.name.as_str(), |tx| {
+    pub(super) fn cancel(&self, actor: &Member, id: u64, cx: &Call) -> Result<Reply> {
+        let now = cx.now;
+        let req = self.apply(cx, actor.name.as_str(), |tx| {
             let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id))?;
             policy::cancel(&mut req, &actor.name, now)?;
             tx.put_request(&req)?;
@@ -175,9 +186,10 @@ impl Broker {
         actor: &Member,
         id: u64,
         comment: Option<&str>,
-        now: Timestamp,
+        cx: &Call,
     ) -> Result<Reply> {
-        let (req, outcome) = self.store.apply(now, actor.name.as_str(), |tx| {
+        let now = cx.now;
+        let (req, outcome) = self.apply(cx, actor.name.as_str(), |tx| {
             let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id))?;
             let requester = tx.member(&req.requester)?.ok_or_else(|| {
                 Error::InvalidState(format!(
@@ -232,14 +244,9 @@ impl Broker {
         Ok(Reply::new(views::request_json(&req, now), text))
     }
 
-    pub(super) fn deny(
-        &self,
-        actor: &Member,
-        id: u64,
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<Reply> {
-        let req = self.store.apply(now, actor.name.as_str(), |tx| {
+    pub(super) fn deny(&self, actor: &Member, id: u64, reason: &str, cx: &Call) -> Result<Reply> {
+        let now = cx.now;
+        let req = self.apply(cx, actor.name.as_str(), |tx| {
             let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id))?;
             policy::deny(&mut req, actor, reason, now)?;
             tx.put_request(&req)?;
@@ -257,13 +264,8 @@ impl Broker {
         ))
     }
 
-    pub(super) fn cert(
-        &self,
-        actor: &Member,
-        id: u64,
-        key_text: &str,
-        now: Timestamp,
-    ) -> Result<Reply> {
+    pub(super) fn cert(&self, actor: &Member, id: u64, key_text: &str, cx: &Call) -> Result<Reply> {
+        let now = cx.now;
         if key_text.trim().is_empty() {
             return Err(Error::InvalidKey(format!(
                 "no public key given; pass it with --key or on stdin: ssh BROKER cert {id} < KEY.pub"
@@ -276,7 +278,7 @@ impl Broker {
             ));
         }
         let key_fingerprint = ca::fingerprint(key.key_data());
-        let (cert, record, host) = self.store.apply(now, actor.name.as_str(), |tx| {
+        let (cert, record, host) = self.apply(cx, actor.name.as_str(), |tx| {
             let req = tx.request(id)?.ok_or_else(|| unknown_request(id))?;
             let grant = policy::authorize_cert(&req, &actor.name, now)?;
             let host = tx.host(&req.resource)?.ok_or_else(|| {

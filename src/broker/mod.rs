@@ -8,6 +8,8 @@ mod team;
 
 pub use team::verify_reply;
 
+use std::cell::Cell;
+
 use serde_json::Value;
 
 use crate::ca::Ca;
@@ -15,7 +17,24 @@ use crate::commands::{Command, Invocation, Parsed};
 use crate::error::{Error, Result};
 use crate::model::{Member, Timestamp};
 use crate::policy::Policy;
-use crate::store::Store;
+use crate::store::{Store, Ticket};
+
+/// One command's context: when it runs, and whether the caller waits for durability itself.
+pub struct Call {
+    pub now: Timestamp,
+    defer: bool,
+    ticket: Cell<Option<Ticket>>,
+}
+
+impl Call {
+    fn new(now: Timestamp, defer: bool) -> Self {
+        Call {
+            now,
+            defer,
+            ticket: Cell::new(None),
+        }
+    }
+}
 
 /// What a command printed and how it exited, ready for a channel or a terminal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +147,8 @@ impl Broker {
         }
     }
 
-    /// Runs a parsed command for the key with `fingerprint` at `now`.
+    /// Runs a parsed command for the key with `fingerprint` at `now`; changes are durable
+    /// when it returns.
     pub fn execute(
         &self,
         fingerprint: &str,
@@ -136,6 +156,24 @@ impl Broker {
         stdin: &[u8],
         now: Timestamp,
     ) -> Output {
+        self.run(fingerprint, inv, stdin, &Call::new(now, false))
+    }
+
+    /// Like [`Broker::execute`], but leaves waiting for durability to the caller: the output
+    /// must not be shown until [`Store::wait_durable`] for the returned ticket has returned.
+    pub fn execute_deferred(
+        &self,
+        fingerprint: &str,
+        inv: &Invocation,
+        stdin: &[u8],
+        now: Timestamp,
+    ) -> (Output, Option<Ticket>) {
+        let cx = Call::new(now, true);
+        let out = self.run(fingerprint, inv, stdin, &cx);
+        (out, cx.ticket.get())
+    }
+
+    fn run(&self, fingerprint: &str, inv: &Invocation, stdin: &[u8], cx: &Call) -> Output {
         let result = self
             .member_for_key(fingerprint)
             .and_then(|m| {
@@ -145,7 +183,7 @@ impl Broker {
                     )
                 })
             })
-            .and_then(|actor| self.dispatch(&actor, inv, stdin, now));
+            .and_then(|actor| self.dispatch(&actor, inv, stdin, cx));
         match result {
             Ok(reply) => reply.render(inv.json),
             Err(e) => {
@@ -155,34 +193,46 @@ impl Broker {
         }
     }
 
-    fn dispatch(
+    /// Applies a change through the store, durably now or deferred to the caller (see [`Call`]).
+    fn apply<T>(
         &self,
-        actor: &Member,
-        inv: &Invocation,
-        stdin: &[u8],
-        now: Timestamp,
-    ) -> Result<Reply> {
+        cx: &Call,
+        actor: &str,
+        change: impl Fn(
+            &crate::store::Tx<'_>,
+        ) -> crate::store::TxResult<(T, Vec<crate::audit::AuditEvent>)>,
+    ) -> Result<T> {
+        if !cx.defer {
+            return self.store.apply(cx.now, actor, change);
+        }
+        let (out, ticket) = self.store.commit(cx.now, actor, change)?;
+        cx.ticket
+            .set(Some(cx.ticket.get().map_or(ticket, |t| t.max(ticket))));
+        Ok(out)
+    }
+
+    fn dispatch(&self, actor: &Member, inv: &Invocation, stdin: &[u8], cx: &Call) -> Result<Reply> {
         match &inv.command {
-            Command::Whoami => self.whoami(actor, now),
+            Command::Whoami => self.whoami(actor),
             Command::CaPubkey => self.ca_pubkey(),
-            Command::Request(args) => self.request(actor, args, now),
-            Command::Status { id } => self.status(actor, *id, now),
-            Command::Show { id } => self.show(actor, *id, now),
-            Command::Cancel { id } => self.cancel(actor, *id, now),
+            Command::Request(args) => self.request(actor, args, cx),
+            Command::Status { id, limit } => self.status(actor, *id, *limit, cx),
+            Command::Show { id } => self.show(actor, *id, cx),
+            Command::Cancel { id } => self.cancel(actor, *id, cx),
             Command::Requests { state, limit } => {
-                self.requests(actor, state.as_deref(), *limit, now)
+                self.requests(actor, state.as_deref(), *limit, cx)
             }
-            Command::Approve { id, comment } => self.approve(actor, *id, comment.as_deref(), now),
-            Command::Deny { id, reason } => self.deny(actor, *id, reason, now),
+            Command::Approve { id, comment } => self.approve(actor, *id, comment.as_deref(), cx),
+            Command::Deny { id, reason } => self.deny(actor, *id, reason, cx),
             Command::Cert { id, key } => {
                 let text = match key {
                     Some(words) => words.join(" "),
                     None => String::from_utf8_lossy(stdin).into_owned(),
                 };
-                self.cert(actor, *id, &text, now)
+                self.cert(actor, *id, &text, cx)
             }
-            Command::Member(cmd) => self.member(actor, cmd, now),
-            Command::Host(cmd) => self.host(actor, cmd, now),
+            Command::Member(cmd) => self.member(actor, cmd, cx),
+            Command::Host(cmd) => self.host(actor, cmd, cx),
             Command::HostConfig { name, dir, script } => {
                 self.host_config(actor, name, dir, *script)
             }

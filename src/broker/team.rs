@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::{Broker, Reply, require_manager};
+use super::{Broker, Call, Reply, require_manager};
 use crate::audit::{self, AuditEvent};
 use crate::ca;
 use crate::commands::{AuditCommand, HostCommand, MemberCommand};
@@ -18,7 +18,7 @@ use crate::views;
 pub const MAX_APPROVALS: u32 = 5;
 
 impl Broker {
-    pub(super) fn whoami(&self, actor: &Member, _now: Timestamp) -> Result<Reply> {
+    pub(super) fn whoami(&self, actor: &Member) -> Result<Reply> {
         let json = json!({
             "name": actor.name,
             "role": actor.role,
@@ -35,12 +35,8 @@ impl Broker {
         Ok(Reply::new(json, key))
     }
 
-    pub(super) fn member(
-        &self,
-        actor: &Member,
-        cmd: &MemberCommand,
-        now: Timestamp,
-    ) -> Result<Reply> {
+    pub(super) fn member(&self, actor: &Member, cmd: &MemberCommand, cx: &Call) -> Result<Reply> {
+        let now = cx.now;
         match cmd {
             MemberCommand::List => {
                 require_manager(actor, "list members")?;
@@ -59,7 +55,7 @@ impl Broker {
                     ));
                 }
                 let member = new_member(name, role, key, actor, now)?;
-                self.store.apply(now, actor.name.as_str(), |tx| {
+                self.apply(cx, actor.name.as_str(), |tx| {
                     if tx.member(&member.name)?.is_some() {
                         return Err(Error::AlreadyExists(format!(
                             "member {} already exists; remove them first to change their role or keys",
@@ -90,7 +86,7 @@ impl Broker {
             MemberCommand::Remove { name } => {
                 require_manager(actor, "remove members")?;
                 let name: Name = name.parse()?;
-                let removed = self.store.apply(now, actor.name.as_str(), |tx| {
+                let removed = self.apply(cx, actor.name.as_str(), |tx| {
                     let m = tx.member(&name)?.ok_or_else(|| {
                         Error::NotFound(format!("no member named {name}; 'member list' shows them"))
                     })?;
@@ -121,7 +117,8 @@ impl Broker {
         }
     }
 
-    pub(super) fn host(&self, actor: &Member, cmd: &HostCommand, now: Timestamp) -> Result<Reply> {
+    pub(super) fn host(&self, actor: &Member, cmd: &HostCommand, cx: &Call) -> Result<Reply> {
+        let now = cx.now;
         match cmd {
             HostCommand::List => {
                 let hs = self.store.hosts()?;
@@ -138,7 +135,7 @@ impl Broker {
             } => {
                 require_manager(actor, "add hosts")?;
                 let host = new_host(name, address, *port, tags, logins, *approvals, actor, now)?;
-                self.store.apply(now, actor.name.as_str(), |tx| {
+                self.apply(cx, actor.name.as_str(), |tx| {
                     if tx.host(&host.name)?.is_some() {
                         return Err(Error::AlreadyExists(format!(
                             "host {} already exists; remove it first to change it",
@@ -189,7 +186,7 @@ impl Broker {
             HostCommand::Remove { name } => {
                 require_manager(actor, "remove hosts")?;
                 let name: Name = name.parse()?;
-                let host = self.store.apply(now, actor.name.as_str(), |tx| {
+                let host = self.apply(cx, actor.name.as_str(), |tx| {
                     let h = tx.host(&name)?.ok_or_else(|| {
                         Error::NotFound(format!("no host named {name}; 'host list' shows them"))
                     })?;

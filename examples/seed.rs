@@ -1,0 +1,229 @@
+//! Fills a fresh data dir with a realistic history for the scale checks in scripts/bench:
+//! many members, requests in every state (a recent slice still pending), and audit entries,
+//! all written through the store's normal transactions so the chain is real.
+//!
+//! ```text
+//! cargo run --release --example seed -- --data-dir DIR --requests 100000 --audit 1000000 \
+//!     --member-key alice.pub --approver-key adam.pub
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Parser;
+use sshjit::audit::AuditEvent;
+use sshjit::datadir::{self, DataDir};
+use sshjit::model::{GrantRole, Host, Member, Name, Role, Timestamp};
+use sshjit::policy::{self, Ask};
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, default_value_t = 100_000)]
+    requests: u64,
+    /// Total audit entries to reach (filled up with certificate records).
+    #[arg(long, default_value_t = 1_000_000)]
+    audit: u64,
+    /// Public key of `alice` (viewer), who owns a share of the requests.
+    #[arg(long)]
+    member_key: PathBuf,
+    /// Public key of `adam` (admin), the approver.
+    #[arg(long)]
+    approver_key: PathBuf,
+}
+
+const MEMBERS: usize = 100;
+const RECENT_PENDING: u64 = 1000;
+const BATCH: u64 = 500;
+
+fn member(name: &str, role: Role, key: &str, now: Timestamp) -> anyhow::Result<Member> {
+    let k = sshjit::ca::parse_public_key(key)?;
+    Ok(Member {
+        name: name.parse()?,
+        role,
+        keys: vec![sshjit::ca::openssh_without_comment(&k)?],
+        key_fingerprints: vec![sshjit::ca::fingerprint(k.key_data())],
+        added_at: now,
+        added_by: "seed".into(),
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let now = Timestamp::now();
+    let opened = datadir::open(&DataDir::new(&a.data_dir))?;
+    let store = opened.broker.store();
+    let random_key = || -> anyhow::Result<String> {
+        Ok(sshjit::ca::generate_key("seed")?
+            .public_key()
+            .to_openssh()?)
+    };
+    let mut members = vec![
+        member(
+            "alice",
+            Role::Viewer,
+            &std::fs::read_to_string(&a.member_key)?,
+            now,
+        )?,
+        member(
+            "adam",
+            Role::Admin,
+            &std::fs::read_to_string(&a.approver_key)?,
+            now,
+        )?,
+    ];
+    for i in 0..MEMBERS - 2 {
+        members.push(member(
+            &format!("m{i:03}"),
+            Role::Viewer,
+            &random_key()?,
+            now,
+        )?);
+    }
+    let hosts: Vec<Host> = (0..20)
+        .map(|i| -> anyhow::Result<Host> {
+            Ok(Host {
+                name: format!("web-{i:02}").parse()?,
+                address: format!("10.0.0.{i}"),
+                port: 22,
+                tags: vec![if i % 4 == 0 { "prod" } else { "dev" }.parse()?],
+                logins: BTreeMap::from([
+                    (GrantRole::Viewer, "ro".to_string()),
+                    (GrantRole::Editor, "deploy".to_string()),
+                ]),
+                approvals_required: 1,
+                added_at: now,
+                added_by: "seed".into(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    store.apply(now, "seed", |tx| {
+        let mut events = vec![];
+        for m in &members {
+            tx.add_member(m)?;
+            events.push(AuditEvent::MemberAdded {
+                name: m.name.to_string(),
+                role: m.role,
+                key_fingerprints: m.key_fingerprints.clone(),
+            });
+        }
+        for h in &hosts {
+            tx.put_host(h)?;
+            events.push(AuditEvent::HostAdded {
+                name: h.name.to_string(),
+                address: h.address.clone(),
+                port: h.port,
+                tags: vec![],
+                logins: vec![],
+                approvals_required: 1,
+            });
+        }
+        Ok(((), events))
+    })?;
+
+    let approver = members[1].clone();
+    let policy = opened.config.policy.clone();
+    let mut made = 0u64;
+    while made < a.requests {
+        let n = BATCH.min(a.requests - made);
+        store.apply(now, "seed", |tx| {
+            let mut events = vec![];
+            for k in 0..n {
+                let i = made + k;
+                let requester = &members[(i as usize * 7 + 3) % MEMBERS];
+                let requester = if requester.name.as_str() == "adam" {
+                    &members[0]
+                } else {
+                    requester
+                };
+                let host = &hosts[i as usize % hosts.len()];
+                let recent = i + RECENT_PENDING >= a.requests;
+                // Older requests were made over the past weeks, a few seconds apart.
+                let at = if recent {
+                    now
+                } else {
+                    Timestamp::from_unix(now.unix() - ((a.requests - i) as i64) * 20)
+                };
+                let ask = Ask {
+                    role: GrantRole::Viewer,
+                    duration_secs: 3600,
+                    reason: "SEED-1 routine maintenance window",
+                    start: None,
+                };
+                let id = tx.next_request_id()?;
+                let mut r = policy.open(id, requester, host, &ask, at)?;
+                events.push(AuditEvent::RequestCreated {
+                    id,
+                    requester: r.requester.to_string(),
+                    resource: r.resource.to_string(),
+                    role: r.role,
+                    duration_secs: r.duration_secs,
+                    reason: r.reason.clone(),
+                    requested_start: None,
+                    pending_until: r.pending_until,
+                    justification_flags: r.justification.flags.clone(),
+                });
+                if !recent {
+                    match i % 10 {
+                        0..=5 => {
+                            policy::approve(&mut r, &approver, requester.role, None, at)?;
+                            events.push(AuditEvent::RequestApproved {
+                                id,
+                                by: "adam".into(),
+                                comment: None,
+                                approvals: 1,
+                                approvals_required: 1,
+                            });
+                        }
+                        6 | 7 => {
+                            policy::deny(&mut r, &approver, "not this time", at)?;
+                            events.push(AuditEvent::RequestDenied {
+                                id,
+                                by: "adam".into(),
+                                reason: "not this time".into(),
+                            });
+                        }
+                        8 => {
+                            let who: &Name = &requester.name;
+                            policy::cancel(&mut r, who, at)?;
+                            events.push(AuditEvent::RequestCancelled {
+                                id,
+                                by: who.to_string(),
+                            });
+                        }
+                        _ => {} // left pending: reads as expired
+                    }
+                }
+                tx.put_request(&r)?;
+            }
+            Ok(((), events))
+        })?;
+        made += n;
+    }
+    let mut len = store.audit_len()?;
+    while len < a.audit {
+        let n = 2000.min(a.audit - len);
+        store.apply(now, "seed", |_tx| {
+            let events = (0..n)
+                .map(|k| AuditEvent::CertificateIssued {
+                    id: 1 + (len + k) % a.requests.max(1),
+                    serial: len + k,
+                    key_id: format!("sshjit:{}:alice", 1 + (len + k) % a.requests.max(1)),
+                    principals: vec!["ro@web-01".into()],
+                    valid_after: now,
+                    valid_before: now.plus(3600),
+                    key_fingerprint: "SHA256:seedseedseedseedseedseedseedseedseedseedsee".into(),
+                })
+                .collect();
+            Ok(((), events))
+        })?;
+        len += n;
+    }
+    eprintln!(
+        "seeded {} requests and {} audit entries",
+        a.requests,
+        store.audit_len()?
+    );
+    Ok(())
+}
