@@ -3,8 +3,9 @@
 //! Architecture invariants:
 //! - identity is the authenticated key alone; the SSH user name is ignored;
 //! - every handler method not implemented here rejects (russh's default), so the server fails closed;
-//! - commands run on the blocking pool; shutdown stops new commands, lets running ones finish
-//!   and answer, then flushes the database.
+//! - commands run on the connection's task (whole-log ones on the blocking pool), and nothing
+//!   is sent until the change it reports is flushed; shutdown stops new commands, lets running
+//!   ones finish and answer, then flushes the database.
 
 use std::collections::HashMap;
 use std::future::Future;
