@@ -40,6 +40,8 @@ pub struct CertRecord {
 }
 
 const HEAD: &[u8] = b"audit_head";
+/// sled's page cache size.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const NEXT_REQUEST: &[u8] = b"last_request_id";
 const OWNERS: &[u8] = b"owner_count";
 
@@ -77,6 +79,8 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            // sled's page cache defaults to 1 GiB; the broker's working set is far smaller.
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|e| open_error(dir, e))?;
         let tree = |name: &str| db.open_tree(name).map_err(Error::from);
