@@ -467,7 +467,8 @@ fn ctrl_c_while_waiting_leaves_the_request_pending_and_cancel_withdraws_it() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Give the helper time to print the request and start waiting (and listening for Ctrl-C).
+    std::thread::sleep(Duration::from_millis(1000));
     util::signal(&waiting, "INT");
     let status = util::wait_timeout(&mut waiting, Duration::from_secs(10))
         .expect("the helper ignored Ctrl-C");

@@ -60,7 +60,11 @@ fn per_member_connections_are_capped() {
     let alice = b.add_member("alice", "viewer");
     let mut held: Vec<Child> = (0..2).map(|_| hold(&b, &alice)).collect();
     wait_for("two held connections", || {
-        b.log().matches("member=alice").count() >= 2
+        b.log()
+            .lines()
+            .filter(|l| l.contains("authenticated") && l.contains("member=alice"))
+            .count()
+            >= 2
     });
     let refused = b.ssh(&alice, "whoami --json");
     assert_eq!(refused.code, 1, "{refused:?}");
