@@ -190,6 +190,13 @@ fn main() -> anyhow::Result<()> {
         &|x| x <= 100.0 * 1024.0,
     );
     plain(
+        "Daemon RSS, peak after fetch-reuse too",
+        get("broker_rss_peak_after_fetch_reuse", "rss_kb"),
+        &mb,
+        "(no target)",
+        &|_| true,
+    );
+    plain(
         "Scale: `requests --state pending` p50",
         get("scale_requests_pending", "p50_ms"),
         &ms,
