@@ -30,13 +30,18 @@ pub fn write_private_key(key: &PrivateKey, path: &Path) -> Result<()> {
     let pem = key
         .to_openssh(LineEnding::LF)
         .map_err(|e| Error::Internal(format!("cannot encode a private key: {e}")))?;
+    write_secret_file(path, pem.as_bytes())
+}
+
+/// Creates a file that must not exist yet, readable by its owner only (0600), and syncs it.
+pub fn write_secret_file(path: &Path, content: &[u8]) -> Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
         .map_err(Error::io(format!("cannot create {}", path.display())))?;
-    f.write_all(pem.as_bytes())
+    f.write_all(content)
         .and_then(|_| f.sync_all())
         .map_err(Error::io(format!("cannot write {}", path.display())))
 }

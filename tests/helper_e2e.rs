@@ -64,6 +64,60 @@ fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
 
+/// Starts `sshjit request web-01 ... --wait` for `who` and returns once the broker has it.
+fn start_waiting(b: &Broker, who: &Person, role: &str, dur: &str, reason: &str) -> Child {
+    let child = who
+        .cmd(helper_bin())
+        .args([
+            "--accept-new-broker-key",
+            "request",
+            "web-01",
+            "--role",
+            role,
+            "--for",
+            dur,
+        ])
+        .args(["--reason", reason, "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while b
+        .json("requests --state pending")
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the request never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// A real ssh-agent in the foreground on `sock`; returns once it listens.
+fn start_agent(sock: &Path) -> Child {
+    let agent = Command::new(require("ssh-agent"))
+        .arg("-D")
+        .arg("-a")
+        .arg(sock)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "ssh-agent did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent
+}
+
 /// A broker with alice (viewer) and adam (admin), and host web-01 backed by a real sshd.
 fn setup() -> (Broker, Identity, Sshd, String) {
     let b = Broker::start_new();
@@ -102,35 +156,13 @@ fn request_wait_approve_login_and_ssh() {
     let olga = Person::new(&b, &b.owner);
 
     // 1. alice asks and waits in the background.
-    let waiting: Child = alice
-        .cmd(helper_bin())
-        .args([
-            "--accept-new-broker-key",
-            "request",
-            "web-01",
-            "--role",
-            "editor",
-            "--for",
-            "1h",
-        ])
-        .args(["--reason", "INC-77 restart the stuck worker", "--wait"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while b
-        .json("requests --state pending")
-        .as_array()
-        .unwrap()
-        .is_empty()
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the request never arrived"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let waiting = start_waiting(
+        &b,
+        &alice,
+        "editor",
+        "1h",
+        "INC-77 restart the stuck worker",
+    );
 
     // 2. olga reviews and approves with --yes.
     let table = olga.admin(&["--accept-new-broker-key", "requests"]).ok();
@@ -240,21 +272,7 @@ fn login_adds_the_certificate_to_a_real_agent_for_the_time_left() {
 
     // A real ssh-agent, and a PATH shim that records what ssh-add is asked before running it.
     let sock = alice.home.path().join("agent.sock");
-    let mut agent = Command::new(require("ssh-agent"))
-        .arg("-D")
-        .arg("-a")
-        .arg(&sock)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !sock.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "ssh-agent did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut agent = start_agent(&sock);
     let shim = alice.home.path().join("bin");
     std::fs::create_dir(&shim).unwrap();
     let log = alice.home.path().join("ssh-add.args");
@@ -438,35 +456,7 @@ fn ssh_fetches_an_unfetched_grant_or_names_the_request_to_make() {
 fn ctrl_c_while_waiting_leaves_the_request_pending_and_cancel_withdraws_it() {
     let (b, alice_id, _sshd, _) = setup();
     let alice = Person::new(&b, &alice_id);
-    let mut waiting = alice
-        .cmd(helper_bin())
-        .args([
-            "--accept-new-broker-key",
-            "request",
-            "web-01",
-            "--role",
-            "viewer",
-            "--for",
-            "15m",
-        ])
-        .args(["--reason", "INC-8 look at the queue", "--wait"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while b
-        .json("requests --state pending")
-        .as_array()
-        .unwrap()
-        .is_empty()
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the request never arrived"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut waiting = start_waiting(&b, &alice, "viewer", "15m", "INC-8 look at the queue");
     // Give the helper time to print the request and start waiting (and listening for Ctrl-C).
     std::thread::sleep(Duration::from_millis(1000));
     util::signal(&waiting, "INT");
@@ -494,21 +484,7 @@ fn an_identity_held_only_in_ssh_agent_works() {
     let alice_id = b.add_member("alice", "viewer");
     let alice = Person::new(&b, &alice_id);
     let sock = alice.home.path().join("agent.sock");
-    let mut agent = Command::new(require("ssh-agent"))
-        .arg("-D")
-        .arg("-a")
-        .arg(&sock)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !sock.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "ssh-agent did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut agent = start_agent(&sock);
     let mut add = Command::new(require("ssh-add"));
     add.env("SSH_AUTH_SOCK", &sock).arg("-q").arg(&alice_id.key);
     util::run_with_stdin(add, b"").ok();

@@ -204,6 +204,16 @@ pub fn quote_line(words: &[&str], json: bool) -> String {
     parts.join(" ")
 }
 
+/// The best RSA signature hash the broker supports (ignored for other key types).
+async fn rsa_hash(handle: &Handle<Checker>) -> Option<russh::keys::HashAlg> {
+    handle
+        .best_supported_rsa_hash()
+        .await
+        .ok()
+        .flatten()
+        .flatten()
+}
+
 async fn auth_file(handle: &mut Handle<Checker>, path: &Path) -> Result<bool> {
     let key = russh::keys::load_secret_key(path, None).map_err(|e| {
         Error::Auth(format!(
@@ -211,12 +221,7 @@ async fn auth_file(handle: &mut Handle<Checker>, path: &Path) -> Result<bool> {
             path.display()
         ))
     })?;
-    let hash = handle
-        .best_supported_rsa_hash()
-        .await
-        .ok()
-        .flatten()
-        .flatten();
+    let hash = rsa_hash(handle).await;
     let result = handle
         .authenticate_publickey("sshjit", PrivateKeyWithHashAlg::new(Arc::new(key), hash))
         .await
@@ -248,12 +253,7 @@ async fn auth_agent(handle: &mut Handle<Checker>, want: Option<&str>) -> Result<
             None => "ssh-agent holds no keys; add yours with ssh-add".into(),
         }));
     }
-    let hash = handle
-        .best_supported_rsa_hash()
-        .await
-        .ok()
-        .flatten()
-        .flatten();
+    let hash = rsa_hash(handle).await;
     for key in keys {
         let result = handle
             .authenticate_publickey_with("sshjit", key, hash, &mut agent)

@@ -4,9 +4,8 @@
 //! said), all 0600, in a 0700 directory; `current` and `current-cert.pub` link to the newest grant
 //! so an ssh_config block can name stable paths.
 
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, DirBuilder};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -104,14 +103,7 @@ pub fn save(
 /// Replaces a file with `content`, created 0600.
 fn write_private(path: &Path, content: &str) -> Result<()> {
     let _ = fs::remove_file(path);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(Error::io(format!("cannot create {}", path.display())))?;
-    f.write_all(content.as_bytes())
-        .map_err(Error::io(format!("cannot write {}", path.display())))
+    crate::ca::write_secret_file(path, content.as_bytes())
 }
 
 fn relink(dir: &Path, id: u64) -> Result<()> {
