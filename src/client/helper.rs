@@ -56,7 +56,8 @@ pub async fn request(
     let mut text = describe_request(&req);
     if !wait {
         text.push_str(&format!(
-            "\nFollow it with: sshjit status {id}\nOnce approved, fetch your certificate with: sshjit login {id} (or just: sshjit ssh HOST)\n"
+            "\nFollow it with: sshjit status {id}\nOnce approved, fetch your certificate with: sshjit login {id} (or just: sshjit ssh {})\n",
+            a.host
         ));
         conn.close().await;
         return Ok(Printed { text, json: req });
@@ -132,6 +133,8 @@ async fn follow(conn: &Connection, id: u64, quiet: bool) -> Result<Value> {
         if state != "pending" {
             if tty && !quiet {
                 eprintln!();
+            } else if !quiet {
+                eprintln!("request {id}: {state}");
             }
             return Ok(r);
         }
@@ -224,6 +227,13 @@ pub async fn status(settings: &Settings, id: Option<u64>) -> Result<Printed> {
                 r["grant"]["start"].as_str().unwrap_or_default()
             ),
             (Some("approved"), _) => "window over".into(),
+            (Some("denied"), _) => format!(
+                "denied by {}: {}",
+                r["denial"]["by"].as_str().unwrap_or_default(),
+                r["denial"]["reason"].as_str().unwrap_or_default()
+            ),
+            (Some("expired"), _) => "expired without a decision".into(),
+            (Some("cancelled"), _) => "cancelled".into(),
             _ => String::new(),
         };
         text.push_str(&format!(
