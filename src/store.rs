@@ -76,13 +76,23 @@ pub struct Tx<'a> {
 impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             // sled's page cache defaults to 1 GiB; the broker's working set is far smaller.
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|e| open_error(dir, e))?;
+            .cache_capacity(CACHE_BYTES);
+        // sled releases its file lock when its last background thread lets go, a moment after
+        // the previous handle in this process is dropped: give that moment before refusing.
+        let mut tries = 0;
+        let db = loop {
+            match config.open().map_err(|e| open_error(dir, e)) {
+                Err(Error::DatabaseInUse(_)) if tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(Error::from);
         Ok(Store {
             meta: tree("meta")?,
