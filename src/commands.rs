@@ -225,7 +225,7 @@ pub fn parse_words(words: &[String]) -> Result<Parsed> {
         return Ok(Parsed::Help(help_text()));
     }
     let argv = std::iter::once("sshjit").chain(words.iter().map(String::as_str));
-    match Invocation::try_parse_from(argv) {
+    match parse_argv(argv) {
         Ok(inv) => Ok(Parsed::Run(inv)),
         Err(e) => match e.kind() {
             ErrorKind::DisplayHelp | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
@@ -246,6 +246,22 @@ pub fn parse_words(words: &[String]) -> Result<Parsed> {
             }
         },
     }
+}
+
+/// Parses with a command tree built once per thread: building it costs more than parsing.
+fn parse_argv<'a>(
+    argv: impl Iterator<Item = &'a str>,
+) -> std::result::Result<Invocation, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    thread_local! {
+        static TREE: std::cell::RefCell<clap::Command> =
+            std::cell::RefCell::new(Invocation::command().color(clap::ColorChoice::Never));
+    }
+    TREE.with(|tree| {
+        let mut cmd = tree.borrow_mut();
+        let matches = cmd.try_get_matches_from_mut(argv)?;
+        Invocation::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+    })
 }
 
 /// Names the unknown word and what would have been valid in its place.

@@ -88,6 +88,10 @@ pub fn save(
         key: key.clone(),
         certificate: certificate.clone(),
     };
+    // These reach ssh's command line and ssh_config: refuse anything that could be read as an
+    // option, even from the broker.
+    crate::model::validate_login(&local.login)?;
+    crate::model::validate_address(&local.address)?;
     write_private(&key, private_key)?;
     write_private(
         &dir.join(format!("{request_id}.pub")),
