@@ -31,6 +31,14 @@ pub enum AuditEvent {
     MemberRemoved {
         name: String,
     },
+    MemberKeyAdded {
+        name: String,
+        key_fingerprint: String,
+    },
+    MemberKeyRemoved {
+        name: String,
+        key_fingerprint: String,
+    },
     HostAdded {
         name: String,
         address: String,

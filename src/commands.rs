@@ -131,6 +131,20 @@ pub enum MemberCommand {
     List,
     /// Remove a member; their keys stop working at once.
     Remove { name: String },
+    /// Give a member another identity key.
+    KeyAdd {
+        name: String,
+        /// The new SSH public key (`ssh-ed25519 AAAA... [comment]`).
+        #[arg(long, num_args = 1..=3, value_name = "PUBKEY", required = true)]
+        key: Vec<String>,
+    },
+    /// Take an identity key from a member; it stops working at once.
+    KeyRemove {
+        name: String,
+        /// The key's SHA-256 fingerprint, as `member list` shows it.
+        #[arg(long)]
+        fingerprint: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -337,6 +337,26 @@ impl Tx<'_> {
         tx_put(self.members, m.name.as_str().as_bytes(), m)
     }
 
+    /// Replaces a member's key list with `after`'s, keeping the key index true.
+    pub fn replace_member_keys(&self, before: &Member, after: &Member) -> TxResult<()> {
+        for fp in before
+            .key_fingerprints
+            .iter()
+            .filter(|f| !after.key_fingerprints.contains(f))
+        {
+            self.keys.remove(fp.as_bytes())?;
+        }
+        for fp in after
+            .key_fingerprints
+            .iter()
+            .filter(|f| !before.key_fingerprints.contains(f))
+        {
+            self.keys
+                .insert(fp.as_bytes(), after.name.as_str().as_bytes())?;
+        }
+        tx_put(self.members, after.name.as_str().as_bytes(), after)
+    }
+
     pub fn remove_member(&self, m: &Member) -> TxResult<()> {
         self.adjust_owners(m, false)?;
         for fp in &m.key_fingerprints {

@@ -83,6 +83,56 @@ impl Broker {
                 let text = format!("added {} as {}", member.name, member.role);
                 Ok(Reply::new(views::member_json(&member), text))
             }
+            MemberCommand::KeyAdd { name, key } => {
+                let name: Name = name.parse()?;
+                let k = ca::parse_public_key(&key.join(" "))?;
+                let (line, fp) = (
+                    ca::openssh_without_comment(&k)?,
+                    ca::fingerprint(k.key_data()),
+                );
+                let m = self.change_keys(actor, &name, cx, |m| {
+                    if m.key_fingerprints.contains(&fp) {
+                        return Err(Error::AlreadyExists(format!(
+                            "key {fp} already belongs to member {name}"
+                        )));
+                    }
+                    m.keys.push(line.clone());
+                    m.key_fingerprints.push(fp.clone());
+                    Ok(AuditEvent::MemberKeyAdded {
+                        name: name.to_string(),
+                        key_fingerprint: fp.clone(),
+                    })
+                })?;
+                let text = format!(
+                    "added key {fp} to {name}; they now have {} key(s)",
+                    m.keys.len()
+                );
+                Ok(Reply::new(views::member_json(&m), text))
+            }
+            MemberCommand::KeyRemove { name, fingerprint } => {
+                let name: Name = name.parse()?;
+                let m = self.change_keys(actor, &name, cx, |m| {
+                    let Some(i) = m.key_fingerprints.iter().position(|f| f == fingerprint) else {
+                        return Err(Error::NotFound(format!(
+                            "{name} has no key {}; 'member list' shows their fingerprints",
+                            crate::model::printable(fingerprint, 60)
+                        )));
+                    };
+                    if m.keys.len() == 1 {
+                        return Err(Error::InvalidState(format!(
+                            "that is {name}'s only key; add another first, or remove the member"
+                        )));
+                    }
+                    m.keys.remove(i);
+                    m.key_fingerprints.remove(i);
+                    Ok(AuditEvent::MemberKeyRemoved {
+                        name: name.to_string(),
+                        key_fingerprint: fingerprint.clone(),
+                    })
+                })?;
+                let text = format!("removed key {fingerprint} from {name}; it no longer works");
+                Ok(Reply::new(views::member_json(&m), text))
+            }
             MemberCommand::Remove { name } => {
                 require_manager(actor, "remove members")?;
                 let name: Name = name.parse()?;
@@ -115,6 +165,43 @@ impl Broker {
                 ))
             }
         }
+    }
+
+    /// Changes a member's keys with `edit`, under the same rules as adding and removing members.
+    fn change_keys(
+        &self,
+        actor: &Member,
+        name: &Name,
+        cx: &Call,
+        edit: impl Fn(&mut Member) -> Result<AuditEvent>,
+    ) -> Result<Member> {
+        require_manager(actor, "change members' keys")?;
+        self.apply(cx, actor.name.as_str(), |tx| {
+            let before = tx.member(name)?.ok_or_else(|| {
+                Error::NotFound(format!("no member named {name}; 'member list' shows them"))
+            })?;
+            if before.role == Role::Owner && actor.role != Role::Owner {
+                return Err(
+                    Error::PermissionDenied("only owners can change owners' keys".into()).into(),
+                );
+            }
+            let mut after = before.clone();
+            let event = edit(&mut after)?;
+            for fp in after
+                .key_fingerprints
+                .iter()
+                .filter(|f| !before.key_fingerprints.contains(f))
+            {
+                if let Some(owner) = tx.key_owner(fp)? {
+                    return Err(Error::AlreadyExists(format!(
+                        "key {fp} already belongs to member {owner}; each key identifies one member"
+                    ))
+                    .into());
+                }
+            }
+            tx.replace_member_keys(&before, &after)?;
+            Ok((after, vec![event]))
+        })
     }
 
     pub(super) fn host(&self, actor: &Member, cmd: &HostCommand, cx: &Call) -> Result<Reply> {
@@ -322,6 +409,14 @@ fn describe_event(e: &AuditEvent) -> String {
         }
         AuditEvent::MemberAdded { name, role, .. } => format!("member {name} added as {role}"),
         AuditEvent::MemberRemoved { name } => format!("member {name} removed"),
+        AuditEvent::MemberKeyAdded {
+            name,
+            key_fingerprint,
+        } => format!("member {name} key {key_fingerprint} added"),
+        AuditEvent::MemberKeyRemoved {
+            name,
+            key_fingerprint,
+        } => format!("member {name} key {key_fingerprint} removed"),
         AuditEvent::HostAdded {
             name,
             address,
