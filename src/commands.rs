@@ -185,8 +185,15 @@ pub enum AuditCommand {
     },
     /// Recompute the hash chain and name the first entry that does not match.
     Verify,
-    /// Print every entry as JSON lines.
-    Export,
+    /// Print entries as JSON lines, all of them by default; page a large log with --from/--limit.
+    Export {
+        /// Start at this sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// At most this many entries.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
 }
 
 /// What parsing an exec line produced.

@@ -365,9 +365,16 @@ impl Broker {
                 Ok(Reply::new(Value::Array(entries), text))
             }
             AuditCommand::Verify => Ok(verify_reply(self.store.verify_audit()?)),
-            AuditCommand::Export => {
+            AuditCommand::Export { limit: Some(0), .. } => {
+                Err(Error::invalid("--limit must be at least 1"))
+            }
+            AuditCommand::Export { from, limit } => {
                 let mut text = String::new();
-                for raw in self.store.audit_raw(0) {
+                for raw in self
+                    .store
+                    .audit_raw(*from)
+                    .take(limit.unwrap_or(usize::MAX))
+                {
                     text.push_str(&String::from_utf8_lossy(&raw?));
                     text.push('\n');
                 }
