@@ -38,15 +38,13 @@ const RECENT_PENDING: u64 = 1000;
 const BATCH: u64 = 500;
 
 fn member(name: &str, role: Role, key: &str, now: Timestamp) -> anyhow::Result<Member> {
-    let k = sshjit::ca::parse_public_key(key)?;
-    Ok(Member {
-        name: name.parse()?,
+    Ok(sshjit::ca::member_with_key(
+        name.parse()?,
         role,
-        keys: vec![sshjit::ca::openssh_without_comment(&k)?],
-        key_fingerprints: vec![sshjit::ca::fingerprint(k.key_data())],
-        added_at: now,
-        added_by: "seed".into(),
-    })
+        key,
+        "seed",
+        now,
+    )?)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,22 +100,11 @@ fn main() -> anyhow::Result<()> {
         let mut events = vec![];
         for m in &members {
             tx.add_member(m)?;
-            events.push(AuditEvent::MemberAdded {
-                name: m.name.to_string(),
-                role: m.role,
-                key_fingerprints: m.key_fingerprints.clone(),
-            });
+            events.push(AuditEvent::member_added(m));
         }
         for h in &hosts {
             tx.put_host(h)?;
-            events.push(AuditEvent::HostAdded {
-                name: h.name.to_string(),
-                address: h.address.clone(),
-                port: h.port,
-                tags: vec![],
-                logins: vec![],
-                approvals_required: 1,
-            });
+            events.push(AuditEvent::host_added(h));
         }
         Ok(((), events))
     })?;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::model::{GrantRole, Role, Timestamp};
+use crate::model::{GrantRole, Host, Member, Role, Timestamp};
 
 /// The `prev` of the first entry.
 pub const GENESIS: [u8; 32] = [0; 32];
@@ -93,6 +93,29 @@ pub enum AuditEvent {
         valid_before: Timestamp,
         key_fingerprint: String,
     },
+}
+
+impl AuditEvent {
+    /// The record of `m` joining the team.
+    pub fn member_added(m: &Member) -> AuditEvent {
+        AuditEvent::MemberAdded {
+            name: m.name.to_string(),
+            role: m.role,
+            key_fingerprints: m.key_fingerprints.clone(),
+        }
+    }
+
+    /// The record of `h` being added.
+    pub fn host_added(h: &Host) -> AuditEvent {
+        AuditEvent::HostAdded {
+            name: h.name.to_string(),
+            address: h.address.clone(),
+            port: h.port,
+            tags: h.tags.iter().map(|t| t.to_string()).collect(),
+            logins: h.logins.iter().map(|(r, l)| format!("{r}={l}")).collect(),
+            approvals_required: h.approvals_required,
+        }
+    }
 }
 
 /// One link of the chain, as stored and exported.

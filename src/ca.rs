@@ -12,7 +12,7 @@ use russh::keys::ssh_key::{
 };
 
 use crate::error::{Error, Result};
-use crate::model::{Grant, GrantRole, Host, Request, printable};
+use crate::model::{Grant, GrantRole, Host, Member, Name, Request, Role, Timestamp, printable};
 
 /// The smallest RSA key the broker will certify, in bits.
 pub const MIN_RSA_BITS: u32 = 2048;
@@ -115,6 +115,25 @@ pub fn parse_public_key(text: &str) -> Result<PublicKey> {
         }
     }
     Ok(key)
+}
+
+/// A new member identified by the public key in `key_text`.
+pub fn member_with_key(
+    name: Name,
+    role: Role,
+    key_text: &str,
+    added_by: &str,
+    now: Timestamp,
+) -> Result<Member> {
+    let key = parse_public_key(key_text)?;
+    Ok(Member {
+        name,
+        role,
+        keys: vec![openssh_without_comment(&key)?],
+        key_fingerprints: vec![fingerprint(key.key_data())],
+        added_at: now,
+        added_by: added_by.to_string(),
+    })
 }
 
 /// A public key in OpenSSH form without its comment, as stored for members.

@@ -12,7 +12,7 @@ use crate::audit::AuditEvent;
 use crate::broker::Broker;
 use crate::ca::{self, Ca};
 use crate::error::{Error, Result};
-use crate::model::{GrantRole, Host, Member, Name, Role, Timestamp};
+use crate::model::{GrantRole, Host, Role, Timestamp};
 use crate::policy::Policy;
 use crate::store::{self, Store};
 
@@ -135,8 +135,8 @@ pub fn init(
     listen: &str,
     now: Timestamp,
 ) -> Result<Initialized> {
-    let owner: Name = owner.parse()?;
-    let key = ca::parse_public_key(owner_key)?;
+    // Validate everything before anything is written.
+    let member = ca::member_with_key(owner.parse()?, Role::Owner, owner_key, "init", now)?;
     if dir.root.exists() {
         let empty = fs::read_dir(&dir.root)
             .map_err(Error::io(format!("cannot read {}", dir.root.display())))?
@@ -176,27 +176,15 @@ pub fn init(
     .map_err(Error::io("cannot write config.toml"))?;
 
     let store = Store::open(&dir.db())?;
-    let member = Member {
-        name: owner.clone(),
-        role: Role::Owner,
-        keys: vec![ca::openssh_without_comment(&key)?],
-        key_fingerprints: vec![ca::fingerprint(key.key_data())],
-        added_at: now,
-        added_by: "init".into(),
-    };
     let ca_fingerprint = ca.fingerprint();
     store.apply(now, "init", |tx| {
         tx.add_member(&member)?;
         let events = vec![
             AuditEvent::BrokerInitialized {
-                owner: owner.to_string(),
+                owner: member.name.to_string(),
                 ca_fingerprint: ca_fingerprint.clone(),
             },
-            AuditEvent::MemberAdded {
-                name: owner.to_string(),
-                role: Role::Owner,
-                key_fingerprints: member.key_fingerprints.clone(),
-            },
+            AuditEvent::member_added(&member),
         ];
         Ok(((), events))
     })?;
@@ -247,15 +235,7 @@ pub fn dev_seed(
     host: (&str, u16, &str),
     now: Timestamp,
 ) -> Result<()> {
-    let key = ca::parse_public_key(approver.1)?;
-    let member = Member {
-        name: approver.0.parse()?,
-        role: Role::Owner,
-        keys: vec![ca::openssh_without_comment(&key)?],
-        key_fingerprints: vec![ca::fingerprint(key.key_data())],
-        added_at: now,
-        added_by: "dev".into(),
-    };
+    let member = ca::member_with_key(approver.0.parse()?, Role::Owner, approver.1, "dev", now)?;
     let host = Host {
         name: host.0.parse()?,
         address: "127.0.0.1".into(),
@@ -274,26 +254,13 @@ pub fn dev_seed(
     store.apply(now, "dev", |tx| {
         tx.add_member(&member)?;
         tx.put_host(&host)?;
-        let events = vec![
-            AuditEvent::MemberAdded {
-                name: member.name.to_string(),
-                role: member.role,
-                key_fingerprints: member.key_fingerprints.clone(),
-            },
-            AuditEvent::HostAdded {
-                name: host.name.to_string(),
-                address: host.address.clone(),
-                port: host.port,
-                tags: vec!["dev".into()],
-                logins: host
-                    .logins
-                    .iter()
-                    .map(|(r, l)| format!("{r}={l}"))
-                    .collect(),
-                approvals_required: 1,
-            },
-        ];
-        Ok(((), events))
+        Ok((
+            (),
+            vec![
+                AuditEvent::member_added(&member),
+                AuditEvent::host_added(&host),
+            ],
+        ))
     })
 }
 

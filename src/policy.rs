@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::justify;
 use crate::model::{
     Approval, Decision, Grant, GrantRole, Host, Member, Name, Request, RequestState, Role,
-    Timestamp, format_duration, printable,
+    Timestamp, format_duration,
 };
 
 /// The hard floor on a grant's duration (5 minutes).
@@ -150,24 +150,7 @@ impl Policy {
 
 /// Checks a human-written reason: present, short enough, one line of printable text.
 pub fn check_reason(reason: &str) -> Result<()> {
-    if reason.trim().is_empty() {
-        return Err(Error::invalid(
-            "the reason is empty; say why you need access, ideally with a ticket or incident id",
-        ));
-    }
-    if reason.len() > MAX_REASON_BYTES {
-        return Err(Error::invalid(format!(
-            "the reason is {} bytes; the limit is {MAX_REASON_BYTES}. Summarize it and link the ticket",
-            reason.len()
-        )));
-    }
-    if let Some(c) = reason.chars().find(|c| c.is_control()) {
-        return Err(Error::invalid(format!(
-            "the reason contains the control character {:?}; use one line of plain text",
-            c
-        )));
-    }
-    Ok(())
+    check_text("reason", reason)
 }
 
 /// The role a grant carries: the higher of base and granted, capped at EDITOR. JIT never downgrades.
@@ -339,16 +322,22 @@ fn require_pending(req: &Request, now: Timestamp, verb: &str) -> Result<()> {
     }
 }
 
+/// Checks a human-written reason or comment: present, short enough, one line of printable text.
 fn check_text(what: &str, text: &str) -> Result<()> {
     if text.trim().is_empty() {
         return Err(Error::invalid(format!(
-            "the {what} is empty; write a few words"
+            "the {what} is empty; say why, ideally with a ticket or incident id"
         )));
     }
-    if text.len() > MAX_REASON_BYTES || text.chars().any(char::is_control) {
+    if text.len() > MAX_REASON_BYTES {
         return Err(Error::invalid(format!(
-            "the {what} '{}' is too long or has control characters; use one line of at most {MAX_REASON_BYTES} bytes",
-            printable(text, 40)
+            "the {what} is {} bytes; the limit is {MAX_REASON_BYTES}. Summarize it and link the ticket",
+            text.len()
+        )));
+    }
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        return Err(Error::invalid(format!(
+            "the {what} contains the control character {c:?}; use one line of plain text"
         )));
     }
     Ok(())

@@ -61,6 +61,10 @@ fn setup(keys: &HashMap<&str, Identity>) -> Vec<(&'static str, String)> {
             "host add web-01 --address 10.0.0.5 --login editor=deploy --login viewer=ro --tag prod"
                 .into(),
         ),
+        (
+            "olga",
+            "host add vault --address 10.0.0.9 --login viewer=ro --approvals 3".into(),
+        ),
         ("alice", format!("request web-01 {r}")), // 1: pending
         ("alice", format!("request web-01 {r}")), // 2: denied
         ("adam", "deny 2 --reason 'use the runbook instead'".into()),
@@ -323,6 +327,12 @@ fn table(keys: &HashMap<&str, Identity>) -> Vec<Row> {
         row("adam", "approve 999", "not_found", "no request 999"),
         row("adam", "approve abc", "usage", "invalid value 'abc'"),
         row("alice", "status 'unclosed", "usage", "unclosed quote"),
+        row(
+            "alice",
+            "request vault --role viewer --for 1h --reason 'INC-1 read the audit'",
+            "invalid_state",
+            "needs 3 approvals but only 2",
+        ),
     ]
 }
 

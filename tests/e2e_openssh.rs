@@ -5,7 +5,7 @@ mod util;
 
 use std::process::Command;
 
-use util::{Broker, Sshd, keygen, require};
+use util::{Broker, keygen, require};
 
 /// Parses `ssh-keygen -L` output into (key id, serial, valid line, principals, extensions).
 fn inspect(cert: &std::path::Path) -> (String, String, String, Vec<String>, Vec<String>) {
@@ -116,20 +116,7 @@ fn stock_openssh_from_request_to_login_on_a_real_sshd() {
     assert_eq!(extensions, vec!["permit-port-forwarding", "permit-pty"]);
 
     // A real sshd configured only from host-config's script.
-    let host_dir = b.tmp.path().join("host");
-    let script = b
-        .ssh(
-            &b.owner,
-            &format!("host-config web-01 --dir {} --script", host_dir.display()),
-        )
-        .ok()
-        .stdout;
-    let st = Command::new("sh").arg("-c").arg(&script).status().unwrap();
-    assert!(st.success());
-    let sshd = Sshd::start(
-        b.tmp.path(),
-        &format!("Include {}/sshd_config.d/sshjit.conf", host_dir.display()),
-    );
+    let sshd = b.host_sshd("web-01", util::free_port());
     let ok = sshd.login(b.tmp.path(), &fresh.key, &me, "echo logged-in-as-$(id -un)");
     assert_eq!(
         ok.code,

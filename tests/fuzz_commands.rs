@@ -32,16 +32,23 @@ fn broker() -> (tempfile::TempDir, Broker) {
     let t0 = Timestamp::from_unix(T0);
     datadir::init(&dir, "olga", &k[0].1, "127.0.0.1:0", t0).unwrap();
     let b = datadir::open(&dir).unwrap().broker;
-    for line in [
-        format!("member add alice --role viewer --key '{}'", k[1].1),
-        "host add web-01 --address 10.0.0.5 --login viewer=ro --login editor=deploy".to_string(),
-        "request web-01 --role editor --for 1h --reason 'INC-1 seed request'".to_string(),
-    ] {
-        assert_eq!(
-            b.run_line(&k[0].0, line.as_bytes(), b"", t0).status,
+    for (who, line) in [
+        (
             0,
-            "{line}"
-        );
+            format!("member add alice --role viewer --key '{}'", k[1].1),
+        ),
+        (
+            0,
+            "host add web-01 --address 10.0.0.5 --login viewer=ro --login editor=deploy"
+                .to_string(),
+        ),
+        (
+            1,
+            "request web-01 --role editor --for 1h --reason 'INC-1 seed request'".to_string(),
+        ),
+    ] {
+        let out = b.run_line(&k[who].0, line.as_bytes(), b"", t0);
+        assert_eq!(out.status, 0, "{line}: {out:?}");
     }
     (tmp, b)
 }

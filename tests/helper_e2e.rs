@@ -125,27 +125,7 @@ fn setup() -> (Broker, Identity, Sshd, String) {
     let alice = b.add_member("alice", "viewer");
     let port = free_port();
     b.ssh(&b.owner, &format!("host add web-01 --address 127.0.0.1 --port {port} --login editor={me} --login viewer=sshjit-ro")).ok();
-    let host_dir = b.tmp.path().join("host");
-    let script = b
-        .ssh(
-            &b.owner,
-            &format!("host-config web-01 --dir {} --script", host_dir.display()),
-        )
-        .ok()
-        .stdout;
-    assert!(
-        Command::new("sh")
-            .arg("-c")
-            .arg(&script)
-            .status()
-            .unwrap()
-            .success()
-    );
-    let sshd = Sshd::start_on(
-        b.tmp.path(),
-        &format!("Include {}/sshd_config.d/sshjit.conf", host_dir.display()),
-        port,
-    );
+    let sshd = b.host_sshd("web-01", port);
     (b, alice, sshd, me)
 }
 

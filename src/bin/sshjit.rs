@@ -70,12 +70,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(&cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if cli.json {
-                let v = serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}});
-                eprintln!("{v}");
-            } else {
-                eprintln!("error: {e}");
-            }
+            eprint!("{}", sshjit::broker::Output::error(&e, cli.json).stderr);
             ExitCode::FAILURE
         }
     }

@@ -31,10 +31,20 @@ impl Broker {
             reason: &a.reason,
             start,
         };
+        let approvers = self.approvers_other_than(&actor.name)?;
         let req = self.apply(cx, actor.name.as_str(), |tx| {
             let host = tx
                 .host(&host_name)?
                 .ok_or_else(|| unknown_host(&host_name))?;
+            if (approvers.len() as u32) < host.approvals_required {
+                return Err(Error::InvalidState(format!(
+                    "{} needs {} approvals but only {} owner(s) or admin(s) other than you can approve; ask an owner to add approvers",
+                    host.name,
+                    host.approvals_required,
+                    approvers.len()
+                ))
+                .into());
+            }
             let id = tx.next_request_id()?;
             let req = self.policy.open(id, actor, &host, &ask, now)?;
             tx.put_request(&req)?;
@@ -52,7 +62,6 @@ impl Broker {
             Ok((req, vec![event]))
         })?;
         tracing::info!(id = req.id, requester = %req.requester, host = %req.resource, role = %req.role, "request created");
-        let approvers = self.approvers_for(&req)?;
         let mut json = views::request_json(&req, now);
         json["approvers"] = json!(approvers);
         let text = format!(
@@ -68,13 +77,13 @@ impl Broker {
         Ok(Reply::new(json, text))
     }
 
-    /// Owners and admins other than the requester.
-    fn approvers_for(&self, req: &Request) -> Result<Vec<String>> {
+    /// Owners and admins other than `requester`: who can approve their requests.
+    fn approvers_other_than(&self, requester: &Name) -> Result<Vec<String>> {
         Ok(self
             .store
             .members()?
             .into_iter()
-            .filter(|m| m.role.can_manage() && m.name != req.requester)
+            .filter(|m| m.role.can_manage() && &m.name != requester)
             .map(|m| m.name.to_string())
             .collect())
     }
@@ -278,7 +287,7 @@ impl Broker {
             ));
         }
         let key_fingerprint = ca::fingerprint(key.key_data());
-        let (cert, record, host) = self.apply(cx, actor.name.as_str(), |tx| {
+        let (cert, record, host, login) = self.apply(cx, actor.name.as_str(), |tx| {
             let req = tx.request(id)?.ok_or_else(|| unknown_request(id))?;
             let grant = policy::authorize_cert(&req, &actor.name, now)?;
             let host = tx.host(&req.resource)?.ok_or_else(|| {
@@ -311,18 +320,12 @@ impl Broker {
                 valid_before: record.valid_before,
                 key_fingerprint: key_fingerprint.clone(),
             };
-            Ok(((cert, record, host), vec![event]))
+            Ok(((cert, record, host, grant.login.clone()), vec![event]))
         })?;
         tracing::info!(id, serial = record.serial, key_id = %record.key_id, "certificate issued");
         let line = cert
             .to_openssh()
             .map_err(|e| Error::Internal(format!("cannot encode a certificate: {e}")))?;
-        let login = record
-            .principals
-            .first()
-            .and_then(|p| p.split_once('@'))
-            .map(|(l, _)| l.to_string())
-            .unwrap_or_default();
         let json = json!({
             "certificate": line,
             "serial": record.serial,

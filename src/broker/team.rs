@@ -54,7 +54,8 @@ impl Broker {
                             .into(),
                     ));
                 }
-                let member = new_member(name, role, key, actor, now)?;
+                let member =
+                    ca::member_with_key(name, role, &key.join(" "), actor.name.as_str(), now)?;
                 self.apply(cx, actor.name.as_str(), |tx| {
                     if tx.member(&member.name)?.is_some() {
                         return Err(Error::AlreadyExists(format!(
@@ -72,12 +73,7 @@ impl Broker {
                         }
                     }
                     tx.add_member(&member)?;
-                    let event = AuditEvent::MemberAdded {
-                        name: member.name.to_string(),
-                        role: member.role,
-                        key_fingerprints: member.key_fingerprints.clone(),
-                    };
-                    Ok(((), vec![event]))
+                    Ok(((), vec![AuditEvent::member_added(&member)]))
                 })?;
                 tracing::info!(member = %member.name, role = %member.role, by = %actor.name, "member added");
                 let text = format!("added {} as {}", member.name, member.role);
@@ -231,19 +227,7 @@ impl Broker {
                         .into());
                     }
                     tx.put_host(&host)?;
-                    let event = AuditEvent::HostAdded {
-                        name: host.name.to_string(),
-                        address: host.address.clone(),
-                        port: host.port,
-                        tags: host.tags.iter().map(|t| t.to_string()).collect(),
-                        logins: host
-                            .logins
-                            .iter()
-                            .map(|(r, l)| format!("{r}={l}"))
-                            .collect(),
-                        approvals_required: host.approvals_required,
-                    };
-                    Ok(((), vec![event]))
+                    Ok(((), vec![AuditEvent::host_added(&host)]))
                 })?;
                 tracing::info!(host = %host.name, by = %actor.name, "host added");
                 let mut text = format!(
@@ -476,28 +460,6 @@ fn describe_event(e: &AuditEvent) -> String {
             )
         }
     }
-}
-
-fn new_member(
-    name: Name,
-    role: Role,
-    key_words: &[String],
-    actor: &Member,
-    now: Timestamp,
-) -> Result<Member> {
-    let mut lines = Vec::new();
-    let mut fingerprints = Vec::new();
-    let key = ca::parse_public_key(&key_words.join(" "))?;
-    lines.push(ca::openssh_without_comment(&key)?);
-    fingerprints.push(ca::fingerprint(key.key_data()));
-    Ok(Member {
-        name,
-        role,
-        keys: lines,
-        key_fingerprints: fingerprints,
-        added_at: now,
-        added_by: actor.name.to_string(),
-    })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -263,6 +263,18 @@ impl Broker {
         (id, key, cert)
     }
 
+    /// A real sshd on `port` for host `name`, configured only from what `host-config --script`
+    /// writes (under this broker's temp dir) plus a private base config.
+    pub fn host_sshd(&self, name: &str, port: u16) -> Sshd {
+        let dir = self.tmp.path().join("host");
+        let line = format!("host-config {name} --dir {} --script", dir.display());
+        let script = self.ssh(&self.owner, &line).ok().stdout;
+        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        assert!(out.status.success(), "host-config script failed: {out:?}");
+        let include = format!("Include {}/sshd_config.d/sshjit.conf", dir.display());
+        Sshd::start_on(self.tmp.path(), &include, port)
+    }
+
     /// JSON of a command run as the owner.
     pub fn json(&self, line: &str) -> Value {
         self.ssh(&self.owner, &format!("{line} --json")).ok().json()
