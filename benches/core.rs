@@ -11,7 +11,7 @@ use ed25519_dalek::Signer;
 use sha2::{Digest, Sha256};
 use sshjit::audit::{AuditEvent, GENESIS, Verifier, seal};
 use sshjit::ca::{self, Ca};
-use sshjit::model::{GrantRole, Host, Member, Role, Timestamp};
+use sshjit::model::{GrantRole, Host, IdentityId, Member, Role, Timestamp};
 use sshjit::policy::{self, Ask, Policy};
 use sshjit::store::Store;
 
@@ -19,6 +19,7 @@ const T0: Timestamp = Timestamp::from_unix(1_900_000_000);
 
 fn member(name: &str, role: Role) -> Member {
     Member {
+        id: IdentityId(name.len() as u64),
         name: name.parse().unwrap(),
         role,
         keys: vec![],
@@ -30,6 +31,7 @@ fn member(name: &str, role: Role) -> Member {
 
 fn host() -> Host {
     Host {
+        id: IdentityId(100),
         name: "web-01".parse().unwrap(),
         address: "10.0.0.5".into(),
         port: 22,
@@ -46,9 +48,26 @@ fn host() -> Host {
 
 fn approved_request() -> sshjit::model::Request {
     let mut r = Policy::default()
-        .open(42, &member("alice", Role::Viewer), &host(), &ask(), T0)
+        .open(
+            42,
+            &member("alice", Role::Viewer),
+            &host(),
+            &ask(),
+            &[],
+            1,
+            T0,
+        )
         .unwrap();
-    policy::approve(&mut r, &member("olga", Role::Owner), Role::Viewer, None, T0).unwrap();
+    let alice = member("alice", Role::Viewer);
+    policy::approve(
+        &mut r,
+        &member("olga", Role::Owner),
+        Some(&alice),
+        Some(&host()),
+        None,
+        T0,
+    )
+    .unwrap();
     r
 }
 
@@ -175,9 +194,9 @@ fn policy_eval(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("open_approve_authorize", |b| {
         b.iter(|| {
-            let mut r = p.open(1, &alice, &h, &ask(), T0).unwrap();
-            policy::approve(&mut r, &olga, Role::Viewer, None, T0).unwrap();
-            black_box(policy::authorize_cert(&r, &alice.name, T0.plus(60)).is_ok())
+            let mut r = p.open(1, &alice, &h, &ask(), &[], 1, T0).unwrap();
+            policy::approve(&mut r, &olga, Some(&alice), Some(&h), None, T0).unwrap();
+            black_box(p.authorize_cert(&r, &alice, Some(&h), T0.plus(60)).is_ok())
         })
     });
     g.finish();

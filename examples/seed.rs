@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use sshjit::audit::AuditEvent;
 use sshjit::datadir::{self, DataDir};
-use sshjit::model::{GrantRole, Host, Member, Name, Role, Timestamp};
+use sshjit::model::{GrantRole, Host, IdentityId, Member, Role, Timestamp};
 use sshjit::policy::{self, Ask};
 
 #[derive(Debug, Parser)]
@@ -82,6 +82,7 @@ fn main() -> anyhow::Result<()> {
     let hosts: Vec<Host> = (0..20)
         .map(|i| -> anyhow::Result<Host> {
             Ok(Host {
+                id: IdentityId(0),
                 name: format!("web-{i:02}").parse()?,
                 address: format!("10.0.0.{i}"),
                 port: 22,
@@ -96,17 +97,21 @@ fn main() -> anyhow::Result<()> {
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    store.apply(now, "seed", |tx| {
+    // The store gives each member and host its identity.
+    let (members, hosts) = store.apply(now, "seed", |tx| {
         let mut events = vec![];
+        let (mut ms, mut hs) = (vec![], vec![]);
         for m in &members {
-            tx.add_member(m)?;
-            events.push(AuditEvent::member_added(m));
+            let m = tx.add_member(m)?;
+            events.push(AuditEvent::member_added(&m));
+            ms.push(m);
         }
         for h in &hosts {
-            tx.put_host(h)?;
-            events.push(AuditEvent::host_added(h));
+            let h = tx.add_host(h)?;
+            events.push(AuditEvent::host_added(&h));
+            hs.push(h);
         }
-        Ok(((), events))
+        Ok(((ms, hs), events))
     })?;
 
     let approver = members[1].clone();
@@ -139,7 +144,7 @@ fn main() -> anyhow::Result<()> {
                     start: None,
                 };
                 let id = tx.next_request_id()?;
-                let mut r = policy.open(id, requester, host, &ask, at)?;
+                let mut r = policy.open(id, requester, host, &ask, &[], 1, at)?;
                 events.push(AuditEvent::RequestCreated {
                     id,
                     requester: r.requester.to_string(),
@@ -154,7 +159,14 @@ fn main() -> anyhow::Result<()> {
                 if !recent {
                     match i % 10 {
                         0..=5 => {
-                            policy::approve(&mut r, &approver, requester.role, None, at)?;
+                            policy::approve(
+                                &mut r,
+                                &approver,
+                                Some(requester),
+                                Some(host),
+                                None,
+                                at,
+                            )?;
                             events.push(AuditEvent::RequestApproved {
                                 id,
                                 by: "adam".into(),
@@ -172,11 +184,11 @@ fn main() -> anyhow::Result<()> {
                             });
                         }
                         8 => {
-                            let who: &Name = &requester.name;
-                            policy::cancel(&mut r, who, at)?;
+                            policy::cancel(&mut r, requester, at)?;
                             events.push(AuditEvent::RequestCancelled {
                                 id,
-                                by: who.to_string(),
+                                by: requester.name.to_string(),
+                                reason: None,
                             });
                         }
                         _ => {} // left pending: reads as expired

@@ -31,6 +31,11 @@ pub enum AuditEvent {
     MemberRemoved {
         name: String,
     },
+    MemberRoleChanged {
+        name: String,
+        from: Role,
+        to: Role,
+    },
     MemberKeyAdded {
         name: String,
         key_fingerprint: String,
@@ -76,6 +81,9 @@ pub enum AuditEvent {
     RequestCancelled {
         id: u64,
         by: String,
+        /// Set when someone other than the requester cancelled it (a removal).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     GrantStarted {
         id: u64,
@@ -83,6 +91,11 @@ pub enum AuditEvent {
         end: Timestamp,
         effective_role: GrantRole,
         login: String,
+    },
+    /// A grant stopped issuing certificates before its window closed (a removal).
+    GrantEnded {
+        id: u64,
+        reason: String,
     },
     CertificateIssued {
         id: u64,
@@ -367,6 +380,7 @@ mod tests {
                 let ev = AuditEvent::RequestCancelled {
                     id: seq,
                     by: "alice".into(),
+                    reason: None,
                 };
                 let (raw, h) =
                     seal(seq, Timestamp::from_unix(seq as i64), "alice", &ev, &prev).unwrap();

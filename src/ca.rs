@@ -12,7 +12,9 @@ use russh::keys::ssh_key::{
 };
 
 use crate::error::{Error, Result};
-use crate::model::{Grant, GrantRole, Host, Member, Name, Request, Role, Timestamp, printable};
+use crate::model::{
+    Grant, GrantRole, Host, IdentityId, Member, Name, Request, Role, Timestamp, printable,
+};
 
 /// The smallest RSA key the broker will certify, in bits.
 pub const MIN_RSA_BITS: u32 = 2048;
@@ -127,6 +129,8 @@ pub fn member_with_key(
 ) -> Result<Member> {
     let key = parse_public_key(key_text)?;
     Ok(Member {
+        // The store gives the member its identity when they are added.
+        id: IdentityId(0),
         name,
         role,
         keys: vec![openssh_without_comment(&key)?],
@@ -306,21 +310,66 @@ pub fn host_config(host: &Host, ca_public_key: &str, dir: &str) -> HostConfig {
     }
 }
 
+/// Checks a `host-config --dir`: an absolute path that sshd reads back as written and a
+/// shell script can use unquoted, so only `A-Z a-z 0-9 / . _ -`, no `..` step, no `%` (sshd
+/// would expand it), no spaces (sshd would split there).
+pub fn validate_host_dir(dir: &str) -> Result<()> {
+    let ok = dir.starts_with('/')
+        && dir.len() <= 200
+        && dir
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-'))
+        && !dir.split('/').any(|step| step == "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "--dir '{}' is not a directory sshd can read back; use an absolute path of letters, digits, '/', '.', '_' and '-' (no spaces, '%' or '..'), such as /etc/ssh",
+            printable(dir, 60)
+        )))
+    }
+}
+
 impl HostConfig {
-    /// A POSIX shell script that writes every file (run as root on the host).
+    /// A POSIX shell script that writes every file or none (run as root on the host): each
+    /// file is staged beside its target, and only when all are staged are they moved into
+    /// place; on any failure the staged files and the directories it made are removed.
     pub fn script(&self) -> String {
         let mut s = String::from(
-            "#!/bin/sh\n# Makes this host trust the sshjit CA. Run as root, then reload sshd.\nset -eu\numask 022\n",
+            "#!/bin/sh
+# Makes this host trust the sshjit CA. Run as root, then reload sshd.
+# Writes every file or none: all are staged first, then moved into place.
+set -eu
+umask 022
+staged=''
+made=''
+cleanup() {
+  for f in $staged; do rm -f \"$f\"; done
+  for d in $made; do rmdir \"$d\" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 1' HUP INT TERM
+mkd() {
+  [ -d \"$1\" ] && return 0
+  mkd \"$(dirname \"$1\")\"
+  mkdir \"$1\"
+  made=\"$1 $made\"
+}
+",
         );
         for f in &self.files {
             if let Some((parent, _)) = f.path.rsplit_once('/') {
-                s.push_str(&format!("mkdir -p '{parent}'\n"));
+                s.push_str(&format!("mkd '{parent}'\n"));
             }
             s.push_str(&format!(
-                "cat > '{}' <<'SSHJIT_EOF'\n{}SSHJIT_EOF\n",
+                "cat > '{0}.sshjit-new' <<'SSHJIT_EOF'\n{1}SSHJIT_EOF\nstaged=\"$staged {0}.sshjit-new\"\n",
                 f.path, f.content
             ));
         }
+        for f in &self.files {
+            s.push_str(&format!("mv -f '{0}.sshjit-new' '{0}'\n", f.path));
+        }
+        s.push_str("staged=''\nmade=''\n");
         s.push_str("echo 'sshjit: host files written; check with sshd -t and reload sshd' >&2\n");
         s
     }

@@ -76,7 +76,7 @@ pub enum Command {
         #[arg(long, num_args = 1..=3, value_name = "PUBKEY")]
         key: Option<Vec<String>>,
     },
-    /// Manage team members (owners and admins).
+    /// Manage team members (owners and admins; anyone may change their own keys).
     #[command(subcommand)]
     Member(MemberCommand),
     /// Manage hosts (owners and admins; any member may list them).
@@ -129,8 +129,16 @@ pub enum MemberCommand {
     },
     /// List members.
     List,
-    /// Remove a member; their keys stop working at once.
+    /// Remove a member: their keys stop working, their pending requests are cancelled and
+    /// their grants ended. The name may be used again; it starts from nothing.
     Remove { name: String },
+    /// Change a member's base role (only owners change owners and admins, or make one).
+    SetRole {
+        name: String,
+        /// owner, admin, editor or viewer.
+        #[arg(long)]
+        role: String,
+    },
     /// Give a member another identity key.
     KeyAdd {
         name: String,
@@ -168,7 +176,7 @@ pub enum HostCommand {
     },
     /// List hosts.
     List,
-    /// Remove a host; no new certificates are issued for it.
+    /// Remove a host: its pending requests are cancelled and its grants ended.
     Remove { name: String },
 }
 

@@ -12,7 +12,7 @@ use crate::audit::AuditEvent;
 use crate::broker::Broker;
 use crate::ca::{self, Ca};
 use crate::error::{Error, Result};
-use crate::model::{GrantRole, Host, Role, Timestamp};
+use crate::model::{GrantRole, Host, IdentityId, Role, Timestamp};
 use crate::policy::Policy;
 use crate::store::{self, Store};
 
@@ -178,7 +178,7 @@ pub fn init(
     let store = Store::open(&dir.db())?;
     let ca_fingerprint = ca.fingerprint();
     store.apply(now, "init", |tx| {
-        tx.add_member(&member)?;
+        let member = tx.add_member(&member)?;
         let events = vec![
             AuditEvent::BrokerInitialized {
                 owner: member.name.to_string(),
@@ -237,6 +237,7 @@ pub fn dev_seed(
 ) -> Result<()> {
     let member = ca::member_with_key(approver.0.parse()?, Role::Owner, approver.1, "dev", now)?;
     let host = Host {
+        id: IdentityId(0),
         name: host.0.parse()?,
         address: "127.0.0.1".into(),
         port: host.1,
@@ -252,8 +253,8 @@ pub fn dev_seed(
         added_by: "dev".into(),
     };
     store.apply(now, "dev", |tx| {
-        tx.add_member(&member)?;
-        tx.put_host(&host)?;
+        let member = tx.add_member(&member)?;
+        let host = tx.add_host(&host)?;
         Ok((
             (),
             vec![

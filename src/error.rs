@@ -39,6 +39,11 @@ pub enum Error {
     /// The caller's role does not allow the command.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The caller was removed or their role changed while their command ran.
+    #[error(
+        "your membership or role changed while this command ran, so it was not applied; run 'whoami' and try again"
+    )]
+    MembershipChanged,
     /// The request is not in a state that allows the action.
     #[error("{0}")]
     InvalidState(String),
@@ -48,9 +53,30 @@ pub enum Error {
     /// A public key could not be used.
     #[error("{0}")]
     InvalidKey(String),
-    /// A connection or rate limit was hit.
+    /// A connection limit was hit.
     #[error("{0}")]
     Busy(String),
+    /// A member ran a command more often than the rate limit allows.
+    #[error(
+        "you ran '{command}' too often in a short time (at most {burst} at once, then {per_minute} a minute); try again in {retry_after_secs}s"
+    )]
+    RateLimited {
+        command: &'static str,
+        burst: u32,
+        per_minute: u32,
+        retry_after_secs: u64,
+    },
+    /// A member has as many pending requests as they may.
+    #[error(
+        "you already have {max} pending requests ({}); cancel one with 'cancel ID' or wait for a decision, then ask again",
+        .open.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    TooManyPending { open: Vec<u64>, max: u32 },
+    /// A grant has had as many certificates as one grant gets.
+    #[error(
+        "request {id} has had {max} certificates, the most one grant gets; reuse one you have ('sshjit certs') or make a new request"
+    )]
+    CertificateLimit { id: u64, max: u32 },
     /// The database is held by another process (normally a running broker).
     #[error(
         "the database in {} is in use by a running broker; stop it first (to check the audit chain while it runs, use 'audit verify' over SSH)",
@@ -104,11 +130,12 @@ impl Error {
             Error::RoleNotGrantable(_) => "role_not_grantable",
             Error::NotFound(_) => "not_found",
             Error::AlreadyExists(_) => "already_exists",
-            Error::PermissionDenied(_) => "permission_denied",
+            Error::PermissionDenied(_) | Error::MembershipChanged => "permission_denied",
             Error::InvalidState(_) => "invalid_state",
             Error::GrantNotCurrent(_) => "grant_not_current",
             Error::InvalidKey(_) => "invalid_key",
-            Error::Busy(_) => "busy",
+            Error::Busy(_) | Error::RateLimited { .. } => "busy",
+            Error::TooManyPending { .. } | Error::CertificateLimit { .. } => "limit_reached",
             Error::DatabaseInUse(_) => "database_in_use",
             Error::DataDir(_) => "data_dir",
             Error::Config(_) => "config",
@@ -120,6 +147,16 @@ impl Error {
             Error::Client(_) => "client",
             Error::Remote { code, .. } => code,
             Error::Internal(_) => "internal",
+        }
+    }
+
+    /// Seconds after which the same command may succeed, for rate limits.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Error::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
         }
     }
 

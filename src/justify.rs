@@ -70,7 +70,7 @@ pub fn deterministic(requester: &Member, host: &Host, ask: &Ask<'_>) -> Justific
         None => "from approval".to_string(),
     };
     let mut text = format!(
-        "{} ({}) asks for {} access to {} ({}:{}, {}) for {}, {}. Stated reason: \"{}\".",
+        "{} ({}) asks for {} access to {} ({}:{}, {}) for {}, {}. Stated reason: {}.",
         requester.name,
         requester.role,
         ask.role.as_str().to_uppercase(),
@@ -80,7 +80,7 @@ pub fn deterministic(requester: &Member, host: &Host, ask: &Ask<'_>) -> Justific
         tags,
         format_duration(ask.duration_secs),
         start,
-        summarize(reason, 160),
+        quote(&summarize(reason, 160)),
     );
     if flags.is_empty() {
         text.push_str(" No concerns found.");
@@ -147,6 +147,13 @@ fn is_generic(reason: &str) -> bool {
 }
 
 /// The first `max` characters of the reason, cut at a word boundary.
+/// Quotes what a member typed so that it cannot end the quote and go on in the broker's
+/// voice: `"` and `\` inside are escaped, so the first unescaped `"` after the opening one
+/// is always the broker's.
+fn quote(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
 fn summarize(reason: &str, max: usize) -> String {
     if reason.chars().count() <= max {
         return reason.to_string();
@@ -187,5 +194,14 @@ mod tests {
     fn long_reasons_are_summarized() {
         let s = summarize(&"word ".repeat(100), 20);
         assert!(s.ends_with('…') && s.chars().count() <= 21);
+    }
+
+    #[test]
+    fn a_quoted_reason_cannot_end_its_quote() {
+        assert_eq!(
+            quote(r#"a". No concerns found. "#),
+            r#""a\". No concerns found. ""#
+        );
+        assert_eq!(quote(r"a\"), r#""a\\""#);
     }
 }

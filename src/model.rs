@@ -48,7 +48,8 @@ impl Timestamp {
             .map(|t| Timestamp(t.timestamp()))
             .map_err(|_| {
                 Error::invalid(format!(
-                    "'{s}' is not a time; use RFC 3339 such as 2026-11-21T22:46:20Z, or +DURATION such as +30m"
+                    "'{}' is not a time; use RFC 3339 such as 2026-11-21T22:46:20Z, or +DURATION such as +30m",
+                    printable(s, 40)
                 ))
             })
     }
@@ -88,7 +89,8 @@ impl<'de> Deserialize<'de> for Timestamp {
 pub fn parse_duration(s: &str) -> Result<u64> {
     let bad = || {
         Error::invalid(format!(
-            "'{s}' is not a duration; use a number with a unit, such as 30m, 2h or 1h30m (units: s, m, h, d)"
+            "'{}' is not a duration; use a number with a unit, such as 30m, 2h or 1h30m (units: s, m, h, d)",
+            printable(s, 40)
         ))
     };
     if s.is_empty() || s.len() > 32 {
@@ -280,11 +282,14 @@ impl fmt::Display for Name {
     }
 }
 
-/// A unix login name on a host: 1-32 of `A-Z a-z 0-9 . _ -`, not starting with `-`.
+/// A unix login name on a host: 1-32 of `A-Z a-z 0-9 . _ -`, not starting with `-`, and
+/// not `.` or `..` (the login names a principals file on the host).
 pub fn validate_login(s: &str) -> Result<()> {
     let ok = !s.is_empty()
         && s.len() <= 32
         && !s.starts_with('-')
+        && s != "."
+        && s != ".."
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
@@ -314,9 +319,51 @@ pub fn validate_address(s: &str) -> Result<()> {
     }
 }
 
+/// Whether `c` must not appear in text a member writes for others to read (reasons,
+/// comments): controls, line and paragraph separators, spaces other than U+0020, and the
+/// invisible format characters (Unicode category Cf: bidi overrides and isolates,
+/// zero-width characters, the BOM, tag characters) that can make text read differently
+/// from what it is.
+pub fn is_hidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c as u32,
+            // Cf, format characters (Unicode 15.1).
+            0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
+            | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+            | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F
+            // Zl and Zp, line and paragraph separators.
+            | 0x2028 | 0x2029
+            // Zs other than the plain space.
+            | 0x00A0 | 0x1680 | 0x2000..=0x200A | 0x202F | 0x205F | 0x3000
+            // Invisible fillers and joiners outside Cf.
+            | 0x034F | 0x115F | 0x1160 | 0x3164 | 0xFFA0)
+}
+
+/// Escapes control and hidden characters only, for writing text that may hold what a member
+/// typed into the broker's log: one log record stays one line, and reads as what it is.
+pub fn escape_for_log(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if is_hidden_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Shortens `s` to `max` chars and escapes control characters, for echoing bad input safely.
 pub fn printable(s: &str, max: usize) -> String {
-    let mut out: String = s.chars().take(max).flat_map(char::escape_debug).collect();
+    let mut out = String::new();
+    for c in s.chars().take(max) {
+        if is_hidden_char(c) && !c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.extend(c.escape_debug());
+        }
+    }
     if s.chars().count() > max {
         out.push('…');
     }
@@ -326,6 +373,9 @@ pub fn printable(s: &str, max: usize) -> String {
 /// A person on the team.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
+    /// The identity: assigned when the member is added and never reused, so a name added
+    /// again after removal is someone new (see [`IdentityId`]).
+    pub id: IdentityId,
     pub name: Name,
     pub role: Role,
     /// Identity keys in OpenSSH form, without comments.
@@ -339,6 +389,8 @@ pub struct Member {
 /// A host that access can be requested to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Host {
+    /// The identity: never reused, so a host added again under the same name is a new one.
+    pub id: IdentityId,
     pub name: Name,
     pub address: String,
     pub port: u16,
@@ -360,10 +412,26 @@ impl Host {
     }
 }
 
+/// The identity of a member or host, from one counter, never reused.
+///
+/// Requests and grants hold identities, not names: after `member remove alice`, a new
+/// `alice` has a new identity and nothing of the old one's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IdentityId(pub u64);
+
+impl fmt::Display for IdentityId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
 /// One approver's yes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
     pub by: Name,
+    /// The approver's identity, so distinct approvals mean distinct members.
+    pub by_id: IdentityId,
     pub at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
@@ -376,12 +444,27 @@ pub struct Grant {
     pub end: Timestamp,
     pub effective_role: GrantRole,
     pub login: String,
+    /// Certificates issued for this grant so far (capped by policy).
+    #[serde(default)]
+    pub certificates: u32,
+    /// Set when the requester or the host was removed: no certificate is issued after it.
+    /// Certificates already issued stay valid to `end` (there is no revocation list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<Ended>,
+}
+
+/// Why and when a grant stopped issuing certificates before its window closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    pub at: Timestamp,
+    pub by: Name,
+    pub reason: String,
 }
 
 impl Grant {
-    /// Whether `now` is inside `[start, end)`.
+    /// Whether `now` is inside `[start, end)` and the grant was not ended.
     pub fn is_current(&self, now: Timestamp) -> bool {
-        self.start <= now && now < self.end
+        self.start <= now && now < self.end && self.ended.is_none()
     }
 }
 
@@ -400,7 +483,29 @@ pub enum Decision {
     },
     Cancelled {
         at: Timestamp,
+        /// Who cancelled it, when not the requester (a removal cancels on the remover's behalf).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<Name>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
+}
+
+/// A request that still matters to an identity (its requester or its host): pending until
+/// its deadline, or granted until its window ends. Removing the identity cancels or ends
+/// exactly these, and a member's pending ones count against their cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenEntry {
+    pub id: u64,
+    pub until: Timestamp,
+    pub pending: bool,
+}
+
+impl OpenEntry {
+    /// Whether it is still open at `now`.
+    pub fn is_open(&self, now: Timestamp) -> bool {
+        now < self.until
+    }
 }
 
 /// The state a reader sees at a given time.
@@ -470,7 +575,11 @@ pub struct Justification {
 pub struct Request {
     pub id: u64,
     pub requester: Name,
+    /// The requester's identity when the request was made; only that identity may use it.
+    pub requester_id: IdentityId,
     pub resource: Name,
+    /// The host's identity when the request was made; a host added again is not this one.
+    pub resource_id: IdentityId,
     pub role: GrantRole,
     pub duration_secs: u64,
     pub reason: String,

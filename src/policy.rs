@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::justify;
 use crate::model::{
-    Approval, Decision, Grant, GrantRole, Host, Member, Name, Request, RequestState, Role,
-    Timestamp, format_duration,
+    Approval, Decision, Ended, Grant, GrantRole, Host, Member, Name, OpenEntry, Request,
+    RequestState, Role, Timestamp, format_duration, is_hidden_char,
 };
 
 /// The hard floor on a grant's duration (5 minutes).
@@ -30,6 +30,14 @@ pub struct Policy {
     pub pending_ttl_secs: u64,
     /// How far ahead a requested start time may be, in seconds.
     pub max_start_ahead_secs: u64,
+    /// Pending requests one member may have at once.
+    pub max_pending_per_member: u32,
+    /// Certificates one grant may have over its window.
+    pub max_certs_per_grant: u32,
+    /// How often one member may run `request`.
+    pub request_rate: RateLimit,
+    /// How often one member may run `cert`.
+    pub cert_rate: RateLimit,
 }
 
 impl Default for Policy {
@@ -39,7 +47,57 @@ impl Default for Policy {
             max_duration_secs: MAX_DURATION_CEILING,
             pending_ttl_secs: 3600,
             max_start_ahead_secs: 7 * 86400,
+            max_pending_per_member: 10,
+            max_certs_per_grant: 20,
+            // A person asks a few times an hour; a script hits these within seconds.
+            request_rate: RateLimit {
+                burst: 10,
+                per_minute: 2,
+            },
+            cert_rate: RateLimit {
+                burst: 20,
+                per_minute: 10,
+            },
         }
+    }
+}
+
+/// A per-member rate: `burst` at once, then `per_minute` (the generic cell rate algorithm,
+/// a token bucket that stores one time instead of a count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub burst: u32,
+    pub per_minute: u32,
+}
+
+impl RateLimit {
+    /// Takes one use for `command` at `now`, given the member's `tat` (the time, in
+    /// milliseconds, at which their bucket is full again; 0 for a fresh one). On success `tat`
+    /// moves on; a refusal leaves it as it was.
+    pub fn take(&self, command: &'static str, tat: &mut i64, now: Timestamp) -> Result<()> {
+        let interval = 60_000 / i64::from(self.per_minute.max(1));
+        let tolerance = interval * i64::from(self.burst.max(1) - 1);
+        let now_ms = now.unix().saturating_mul(1000);
+        let base = (*tat).max(now_ms);
+        let wait_ms = base - tolerance - now_ms;
+        if wait_ms > 0 {
+            return Err(Error::RateLimited {
+                command,
+                burst: self.burst,
+                per_minute: self.per_minute,
+                retry_after_secs: (wait_ms as u64).div_ceil(1000),
+            });
+        }
+        *tat = base + interval;
+        Ok(())
+    }
+
+    /// Gives one use back (the command it was taken for was refused): `tat` moves back by one
+    /// interval, never before `floor`, what it was before the use was taken.
+    pub fn give_back(&self, tat: i64, floor: i64) -> i64 {
+        let interval = 60_000 / i64::from(self.per_minute.max(1));
+        (tat - interval).max(floor)
     }
 }
 
@@ -83,18 +141,57 @@ impl Policy {
         if self.pending_ttl_secs == 0 || self.pending_ttl_secs > 7 * 86400 {
             return bad("pending_ttl_secs must be between 1 and 604800".into());
         }
+        if !(1..=1000).contains(&self.max_pending_per_member) {
+            return bad("max_pending_per_member must be between 1 and 1000".into());
+        }
+        if !(1..=10_000).contains(&self.max_certs_per_grant) {
+            return bad("max_certs_per_grant must be between 1 and 10000".into());
+        }
+        for (name, r) in [
+            ("request_rate", self.request_rate),
+            ("cert_rate", self.cert_rate),
+        ] {
+            if !(1..=10_000).contains(&r.burst) || !(1..=60_000).contains(&r.per_minute) {
+                return bad(format!(
+                    "[policy.{name}] needs burst between 1 and 10000 and per_minute between 1 and 60000"
+                ));
+            }
+        }
         Ok(())
     }
 
     /// Opens a request: validates it and returns it, pending, with its justification.
+    ///
+    /// `open` is what is still open for the requester (their pending requests count against
+    /// the cap) and `approvers` how many owners and admins other than them exist.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         &self,
         id: u64,
         requester: &Member,
         host: &Host,
         ask: &Ask<'_>,
+        open: &[OpenEntry],
+        approvers: usize,
         now: Timestamp,
     ) -> Result<Request> {
+        let pending: Vec<u64> = open
+            .iter()
+            .filter(|e| e.pending && e.is_open(now))
+            .map(|e| e.id)
+            .collect();
+        if pending.len() >= self.max_pending_per_member as usize {
+            return Err(Error::TooManyPending {
+                open: pending,
+                max: self.max_pending_per_member,
+            });
+        }
+        if approvers < host.approvals_required as usize {
+            return Err(Error::InvalidState(format!(
+                "{} needs {} approvals but only {approvers} owner(s) or admin(s) other than you can approve; ask an owner to add approvers",
+                host.name, host.approvals_required
+            )));
+        }
         self.check_duration(ask.duration_secs)?;
         check_reason(ask.reason)?;
         if let Some(start) = ask.start {
@@ -120,7 +217,9 @@ impl Policy {
         Ok(Request {
             id,
             requester: requester.name.clone(),
+            requester_id: requester.id,
             resource: host.name.clone(),
+            resource_id: host.id,
             role: ask.role,
             duration_secs: ask.duration_secs,
             reason: ask.reason.trim().to_string(),
@@ -179,10 +278,14 @@ pub fn grant_shape(req: &Request, base: Role) -> Result<(GrantRole, String)> {
 }
 
 /// Records `approver`'s approval of `req` at `now`; the last one needed turns it into a grant.
+///
+/// `requester` and `host` are the member and host that now carry the request's names, if
+/// any: the request is approved only while both are the very identities it was made for.
 pub fn approve(
     req: &mut Request,
     approver: &Member,
-    requester_base: Role,
+    requester: Option<&Member>,
+    host: Option<&Host>,
     comment: Option<&str>,
     now: Timestamp,
 ) -> Result<Approved> {
@@ -191,7 +294,11 @@ pub fn approve(
     if let Some(c) = comment {
         check_text("comment", c)?;
     }
-    if req.approvals.iter().any(|a| a.by == approver.name) {
+    if req
+        .approvals
+        .iter()
+        .any(|a| a.by_id == approver.id || a.by == approver.name)
+    {
         return Err(Error::InvalidState(format!(
             "you already approved request {}; it needs {} more approval(s) from other approvers",
             req.id,
@@ -199,8 +306,23 @@ pub fn approve(
                 .saturating_sub(req.approvals.len() as u32)
         )));
     }
+    let requester = requester
+        .filter(|m| m.id == req.requester_id)
+        .ok_or_else(|| {
+            Error::InvalidState(format!(
+                "{} is no longer a member, so request {} cannot be approved",
+                req.requester, req.id
+            ))
+        })?;
+    if host.is_none_or(|h| h.id != req.resource_id) {
+        return Err(Error::InvalidState(format!(
+            "host {} was removed, so request {} cannot be approved",
+            req.resource, req.id
+        )));
+    }
     req.approvals.push(Approval {
         by: approver.name.clone(),
+        by_id: approver.id,
         at: now,
         comment: comment.map(str::to_string),
     });
@@ -212,12 +334,14 @@ pub fn approve(
         });
     }
     let start = req.requested_start.map_or(now, |s| s.max(now));
-    let (effective, login) = grant_shape(req, requester_base)?;
+    let (effective, login) = grant_shape(req, requester.role)?;
     let grant = Grant {
         start,
         end: start.plus(req.duration_secs),
         effective_role: effective,
         login,
+        certificates: 0,
+        ended: None,
     };
     req.decision = Decision::Approved {
         grant: grant.clone(),
@@ -239,52 +363,183 @@ pub fn deny(req: &mut Request, approver: &Member, reason: &str, now: Timestamp) 
 }
 
 /// Cancels a pending request; only its requester may.
-pub fn cancel(req: &mut Request, actor: &Name, now: Timestamp) -> Result<()> {
-    if &req.requester != actor {
+pub fn cancel(req: &mut Request, actor: &Member, now: Timestamp) -> Result<()> {
+    if req.requester_id != actor.id {
         return Err(Error::PermissionDenied(format!(
             "request {} belongs to {}; only the requester can cancel it (approvers can deny it)",
             req.id, req.requester
         )));
     }
     require_pending(req, now, "cancelled")?;
-    req.decision = Decision::Cancelled { at: now };
+    req.decision = Decision::Cancelled {
+        at: now,
+        by: None,
+        reason: None,
+    };
     Ok(())
 }
 
-/// Checks that `actor` may have a certificate for `req` at `now`; returns the grant.
-pub fn authorize_cert<'r>(req: &'r Request, actor: &Name, now: Timestamp) -> Result<&'r Grant> {
-    if &req.requester != actor {
-        return Err(Error::PermissionDenied(format!(
-            "request {} belongs to {}; certificates are issued only to the requester",
-            req.id, req.requester
-        )));
-    }
-    let Some(grant) = req.grant() else {
-        let state = req.state_at(now);
-        let hint = match state {
-            RequestState::Pending => "wait for approval, then run 'cert' again",
-            _ => "make a new request",
+/// Whether `actor` may read `req`: their own, or any for owners and admins.
+pub fn may_read(req: &Request, actor: &Member) -> bool {
+    req.requester_id == actor.id || actor.role.can_manage()
+}
+
+impl Policy {
+    /// Checks that `actor` may have a certificate for `req` at `now`, on `host` (the host that
+    /// now carries the request's host name, if any); returns the grant.
+    pub fn authorize_cert<'r>(
+        &self,
+        req: &'r Request,
+        actor: &Member,
+        host: Option<&Host>,
+        now: Timestamp,
+    ) -> Result<&'r Grant> {
+        if req.requester_id != actor.id {
+            return Err(Error::PermissionDenied(format!(
+                "request {} belongs to {}; certificates are issued only to the requester",
+                req.id, req.requester
+            )));
+        }
+        let Some(grant) = req.grant() else {
+            let state = req.state_at(now);
+            let hint = match state {
+                RequestState::Pending => format!(
+                    "wait for approval, then run 'sshjit login {}' again",
+                    req.id
+                ),
+                _ => "make a new request".into(),
+            };
+            return Err(Error::InvalidState(format!(
+                "request {} is {state}, not approved; {hint}",
+                req.id
+            )));
         };
-        return Err(Error::InvalidState(format!(
-            "request {} is {state}, not approved; {hint}",
-            req.id
-        )));
+        if let Some(e) = &grant.ended {
+            return Err(Error::GrantNotCurrent(format!(
+                "the grant for request {} was ended at {} by {}: {}; certificates already issued stay valid until {}",
+                req.id, e.at, e.by, e.reason, grant.end
+            )));
+        }
+        if host.is_none_or(|h| h.id != req.resource_id) {
+            return Err(Error::GrantNotCurrent(format!(
+                "host {} was removed; no certificates are issued for it",
+                req.resource
+            )));
+        }
+        if now < grant.start {
+            return Err(Error::GrantNotCurrent(format!(
+                "the grant for request {} starts at {} (in {}); ask for the certificate then",
+                req.id,
+                grant.start,
+                format_duration(now.until(grant.start) as u64)
+            )));
+        }
+        if now >= grant.end {
+            return Err(Error::GrantNotCurrent(format!(
+                "the grant for request {} ended at {}; make a new request",
+                req.id, grant.end
+            )));
+        }
+        if grant.certificates >= self.max_certs_per_grant {
+            return Err(Error::CertificateLimit {
+                id: req.id,
+                max: self.max_certs_per_grant,
+            });
+        }
+        Ok(grant)
+    }
+}
+
+/// What removing an identity did to one of its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// It was pending and is now cancelled.
+    Cancelled,
+    /// Its grant will issue no more certificates.
+    Ended,
+    /// It was already decided, expired or over.
+    Untouched,
+}
+
+/// Closes `req` because its requester or host was removed by `by`: a pending request is
+/// cancelled, a grant that has not run out is ended. Rule 14: removal is final.
+pub fn close_for_removal(req: &mut Request, by: &Name, reason: &str, now: Timestamp) -> Closed {
+    if req.state_at(now) == RequestState::Pending {
+        req.decision = Decision::Cancelled {
+            at: now,
+            by: Some(by.clone()),
+            reason: Some(reason.to_string()),
+        };
+        return Closed::Cancelled;
+    }
+    if let Decision::Approved { grant } = &mut req.decision
+        && grant.ended.is_none()
+        && now < grant.end
+    {
+        grant.ended = Some(Ended {
+            at: now,
+            by: by.clone(),
+            reason: reason.to_string(),
+        });
+        return Closed::Ended;
+    }
+    Closed::Untouched
+}
+
+/// A change to the team, as policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum TeamChange<'a> {
+    Add { role: Role },
+    Remove { target: &'a Member },
+    Keys { target: &'a Member },
+    SetRole { target: &'a Member, to: Role },
+}
+
+/// Rule 13: OWNERs are the root of trust. Only an OWNER adds, removes, re-keys or changes
+/// the role of an OWNER or ADMIN (or makes someone one), so no single ADMIN can create a
+/// second approver; ADMINs manage EDITORs and VIEWERs; every member changes their own keys.
+/// `owners` is how many OWNERs exist, so the last one is never removed or demoted.
+pub fn check_team_change(actor: &Member, change: TeamChange<'_>, owners: u64) -> Result<()> {
+    if let TeamChange::Keys { target } = change
+        && target.id == actor.id
+    {
+        return Ok(());
+    }
+    let (verb, approver) = match change {
+        TeamChange::Add { role } => ("add", role.can_manage()),
+        TeamChange::Remove { target } => ("remove", target.role.can_manage()),
+        TeamChange::Keys { target } => ("change the keys of", target.role.can_manage()),
+        TeamChange::SetRole { target, to } => (
+            "change the role of",
+            target.role.can_manage() || to.can_manage(),
+        ),
     };
-    if now < grant.start {
-        return Err(Error::GrantNotCurrent(format!(
-            "the grant for request {} starts at {} (in {}); ask for the certificate then",
-            req.id,
-            grant.start,
-            format_duration(now.until(grant.start) as u64)
+    if !actor.role.can_manage() {
+        return Err(Error::PermissionDenied(format!(
+            "only owners and admins can {verb} members (you may add and remove your own keys); you are {}",
+            actor.role
         )));
     }
-    if now >= grant.end {
-        return Err(Error::GrantNotCurrent(format!(
-            "the grant for request {} ended at {}; make a new request",
-            req.id, grant.end
+    if approver && actor.role != Role::Owner {
+        return Err(Error::PermissionDenied(format!(
+            "only owners can {verb} an owner or admin, or make someone one: owners are the root of trust, so no admin can create a second approver. Ask an owner; you are {}",
+            actor.role
         )));
     }
-    Ok(grant)
+    let last_owner = |t: &Member| t.role == Role::Owner && owners <= 1;
+    match change {
+        TeamChange::Remove { target } if last_owner(target) => Err(Error::InvalidState(format!(
+            "{} is the last owner; add another owner before removing them",
+            target.name
+        ))),
+        TeamChange::SetRole { target, to } if to != Role::Owner && last_owner(target) => {
+            Err(Error::InvalidState(format!(
+                "{} is the last owner; make another member owner before changing their role",
+                target.name
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_approver(req: &Request, approver: &Member, verb: &str) -> Result<()> {
@@ -294,7 +549,7 @@ fn check_approver(req: &Request, approver: &Member, verb: &str) -> Result<()> {
             approver.role
         )));
     }
-    if approver.name == req.requester {
+    if approver.id == req.requester_id || approver.name == req.requester {
         return Err(Error::PermissionDenied(format!(
             "you cannot {verb} your own request {}; another owner or admin must decide it{}",
             req.id,
@@ -322,7 +577,8 @@ fn require_pending(req: &Request, now: Timestamp, verb: &str) -> Result<()> {
     }
 }
 
-/// Checks a human-written reason or comment: present, short enough, one line of printable text.
+/// Checks a human-written reason or comment: present, short enough, one line of plain text
+/// with nothing hidden (no controls, separators or invisible format characters).
 fn check_text(what: &str, text: &str) -> Result<()> {
     if text.trim().is_empty() {
         return Err(Error::invalid(format!(
@@ -335,9 +591,10 @@ fn check_text(what: &str, text: &str) -> Result<()> {
             text.len()
         )));
     }
-    if let Some(c) = text.chars().find(|c| c.is_control()) {
+    if let Some(c) = text.chars().find(|c| is_hidden_char(*c)) {
         return Err(Error::invalid(format!(
-            "the {what} contains the control character {c:?}; use one line of plain text"
+            "the {what} contains the invisible or control character U+{:04X}; use one line of plain text with ordinary spaces",
+            c as u32
         )));
     }
     Ok(())
@@ -348,9 +605,11 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::model::IdentityId;
 
     pub(crate) fn member(name: &str, role: Role) -> Member {
         Member {
+            id: IdentityId(name.bytes().fold(7, |a, b| a * 31 + u64::from(b))),
             name: name.parse().unwrap(),
             role,
             keys: vec![],
@@ -362,6 +621,7 @@ mod tests {
 
     fn host(approvals: u32, tags: &[&str]) -> Host {
         Host {
+            id: IdentityId(1),
             name: "web-01".parse().unwrap(),
             address: "10.0.0.5".into(),
             port: 22,
@@ -374,6 +634,20 @@ mod tests {
             added_at: Timestamp::from_unix(0),
             added_by: "test".into(),
         }
+    }
+
+    /// Approves as `approver`, the requester (same identity) having base role `base`.
+    fn yes(r: &mut Request, approver: &Member, base: Role, now: Timestamp) -> Result<Approved> {
+        let mut requester = member(r.requester.as_str(), base);
+        requester.id = r.requester_id;
+        approve(
+            r,
+            approver,
+            Some(&requester),
+            Some(&host(1, &[])),
+            None,
+            now,
+        )
     }
 
     const T0: Timestamp = Timestamp::from_unix(1_800_000_000);
@@ -394,6 +668,8 @@ mod tests {
                 &member("alice", Role::Viewer),
                 &host(approvals, &[]),
                 &ask(GrantRole::Editor, 7200),
+                &[],
+                5,
                 T0,
             )
             .unwrap()
@@ -405,12 +681,15 @@ mod tests {
         let (a, h) = (member("alice", Role::Viewer), host(1, &[]));
         for secs in [60, 299, 86401, 25 * 3600] {
             assert!(
-                p.open(1, &a, &h, &ask(GrantRole::Viewer, secs), T0)
+                p.open(1, &a, &h, &ask(GrantRole::Viewer, secs), &[], 5, T0)
                     .is_err()
             );
         }
         for secs in [300, 3600, 86400] {
-            assert!(p.open(1, &a, &h, &ask(GrantRole::Viewer, secs), T0).is_ok());
+            assert!(
+                p.open(1, &a, &h, &ask(GrantRole::Viewer, secs), &[], 5, T0)
+                    .is_ok()
+            );
         }
     }
 
@@ -423,7 +702,7 @@ mod tests {
         assert!(p.validate().is_ok());
         let (a, h) = (member("alice", Role::Viewer), host(1, &[]));
         assert!(
-            p.open(1, &a, &h, &ask(GrantRole::Viewer, 7200), T0)
+            p.open(1, &a, &h, &ask(GrantRole::Viewer, 7200), &[], 5, T0)
                 .is_err()
         );
         p.max_duration_secs = 90_000;
@@ -446,7 +725,7 @@ mod tests {
     #[test]
     fn nobody_approves_their_own_request() {
         let mut r = open(1);
-        let err = approve(&mut r, &member("alice", Role::Owner), Role::Owner, None, T0);
+        let err = yes(&mut r, &member("alice", Role::Owner), Role::Owner, T0);
         assert!(matches!(err, Err(Error::PermissionDenied(_))));
         assert_eq!(r.state_at(T0), RequestState::Pending);
     }
@@ -455,23 +734,16 @@ mod tests {
     fn only_owners_and_admins_approve() {
         let mut r = open(1);
         for role in [Role::Viewer, Role::Editor] {
-            assert!(approve(&mut r, &member("bob", role), Role::Viewer, None, T0).is_err());
+            assert!(yes(&mut r, &member("bob", role), Role::Viewer, T0).is_err());
         }
-        assert!(approve(&mut r, &member("adam", Role::Admin), Role::Viewer, None, T0).is_ok());
+        assert!(yes(&mut r, &member("adam", Role::Admin), Role::Viewer, T0).is_ok());
     }
 
     #[test]
     fn window_starts_at_final_approval_and_lasts_the_duration() {
         let mut r = open(1);
         let now = T0.plus(100);
-        let out = approve(
-            &mut r,
-            &member("olga", Role::Owner),
-            Role::Viewer,
-            None,
-            now,
-        )
-        .unwrap();
+        let out = yes(&mut r, &member("olga", Role::Owner), Role::Viewer, now).unwrap();
         let Approved::Granted(g) = out else {
             panic!("not granted")
         };
@@ -486,13 +758,20 @@ mod tests {
         let mut a = ask(GrantRole::Viewer, 600);
         a.start = Some(T0.plus(3600));
         let mut r = p
-            .open(1, &member("alice", Role::Viewer), &host(1, &[]), &a, T0)
+            .open(
+                1,
+                &member("alice", Role::Viewer),
+                &host(1, &[]),
+                &a,
+                &[],
+                5,
+                T0,
+            )
             .unwrap();
-        approve(
+        yes(
             &mut r,
             &member("olga", Role::Owner),
             Role::Viewer,
-            None,
             T0.plus(5),
         )
         .unwrap();
@@ -500,13 +779,29 @@ mod tests {
         assert_eq!((g.start, g.end), (T0.plus(3600), T0.plus(4200)));
         a.start = Some(Timestamp::from_unix(T0.unix() - 10));
         assert!(
-            p.open(1, &member("alice", Role::Viewer), &host(1, &[]), &a, T0)
-                .is_err()
+            p.open(
+                1,
+                &member("alice", Role::Viewer),
+                &host(1, &[]),
+                &a,
+                &[],
+                5,
+                T0
+            )
+            .is_err()
         );
         a.start = Some(T0.plus(8 * 86400));
         assert!(
-            p.open(1, &member("alice", Role::Viewer), &host(1, &[]), &a, T0)
-                .is_err()
+            p.open(
+                1,
+                &member("alice", Role::Viewer),
+                &host(1, &[]),
+                &a,
+                &[],
+                5,
+                T0
+            )
+            .is_err()
         );
     }
 
@@ -515,22 +810,22 @@ mod tests {
         let mut r = open(2);
         let olga = member("olga", Role::Owner);
         assert_eq!(
-            approve(&mut r, &olga, Role::Viewer, None, T0).unwrap(),
+            yes(&mut r, &olga, Role::Viewer, T0).unwrap(),
             Approved::Recorded { have: 1, need: 2 }
         );
-        assert!(approve(&mut r, &olga, Role::Viewer, None, T0).is_err());
+        assert!(yes(&mut r, &olga, Role::Viewer, T0).is_err());
         assert_eq!(r.state_at(T0), RequestState::Pending);
-        let out = approve(&mut r, &member("adam", Role::Admin), Role::Viewer, None, T0).unwrap();
+        let out = yes(&mut r, &member("adam", Role::Admin), Role::Viewer, T0).unwrap();
         assert!(matches!(out, Approved::Granted(_)));
     }
 
     #[test]
     fn any_one_denial_vetoes() {
         let mut r = open(2);
-        approve(&mut r, &member("olga", Role::Owner), Role::Viewer, None, T0).unwrap();
+        yes(&mut r, &member("olga", Role::Owner), Role::Viewer, T0).unwrap();
         deny(&mut r, &member("adam", Role::Admin), "not now", T0).unwrap();
         assert_eq!(r.state_at(T0), RequestState::Denied);
-        assert!(approve(&mut r, &member("zed", Role::Admin), Role::Viewer, None, T0).is_err());
+        assert!(yes(&mut r, &member("zed", Role::Admin), Role::Viewer, T0).is_err());
     }
 
     #[test]
@@ -539,24 +834,23 @@ mod tests {
         let ttl = Policy::default().pending_ttl_secs;
         assert_eq!(r.state_at(T0.plus(ttl - 1)), RequestState::Pending);
         assert_eq!(r.state_at(T0.plus(ttl)), RequestState::Expired);
-        let late = approve(
+        let late = yes(
             &mut r,
             &member("olga", Role::Owner),
             Role::Viewer,
-            None,
             T0.plus(ttl),
         );
         assert!(matches!(late, Err(Error::InvalidState(_))));
-        assert!(cancel(&mut r, &"alice".parse().unwrap(), T0.plus(ttl)).is_err());
+        assert!(cancel(&mut r, &member("alice", Role::Viewer), T0.plus(ttl)).is_err());
     }
 
     #[test]
     fn only_the_requester_cancels_and_only_while_pending() {
         let mut r = open(1);
-        assert!(cancel(&mut r, &"bob".parse().unwrap(), T0).is_err());
-        cancel(&mut r, &"alice".parse().unwrap(), T0).unwrap();
+        assert!(cancel(&mut r, &member("bob", Role::Viewer), T0).is_err());
+        cancel(&mut r, &member("alice", Role::Viewer), T0).unwrap();
         assert_eq!(r.state_at(T0), RequestState::Cancelled);
-        assert!(cancel(&mut r, &"alice".parse().unwrap(), T0).is_err());
+        assert!(cancel(&mut r, &member("alice", Role::Viewer), T0).is_err());
     }
 
     #[test]
@@ -580,10 +874,12 @@ mod tests {
                 &member("ed", Role::Editor),
                 &h,
                 &ask(GrantRole::Viewer, 600),
+                &[],
+                5,
                 T0,
             )
             .unwrap();
-        approve(&mut r, &member("olga", Role::Owner), Role::Editor, None, T0).unwrap();
+        yes(&mut r, &member("olga", Role::Owner), Role::Editor, T0).unwrap();
         let g = r.grant().unwrap();
         assert_eq!(
             (g.effective_role, g.login.as_str()),
@@ -594,14 +890,22 @@ mod tests {
     #[test]
     fn certificates_only_for_the_requester_inside_the_window() {
         let mut r = open(1);
-        let alice: Name = "alice".parse().unwrap();
-        assert!(authorize_cert(&r, &alice, T0).is_err());
-        approve(&mut r, &member("olga", Role::Owner), Role::Viewer, None, T0).unwrap();
-        assert!(authorize_cert(&r, &"bob".parse().unwrap(), T0).is_err());
-        assert!(authorize_cert(&r, &alice, T0).is_ok());
-        assert!(authorize_cert(&r, &alice, T0.plus(7199)).is_ok());
+        let p = Policy::default();
+        let h = host(1, &[]);
+        let cert =
+            |r: &Request, who: &Member, at| p.authorize_cert(r, who, Some(&h), at).map(|_| ());
+        let alice = member("alice", Role::Viewer);
+        assert!(matches!(cert(&r, &alice, T0), Err(Error::InvalidState(_))));
+        yes(&mut r, &member("olga", Role::Owner), Role::Viewer, T0).unwrap();
+        let bob = member("bob", Role::Viewer);
         assert!(matches!(
-            authorize_cert(&r, &alice, T0.plus(7200)),
+            cert(&r, &bob, T0),
+            Err(Error::PermissionDenied(_))
+        ));
+        assert!(cert(&r, &alice, T0).is_ok());
+        assert!(cert(&r, &alice, T0.plus(7199)).is_ok());
+        assert!(matches!(
+            cert(&r, &alice, T0.plus(7200)),
             Err(Error::GrantNotCurrent(_))
         ));
     }
@@ -614,6 +918,8 @@ mod tests {
                 &member("alice", Role::Viewer),
                 &host(1, &["prod"]),
                 &ask(GrantRole::Editor, 7200),
+                &[],
+                5,
                 T0,
             )
             .unwrap();
@@ -623,5 +929,168 @@ mod tests {
                 .iter()
                 .any(|f| f == "editor_on_production")
         );
+    }
+
+    #[test]
+    fn only_owners_touch_owners_and_admins() {
+        let (olga, adam, ed) = (
+            member("olga", Role::Owner),
+            member("adam", Role::Admin),
+            member("ed", Role::Editor),
+        );
+        let zoe = member("zoe", Role::Admin);
+        let denied = |actor: &Member, change| {
+            matches!(
+                check_team_change(actor, change, 2),
+                Err(Error::PermissionDenied(_))
+            )
+        };
+        for change in [
+            TeamChange::Add { role: Role::Admin },
+            TeamChange::Add { role: Role::Owner },
+            TeamChange::Remove { target: &zoe },
+            TeamChange::Keys { target: &zoe },
+            TeamChange::SetRole {
+                target: &ed,
+                to: Role::Admin,
+            },
+            TeamChange::SetRole {
+                target: &zoe,
+                to: Role::Viewer,
+            },
+        ] {
+            assert!(denied(&adam, change), "{change:?}");
+            assert!(check_team_change(&olga, change, 2).is_ok(), "{change:?}");
+        }
+        // Admins manage editors and viewers; everyone manages their own keys.
+        assert!(check_team_change(&adam, TeamChange::Add { role: Role::Editor }, 2).is_ok());
+        assert!(check_team_change(&adam, TeamChange::Keys { target: &ed }, 2).is_ok());
+        assert!(check_team_change(&ed, TeamChange::Keys { target: &ed }, 2).is_ok());
+        assert!(check_team_change(&adam, TeamChange::Keys { target: &adam }, 2).is_ok());
+        assert!(denied(&ed, TeamChange::Keys { target: &adam }));
+        assert!(denied(&ed, TeamChange::Add { role: Role::Viewer }));
+        // The last owner stays.
+        for change in [
+            TeamChange::Remove { target: &olga },
+            TeamChange::SetRole {
+                target: &olga,
+                to: Role::Admin,
+            },
+        ] {
+            assert!(matches!(
+                check_team_change(&olga, change, 1),
+                Err(Error::InvalidState(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn the_rate_allows_a_burst_then_a_steady_pace() {
+        let rate = RateLimit {
+            burst: 3,
+            per_minute: 6,
+        };
+        let mut tat = 0;
+        for _ in 0..3 {
+            rate.take("cert", &mut tat, T0).unwrap();
+        }
+        let Err(Error::RateLimited {
+            retry_after_secs, ..
+        }) = rate.take("cert", &mut tat, T0)
+        else {
+            panic!("not limited")
+        };
+        assert_eq!(retry_after_secs, 10);
+        assert!(rate.take("cert", &mut tat, T0.plus(9)).is_err());
+        rate.take("cert", &mut tat, T0.plus(10)).unwrap();
+        // A long pause refills the burst, never more.
+        for _ in 0..3 {
+            rate.take("cert", &mut tat, T0.plus(1000)).unwrap();
+        }
+        assert!(rate.take("cert", &mut tat, T0.plus(1000)).is_err());
+        // A use given back can be taken again.
+        let floor = tat;
+        tat = rate.give_back(tat, floor - 10_000);
+        rate.take("cert", &mut tat, T0.plus(1000)).unwrap();
+    }
+
+    #[test]
+    fn removal_cancels_pending_and_ends_current_grants_only() {
+        let by: Name = "olga".parse().unwrap();
+        let mut pending = open(1);
+        assert_eq!(
+            close_for_removal(&mut pending, &by, "gone", T0),
+            Closed::Cancelled
+        );
+        assert_eq!(pending.state_at(T0), RequestState::Cancelled);
+        let mut granted = open(1);
+        yes(&mut granted, &member("adam", Role::Admin), Role::Viewer, T0).unwrap();
+        assert_eq!(
+            close_for_removal(&mut granted, &by, "gone", T0.plus(10)),
+            Closed::Ended
+        );
+        let p = Policy::default();
+        let alice = member("alice", Role::Viewer);
+        let h = host(1, &[]);
+        assert!(matches!(
+            p.authorize_cert(&granted, &alice, Some(&h), T0.plus(20)),
+            Err(Error::GrantNotCurrent(m)) if m.contains("was ended")
+        ));
+        assert_eq!(
+            close_for_removal(&mut granted, &by, "again", T0.plus(30)),
+            Closed::Untouched
+        );
+        let mut over = open(1);
+        yes(&mut over, &member("adam", Role::Admin), Role::Viewer, T0).unwrap();
+        assert_eq!(
+            close_for_removal(&mut over, &by, "late", T0.plus(7200)),
+            Closed::Untouched
+        );
+    }
+
+    #[test]
+    fn requests_belong_to_identities_not_names() {
+        let mut r = open(1);
+        let mut impostor = member("alice", Role::Viewer);
+        impostor.id = IdentityId(999);
+        assert!(!may_read(&r, &impostor));
+        assert!(cancel(&mut r, &impostor, T0).is_err());
+        // The requester's name now belongs to someone else: no approval.
+        let out = approve(
+            &mut r,
+            &member("olga", Role::Owner),
+            Some(&impostor),
+            Some(&host(1, &[])),
+            None,
+            T0,
+        );
+        assert!(matches!(out, Err(Error::InvalidState(m)) if m.contains("no longer a member")));
+        let mut other_host = host(1, &[]);
+        other_host.id = IdentityId(2);
+        let out = approve(
+            &mut r,
+            &member("olga", Role::Owner),
+            Some(&member("alice", Role::Viewer)),
+            Some(&other_host),
+            None,
+            T0,
+        );
+        assert!(matches!(out, Err(Error::InvalidState(m)) if m.contains("was removed")));
+    }
+
+    #[test]
+    fn hidden_characters_are_refused_in_text() {
+        for bad in [
+            "a\u{202E}b",
+            "a\u{2066}b",
+            "a\u{200B}b",
+            "a\u{2028}b",
+            "\u{FEFF}a",
+            "a\u{E0041}",
+            "a\u{00A0}b",
+        ] {
+            assert!(check_reason(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_reason("INC-1 réparer le café ☕").is_ok());
     }
 }

@@ -14,7 +14,9 @@ use sled::{Transactional, Tree};
 
 use crate::audit::{self, AuditEvent, GENESIS, VerifyReport};
 use crate::error::{Error, Result};
-use crate::model::{Host, Member, Name, Request, RequestState, Timestamp};
+use crate::model::{
+    Decision, Host, IdentityId, Member, Name, OpenEntry, Request, RequestState, Timestamp,
+};
 
 /// A result inside a transaction: aborts carry our error, conflicts are retried by sled.
 pub type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
@@ -44,6 +46,7 @@ const HEAD: &[u8] = b"audit_head";
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const NEXT_REQUEST: &[u8] = b"last_request_id";
 const OWNERS: &[u8] = b"owner_count";
+const NEXT_IDENTITY: &[u8] = b"last_identity_id";
 
 /// The broker's database.
 pub struct Store {
@@ -56,12 +59,14 @@ pub struct Store {
     requests: Tree,
     pending: Tree,
     by_member: Tree,
+    open: Tree,
     certs: Tree,
     audit: Tree,
 }
 
-/// A view of every tree inside one transaction.
+/// A view of every tree inside one transaction, at the change's time.
 pub struct Tx<'a> {
+    now: Timestamp,
     meta: &'a TransactionalTree,
     members: &'a TransactionalTree,
     keys: &'a TransactionalTree,
@@ -69,6 +74,7 @@ pub struct Tx<'a> {
     requests: &'a TransactionalTree,
     pending: &'a TransactionalTree,
     by_member: &'a TransactionalTree,
+    open: &'a TransactionalTree,
     certs: &'a TransactionalTree,
     audit: &'a TransactionalTree,
 }
@@ -102,6 +108,7 @@ impl Store {
             requests: tree("requests")?,
             pending: tree("pending_by_deadline")?,
             by_member: tree("requests_by_member")?,
+            open: tree("open_by_identity")?,
             certs: tree("certs")?,
             audit: tree("audit")?,
             flusher: GroupFlush::start(db.clone())?,
@@ -142,12 +149,14 @@ impl Store {
             &self.requests,
             &self.pending,
             &self.by_member,
+            &self.open,
             &self.certs,
             &self.audit,
         );
         let out = trees.transaction(
-            |(meta, members, keys, hosts, requests, pending, by_member, certs, audit)| {
+            |(meta, members, keys, hosts, requests, pending, by_member, open, certs, audit)| {
                 let tx = Tx {
+                    now,
                     meta,
                     members,
                     keys,
@@ -155,6 +164,7 @@ impl Store {
                     requests,
                     pending,
                     by_member,
+                    open,
                     certs,
                     audit,
                 };
@@ -247,12 +257,12 @@ impl Store {
         Ok(out)
     }
 
-    /// One member's newest `limit` requests, oldest first.
-    pub fn requests_of(&self, member: &Name, limit: usize) -> Result<Vec<Request>> {
+    /// One member identity's newest `limit` requests, oldest first.
+    pub fn requests_of(&self, member: IdentityId, limit: usize) -> Result<Vec<Request>> {
         let mut out = Vec::new();
         for kv in self
             .by_member
-            .scan_prefix(member_prefix(member))
+            .scan_prefix(member.0.to_be_bytes())
             .rev()
             .take(limit)
         {
@@ -327,18 +337,30 @@ impl Tx<'_> {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    /// Stores a new member and indexes its keys.
-    pub fn add_member(&self, m: &Member) -> TxResult<()> {
-        self.adjust_owners(m, true)?;
+    /// Stores a new member under a new identity (never reused) and indexes its keys.
+    /// Returns the member as stored.
+    pub fn add_member(&self, m: &Member) -> TxResult<Member> {
+        let mut m = m.clone();
+        m.id = self.next_identity()?;
+        self.adjust_owners(&m, true)?;
         for fp in &m.key_fingerprints {
             self.keys
                 .insert(fp.as_bytes(), m.name.as_str().as_bytes())?;
         }
-        tx_put(self.members, m.name.as_str().as_bytes(), m)
+        tx_put(self.members, m.name.as_str().as_bytes(), &m)?;
+        Ok(m)
     }
 
-    /// Replaces a member's key list with `after`'s, keeping the key index true.
-    pub fn replace_member_keys(&self, before: &Member, after: &Member) -> TxResult<()> {
+    /// Replaces a member's record (role, keys) with `after`, keeping the key index and the
+    /// owner count true. The identity does not change.
+    pub fn replace_member(&self, before: &Member, after: &Member) -> TxResult<()> {
+        if before.id != after.id || before.name != after.name {
+            return Err(Error::Internal("a member's identity cannot change".into()).into());
+        }
+        if before.role != after.role {
+            self.adjust_owners(before, false)?;
+            self.adjust_owners(after, true)?;
+        }
         for fp in before
             .key_fingerprints
             .iter()
@@ -388,8 +410,12 @@ impl Tx<'_> {
         tx_get(self.hosts, name.as_str().as_bytes())
     }
 
-    pub fn put_host(&self, h: &Host) -> TxResult<()> {
-        tx_put(self.hosts, h.name.as_str().as_bytes(), h)
+    /// Stores a new host under a new identity (never reused); returns it as stored.
+    pub fn add_host(&self, h: &Host) -> TxResult<Host> {
+        let mut h = h.clone();
+        h.id = self.next_identity()?;
+        tx_put(self.hosts, h.name.as_str().as_bytes(), &h)?;
+        Ok(h)
     }
 
     pub fn remove_host(&self, name: &Name) -> TxResult<()> {
@@ -401,23 +427,84 @@ impl Tx<'_> {
         tx_get(self.requests, &id.to_be_bytes())
     }
 
-    /// Stores a request and keeps the pending and per-member indexes true.
+    /// Stores a request and keeps every index of it true: pending by deadline, by member,
+    /// and the open lists of its requester and its host.
     pub fn put_request(&self, r: &Request) -> TxResult<()> {
         let pk = pending_key(r.pending_until, r.id);
-        if matches!(r.decision, crate::model::Decision::Pending) {
+        if matches!(r.decision, Decision::Pending) {
             self.pending.insert(&pk[..], &[][..])?;
         } else {
             self.pending.remove(&pk[..])?;
         }
-        let mut mk = member_prefix(&r.requester);
+        let mut mk = r.requester_id.0.to_be_bytes().to_vec();
         mk.extend_from_slice(&r.id.to_be_bytes());
         self.by_member.insert(mk, &[][..])?;
+        let entry = match &r.decision {
+            Decision::Pending => Some(OpenEntry {
+                id: r.id,
+                until: r.pending_until,
+                pending: true,
+            }),
+            Decision::Approved { grant } if grant.ended.is_none() => Some(OpenEntry {
+                id: r.id,
+                until: grant.end,
+                pending: false,
+            }),
+            _ => None,
+        };
+        for identity in [r.requester_id, r.resource_id] {
+            self.track_open(identity, r.id, entry)?;
+        }
+        self.put_request_record(r)
+    }
+
+    /// Rewrites a request's record when its state and indexes do not change (a certificate
+    /// count going up).
+    pub fn put_request_record(&self, r: &Request) -> TxResult<()> {
         tx_put(self.requests, &r.id.to_be_bytes(), r)
+    }
+
+    /// The requests still open for an identity (member or host), as of the last change that
+    /// touched them; entries whose `until` has passed are no longer open.
+    pub fn open_of(&self, identity: IdentityId) -> TxResult<Vec<OpenEntry>> {
+        Ok(tx_get(self.open, &identity.0.to_be_bytes())?.unwrap_or_default())
+    }
+
+    /// Puts `entry` (or nothing) in `identity`'s open list in place of request `id`, and drops
+    /// entries that have closed by the change's time.
+    fn track_open(&self, identity: IdentityId, id: u64, entry: Option<OpenEntry>) -> TxResult<()> {
+        let before = self.open_of(identity)?;
+        let mut after: Vec<OpenEntry> = before
+            .iter()
+            .copied()
+            .filter(|e| e.id != id && e.until > self.now)
+            .collect();
+        after.extend(entry);
+        if after == before {
+            return Ok(());
+        }
+        let key = identity.0.to_be_bytes();
+        if after.is_empty() {
+            self.open.remove(&key[..])?;
+            return Ok(());
+        }
+        tx_put(self.open, &key, &after)
+    }
+
+    /// Forgets an identity's open list (it was removed, and everything open was closed).
+    pub fn drop_open(&self, identity: IdentityId) -> TxResult<()> {
+        self.open.remove(&identity.0.to_be_bytes()[..])?;
+        Ok(())
     }
 
     /// The next request id (1, 2, ...).
     pub fn next_request_id(&self) -> TxResult<u64> {
         self.bump(NEXT_REQUEST)
+    }
+
+    /// The next member or host identity (1, 2, ...), never reused.
+    fn next_identity(&self) -> TxResult<IdentityId> {
+        self.bump(NEXT_IDENTITY).map(IdentityId)
     }
 
     /// The serial for a certificate issued in this transaction: the sequence number its audit
@@ -647,12 +734,6 @@ fn pending_key(until: Timestamp, id: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&(until.unix().max(0) as u64).to_be_bytes());
     k[8..].copy_from_slice(&id.to_be_bytes());
-    k
-}
-
-fn member_prefix(name: &Name) -> Vec<u8> {
-    let mut k = name.as_str().as_bytes().to_vec();
-    k.push(0);
     k
 }
 

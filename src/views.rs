@@ -9,7 +9,9 @@ use crate::model::{
 
 /// Where a grant's window stands at `now`.
 pub fn grant_status(g: &Grant, now: Timestamp) -> &'static str {
-    if now < g.start {
+    if g.ended.is_some() && now < g.end {
+        "ended"
+    } else if now < g.start {
         "scheduled"
     } else if now < g.end {
         "active"
@@ -28,6 +30,8 @@ pub fn request_json(r: &Request, now: Timestamp) -> Value {
             "logins": [g.login],
             "status": grant_status(g, now),
             "seconds_left": now.until(g.end).max(0),
+            "certificates": g.certificates,
+            "ended": g.ended,
         })
     });
     let mut v = json!({
@@ -53,7 +57,15 @@ pub fn request_json(r: &Request, now: Timestamp) -> Value {
         Decision::Denied { by, at, reason } => {
             v["denial"] = json!({"by": by, "at": at, "reason": reason});
         }
-        Decision::Cancelled { at } => v["cancelled_at"] = json!(at),
+        Decision::Cancelled { at, by, reason } => {
+            v["cancelled_at"] = json!(at);
+            if let Some(by) = by {
+                v["cancelled_by"] = json!(by);
+            }
+            if let Some(reason) = reason {
+                v["cancel_reason"] = json!(reason);
+            }
+        }
         _ => {}
     }
     v
@@ -117,7 +129,16 @@ pub fn request_text(r: &Request, now: Timestamp) -> String {
         Decision::Denied { by, at, reason } => {
             s.push_str(&format!("  denied         by {by} at {at}: {reason}\n"))
         }
-        Decision::Cancelled { at } => s.push_str(&format!("  cancelled      at {at}\n")),
+        Decision::Cancelled { at, by, reason } => {
+            s.push_str(&format!("  cancelled      at {at}"));
+            if let Some(by) = by {
+                s.push_str(&format!(" by {by}"));
+            }
+            if let Some(reason) = reason {
+                s.push_str(&format!(": {reason}"));
+            }
+            s.push('\n');
+        }
     }
     s
 }
@@ -126,6 +147,10 @@ fn window_note(g: &Grant, now: Timestamp) -> String {
     match grant_status(g, now) {
         "scheduled" => format!("starts in {}", format_duration(now.until(g.start) as u64)),
         "active" => format!("{} left", format_duration(now.until(g.end) as u64)),
+        "ended" => match &g.ended {
+            Some(e) => format!("ended at {} by {}: {}", e.at, e.by, e.reason),
+            None => "ended".into(),
+        },
         _ => "expired".into(),
     }
 }
@@ -170,6 +195,7 @@ pub fn requests_table(rs: &[Request], now: Timestamp) -> String {
 
 pub fn member_json(m: &Member) -> Value {
     json!({
+        "id": m.id,
         "name": m.name,
         "role": m.role,
         "key_fingerprints": m.key_fingerprints,
@@ -198,6 +224,7 @@ pub fn host_json(h: &Host) -> Value {
         .map(|(r, l)| (r.to_string(), json!(l)))
         .collect();
     json!({
+        "id": h.id,
         "name": h.name,
         "address": h.address,
         "port": h.port,

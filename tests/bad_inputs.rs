@@ -273,7 +273,7 @@ fn table(keys: &HashMap<&str, Identity>) -> Vec<Row> {
             "adam",
             "member remove olga",
             "permission_denied",
-            "only owners can remove owners",
+            "only owners can remove an owner or admin",
         ),
         row(
             "olga",

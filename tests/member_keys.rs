@@ -65,7 +65,7 @@ fn keys_rotate_without_losing_the_member() {
     );
     assert_eq!(out.error_code(), "not_found", "{out:?}");
 
-    // Only owners change owners' keys, and only managers change anyone's.
+    // Only owners change owners' keys, and only managers change other members' keys.
     let spare = keygen(b.tmp.path(), "spare");
     let out = b.ssh(
         &adam,
@@ -74,9 +74,16 @@ fn keys_rotate_without_losing_the_member() {
     assert_eq!(out.error_code(), "permission_denied", "{out:?}");
     let out = b.ssh(
         &laptop,
-        &format!("member key-add alice --key '{}' --json", spare.public),
+        &format!("member key-add adam --key '{}' --json", spare.public),
     );
     assert_eq!(out.error_code(), "permission_denied", "{out:?}");
+    // Everyone changes their own keys.
+    b.ssh(
+        &laptop,
+        &format!("member key-add alice --key '{}'", spare.public),
+    )
+    .ok();
+    assert_eq!(b.ssh(&spare, "whoami").ok().stdout.trim(), "alice (viewer)");
 
     // Every change is in the audit log, and the chain holds.
     let log = b.ssh(&b.owner, "audit log --limit 1000").ok().stdout;

@@ -31,35 +31,32 @@ impl Broker {
             reason: &a.reason,
             start,
         };
-        let approvers = self.approvers_other_than(&actor.name)?;
-        let req = self.apply(cx, actor.name.as_str(), |tx| {
-            let host = tx
-                .host(&host_name)?
-                .ok_or_else(|| unknown_host(&host_name))?;
-            if (approvers.len() as u32) < host.approvals_required {
-                return Err(Error::InvalidState(format!(
-                    "{} needs {} approvals but only {} owner(s) or admin(s) other than you can approve; ask an owner to add approvers",
-                    host.name,
-                    host.approvals_required,
-                    approvers.len()
-                ))
-                .into());
-            }
-            let id = tx.next_request_id()?;
-            let req = self.policy.open(id, actor, &host, &ask, now)?;
-            tx.put_request(&req)?;
-            let event = AuditEvent::RequestCreated {
-                id,
-                requester: req.requester.to_string(),
-                resource: req.resource.to_string(),
-                role: req.role,
-                duration_secs: req.duration_secs,
-                reason: req.reason.clone(),
-                requested_start: req.requested_start,
-                pending_until: req.pending_until,
-                justification_flags: req.justification.flags.clone(),
-            };
-            Ok((req, vec![event]))
+        let approvers = self.approvers_other_than(actor)?;
+        let rate = self.policy.request_rate;
+        let req = self.metered(actor, "request", rate, now, || {
+            self.apply(cx, actor, |tx| {
+                let host = tx
+                    .host(&host_name)?
+                    .ok_or_else(|| unknown_host(&host_name))?;
+                let open = tx.open_of(actor.id)?;
+                let id = tx.next_request_id()?;
+                let req = self
+                    .policy
+                    .open(id, actor, &host, &ask, &open, approvers.len(), now)?;
+                tx.put_request(&req)?;
+                let event = AuditEvent::RequestCreated {
+                    id,
+                    requester: req.requester.to_string(),
+                    resource: req.resource.to_string(),
+                    role: req.role,
+                    duration_secs: req.duration_secs,
+                    reason: req.reason.clone(),
+                    requested_start: req.requested_start,
+                    pending_until: req.pending_until,
+                    justification_flags: req.justification.flags.clone(),
+                };
+                Ok((req, vec![event]))
+            })
         })?;
         tracing::info!(id = req.id, requester = %req.requester, host = %req.resource, role = %req.role, "request created");
         let mut json = views::request_json(&req, now);
@@ -78,12 +75,12 @@ impl Broker {
     }
 
     /// Owners and admins other than `requester`: who can approve their requests.
-    fn approvers_other_than(&self, requester: &Name) -> Result<Vec<String>> {
+    fn approvers_other_than(&self, requester: &Member) -> Result<Vec<String>> {
         Ok(self
             .store
             .members()?
             .into_iter()
-            .filter(|m| m.role.can_manage() && &m.name != requester)
+            .filter(|m| m.role.can_manage() && m.id != requester.id)
             .map(|m| m.name.to_string())
             .collect())
     }
@@ -101,7 +98,7 @@ impl Broker {
         }
         let reqs = match id {
             Some(id) => vec![self.visible_request(actor, id)?],
-            None => self.store.requests_of(&actor.name, limit)?,
+            None => self.store.requests_of(actor.id, limit)?,
         };
         let json = reqs.iter().map(|r| views::request_json(r, now)).collect();
         let text = match id {
@@ -122,6 +119,7 @@ impl Broker {
             .collect::<Vec<_>>());
         if r.state_at(now) == RequestState::Pending
             && let Some(m) = self.store.member(&r.requester)?
+            && m.id == r.requester_id
         {
             let (role, login) = policy::grant_shape(&r, m.role)?;
             let start = r.requested_start.map_or(now, |s| s.max(now));
@@ -146,7 +144,7 @@ impl Broker {
     /// A request the actor may read: their own, or any for approvers.
     fn visible_request(&self, actor: &Member, id: u64) -> Result<Request> {
         let r = self.store.request(id)?.ok_or_else(|| unknown_request(id))?;
-        if r.requester != actor.name && !actor.role.can_manage() {
+        if !policy::may_read(&r, actor) {
             return Err(unknown_request(id));
         }
         Ok(r)
@@ -175,13 +173,14 @@ impl Broker {
 
     pub(super) fn cancel(&self, actor: &Member, id: u64, cx: &Call) -> Result<Reply> {
         let now = cx.now;
-        let req = self.apply(cx, actor.name.as_str(), |tx| {
+        let req = self.apply(cx, actor, |tx| {
             let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id))?;
-            policy::cancel(&mut req, &actor.name, now)?;
+            policy::cancel(&mut req, actor, now)?;
             tx.put_request(&req)?;
             let event = AuditEvent::RequestCancelled {
                 id,
                 by: actor.name.to_string(),
+                reason: None,
             };
             Ok((req, vec![event]))
         })?;
@@ -198,22 +197,18 @@ impl Broker {
         cx: &Call,
     ) -> Result<Reply> {
         let now = cx.now;
-        let (req, outcome) = self.apply(cx, actor.name.as_str(), |tx| {
+        let (req, outcome) = self.apply(cx, actor, |tx| {
             let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id))?;
-            let requester = tx.member(&req.requester)?.ok_or_else(|| {
-                Error::InvalidState(format!(
-                    "{} is no longer a member, so request {id} cannot be approved; deny it",
-                    req.requester
-                ))
-            })?;
-            let outcome = policy::approve(&mut req, actor, requester.role, comment, now)?;
-            if tx.host(&req.resource)?.is_none() {
-                return Err(Error::InvalidState(format!(
-                    "host {} was removed, so request {id} cannot be approved; deny it",
-                    req.resource
-                ))
-                .into());
-            }
+            let requester = tx.member(&req.requester)?;
+            let host = tx.host(&req.resource)?;
+            let outcome = policy::approve(
+                &mut req,
+                actor,
+                requester.as_ref(),
+                host.as_ref(),
+                comment,
+                now,
+            )?;
             tx.put_request(&req)?;
             let mut events = vec![AuditEvent::RequestApproved {
                 id,
@@ -255,7 +250,7 @@ impl Broker {
 
     pub(super) fn deny(&self, actor: &Member, id: u64, reason: &str, cx: &Call) -> Result<Reply> {
         let now = cx.now;
-        let req = self.apply(cx, actor.name.as_str(), |tx| {
+        let req = self.apply(cx, actor, |tx| {
             let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id))?;
             policy::deny(&mut req, actor, reason, now)?;
             tx.put_request(&req)?;
@@ -287,17 +282,24 @@ impl Broker {
             ));
         }
         let key_fingerprint = ca::fingerprint(key.key_data());
-        let (cert, record, host, login) = self.apply(cx, actor.name.as_str(), |tx| {
-            let req = tx.request(id)?.ok_or_else(|| unknown_request(id))?;
-            let grant = policy::authorize_cert(&req, &actor.name, now)?;
-            let host = tx.host(&req.resource)?.ok_or_else(|| {
-                Error::NotFound(format!(
-                    "host {} was removed; no certificates are issued for it",
-                    req.resource
-                ))
-            })?;
+        let rate = self.policy.cert_rate;
+        let (cert, record, host, login) = self.metered(actor, "cert", rate, now, || {
+            self.apply(cx, actor, |tx| {
+            if tx.key_owner(&key_fingerprint)?.is_some() {
+                return Err(Error::InvalidKey(
+                    "that key is a member's identity key for the broker; certify a fresh key (sshjit login makes one)".into(),
+                )
+                .into());
+            }
+            let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id))?;
+            let host = tx.host(&req.resource)?;
+            let grant = self
+                .policy
+                .authorize_cert(&req, actor, host.as_ref(), now)?
+                .clone();
+            let host = host.ok_or_else(|| Error::Internal("authorized without a host".into()))?;
             let serial = tx.next_serial()?;
-            let profile = ca::profile(&req, grant, serial);
+            let profile = ca::profile(&req, &grant, serial);
             let cert = self.ca.sign(key.key_data(), &profile)?;
             let record = CertRecord {
                 serial,
@@ -311,6 +313,10 @@ impl Broker {
                 issued_at: now,
             };
             tx.put_cert(&record)?;
+            if let crate::model::Decision::Approved { grant } = &mut req.decision {
+                grant.certificates += 1;
+            }
+            tx.put_request_record(&req)?;
             let event = AuditEvent::CertificateIssued {
                 id,
                 serial,
@@ -321,6 +327,7 @@ impl Broker {
                 key_fingerprint: key_fingerprint.clone(),
             };
             Ok(((cert, record, host, grant.login.clone()), vec![event]))
+        })
         })?;
         tracing::info!(id, serial = record.serial, key_id = %record.key_id, "certificate issued");
         let line = cert

@@ -4,20 +4,25 @@
 //! [`Broker::execute`] with `now` as an argument.
 
 mod access;
-mod team;
+mod hosts;
+mod log;
+mod members;
 
-pub use team::verify_reply;
+pub use log::verify_reply;
 
 use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use serde_json::Value;
 
+use crate::audit::AuditEvent;
 use crate::ca::Ca;
 use crate::commands::{Command, Invocation, Parsed};
 use crate::error::{Error, Result};
-use crate::model::{Member, Timestamp};
-use crate::policy::Policy;
-use crate::store::{Store, Ticket};
+use crate::model::{IdentityId, Member, Timestamp};
+use crate::policy::{Policy, RateLimit};
+use crate::store::{Store, Ticket, Tx, TxResult};
 
 /// One command's context: when it runs, and whether the caller waits for durability itself.
 pub struct Call {
@@ -48,7 +53,10 @@ impl Output {
     /// A failure, as text or as `{"error":{"code":...,"message":...}}`.
     pub fn error(e: &Error, json: bool) -> Output {
         let stderr = if json {
-            let v = serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}});
+            let mut v = serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}});
+            if let Some(secs) = e.retry_after_secs() {
+                v["error"]["retry_after_secs"] = secs.into();
+            }
             format!("{v}\n")
         } else {
             format!("error: {e}\n")
@@ -118,11 +126,19 @@ pub struct Broker {
     store: Store,
     ca: Ca,
     policy: Policy,
+    /// Per member and rate-limited command, when their bucket is full again (see
+    /// [`RateLimit::take`]). In memory: a restart forgets it, which only ever allows more.
+    rates: Mutex<HashMap<(IdentityId, &'static str), i64>>,
 }
 
 impl Broker {
     pub fn new(store: Store, ca: Ca, policy: Policy) -> Self {
-        Broker { store, ca, policy }
+        Broker {
+            store,
+            ca,
+            policy,
+            rates: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -187,28 +203,66 @@ impl Broker {
         match result {
             Ok(reply) => reply.render(inv.json),
             Err(e) => {
-                tracing::info!(code = e.code(), error = %e, "command refused");
+                let error = crate::model::escape_for_log(&e.to_string());
+                tracing::info!(code = e.code(), %error, "command refused");
                 Output::error(&e, inv.json)
             }
         }
     }
 
-    /// Applies a change through the store, durably now or deferred to the caller (see [`Call`]).
+    /// Applies `actor`'s change through the store, durably now or deferred to the caller (see
+    /// [`Call`]). The change commits only if `actor` is, inside the transaction, still the
+    /// member with the identity and role the command was authorized as: a removal or a role
+    /// change that committed in between wins.
     fn apply<T>(
         &self,
         cx: &Call,
-        actor: &str,
-        change: impl Fn(
-            &crate::store::Tx<'_>,
-        ) -> crate::store::TxResult<(T, Vec<crate::audit::AuditEvent>)>,
+        actor: &Member,
+        change: impl Fn(&Tx<'_>) -> TxResult<(T, Vec<AuditEvent>)>,
     ) -> Result<T> {
+        let guarded = |tx: &Tx<'_>| {
+            match tx.member(&actor.name)? {
+                Some(m) if m.id == actor.id && m.role == actor.role => {}
+                _ => return Err(Error::MembershipChanged.into()),
+            }
+            change(tx)
+        };
+        let name = actor.name.as_str();
         if !cx.defer {
-            return self.store.apply(cx.now, actor, change);
+            return self.store.apply(cx.now, name, guarded);
         }
-        let (out, ticket) = self.store.commit(cx.now, actor, change)?;
+        let (out, ticket) = self.store.commit(cx.now, name, guarded)?;
         cx.ticket
             .set(Some(cx.ticket.get().map_or(ticket, |t| t.max(ticket))));
         Ok(out)
+    }
+
+    /// Runs `f` as one use of the rate-limited `command` by `actor` at `now`. A refusal by `f`
+    /// gives the use back: only changes that happen count, since refusals change nothing.
+    fn metered<T>(
+        &self,
+        actor: &Member,
+        command: &'static str,
+        rate: RateLimit,
+        now: Timestamp,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let key = (actor.id, command);
+        let before = {
+            let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+            let tat = rates.entry(key).or_insert(0);
+            let before = *tat;
+            rate.take(command, tat, now)?;
+            before
+        };
+        let out = f();
+        if out.is_err() {
+            let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(tat) = rates.get_mut(&key) {
+                *tat = rate.give_back(*tat, before);
+            }
+        }
+        out
     }
 
     fn dispatch(&self, actor: &Member, inv: &Invocation, stdin: &[u8], cx: &Call) -> Result<Reply> {

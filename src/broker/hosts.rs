@@ -1,0 +1,215 @@
+//! Hosts over SSH: the `host` commands, `host-config` (what makes a host trust the CA) and
+//! `ca-pubkey`. Removing a host closes everything open on it (rule 14).
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use super::members::{close_open, closed_note};
+use super::{Broker, Call, Reply, require_manager};
+use crate::audit::AuditEvent;
+use crate::ca;
+use crate::commands::HostCommand;
+use crate::error::{Error, Result};
+use crate::model::{
+    GrantRole, Host, IdentityId, Member, Name, Role, Timestamp, validate_address, validate_login,
+};
+use crate::views;
+
+/// Most approvals a host may require.
+pub const MAX_APPROVALS: u32 = 5;
+
+impl Broker {
+    pub(super) fn ca_pubkey(&self) -> Result<Reply> {
+        let key = self.ca.public_key()?;
+        let json = json!({"ca_public_key": key, "fingerprint": self.ca.fingerprint()});
+        Ok(Reply::new(json, key))
+    }
+
+    pub(super) fn host(&self, actor: &Member, cmd: &HostCommand, cx: &Call) -> Result<Reply> {
+        let now = cx.now;
+        match cmd {
+            HostCommand::List => {
+                let hs = self.store.hosts()?;
+                let json = hs.iter().map(views::host_json).collect();
+                Ok(Reply::new(json, views::hosts_table(&hs)))
+            }
+            HostCommand::Add {
+                name,
+                address,
+                port,
+                tags,
+                logins,
+                approvals,
+            } => {
+                require_manager(actor, "add hosts")?;
+                let host = new_host(name, address, *port, tags, logins, *approvals, actor, now)?;
+                let host = self.apply(cx, actor, |tx| {
+                    if tx.host(&host.name)?.is_some() {
+                        return Err(Error::AlreadyExists(format!(
+                            "host {} already exists; remove it first to change it",
+                            host.name
+                        ))
+                        .into());
+                    }
+                    let h = tx.add_host(&host)?;
+                    Ok((h.clone(), vec![AuditEvent::host_added(&h)]))
+                })?;
+                tracing::info!(host = %host.name, by = %actor.name, "host added");
+                let mut text = format!(
+                    "added host {}; run 'host-config {}' to set it up",
+                    host.name, host.name
+                );
+                let managers = self
+                    .store
+                    .members()?
+                    .iter()
+                    .filter(|m| m.role.can_manage())
+                    .count() as u32;
+                let need = host.approvals_required;
+                if managers < need {
+                    text.push_str(&format!(
+                        "\nnote: requests for {} need {need} approvers but only {managers} owner(s)/admin(s) exist, so none can be approved yet; add approvers",
+                        host.name
+                    ));
+                } else if managers == need {
+                    text.push_str(&format!(
+                        "\nnote: requests for {} need {need} approvers other than the requester; with {managers} owner(s)/admin(s), their own requests cannot be approved",
+                        host.name
+                    ));
+                }
+                Ok(Reply::new(views::host_json(&host), text))
+            }
+            HostCommand::Remove { name } => {
+                require_manager(actor, "remove hosts")?;
+                let name: Name = name.parse()?;
+                let (host, closed) = self.apply(cx, actor, |tx| {
+                    let h = tx.host(&name)?.ok_or_else(|| no_host(&name))?;
+                    let why = format!("host {name} was removed");
+                    let mut events = vec![AuditEvent::HostRemoved {
+                        name: name.to_string(),
+                    }];
+                    let closed = close_open(tx, h.id, actor, &why, now, &mut events)?;
+                    tx.remove_host(&name)?;
+                    Ok(((h, closed), events))
+                })?;
+                tracing::info!(host = %name, by = %actor.name, "host removed");
+                Ok(Reply::new(
+                    views::host_json(&host),
+                    format!("removed host {name}; {}", closed_note(closed)),
+                ))
+            }
+        }
+    }
+
+    pub(super) fn host_config(
+        &self,
+        actor: &Member,
+        name: &str,
+        dir: &str,
+        script: bool,
+    ) -> Result<Reply> {
+        require_manager(actor, "print host setup")?;
+        let name: Name = name.parse()?;
+        ca::validate_host_dir(dir)?;
+        let host = self.store.host(&name)?.ok_or_else(|| no_host(&name))?;
+        let cfg = ca::host_config(&host, &self.ca.public_key()?, dir);
+        let json = serde_json::to_value(&cfg)?;
+        let text = if script {
+            cfg.script()
+        } else {
+            let mut t = format!(
+                "# Host setup for {name}. Write these files as root, add the sshd_config lines\n# (or keep the sshd_config.d file), then reload sshd. Keep the host's clock in sync (NTP).\n\n# sshd_config\n"
+            );
+            for l in &cfg.sshd_config {
+                t.push_str(l);
+                t.push('\n');
+            }
+            for f in &cfg.files {
+                t.push_str(&format!("\n# {}\n{}", f.path, f.content));
+            }
+            let dir_flag = if dir == "/etc/ssh" {
+                String::new()
+            } else {
+                format!(" --dir {dir}")
+            };
+            t.push_str(&format!(
+                "\n# Or run: ssh -p PORT BROKER host-config {name}{dir_flag} --script | sudo sh\n"
+            ));
+            t
+        };
+        let mut reply = Reply::new(json, text);
+        reply.raw = script;
+        Ok(reply)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn new_host(
+    name: &str,
+    address: &str,
+    port: u16,
+    tags: &[String],
+    logins: &[String],
+    approvals: u32,
+    actor: &Member,
+    now: Timestamp,
+) -> Result<Host> {
+    let name: Name = name.parse()?;
+    validate_address(address)?;
+    if port == 0 {
+        return Err(Error::invalid(
+            "port 0 is not a port; use the host's sshd port, such as 22",
+        ));
+    }
+    if !(1..=MAX_APPROVALS).contains(&approvals) {
+        return Err(Error::invalid(format!(
+            "--approvals {approvals} is out of range; use 1 to {MAX_APPROVALS}"
+        )));
+    }
+    let tags = tags
+        .iter()
+        .map(|t| t.parse())
+        .collect::<Result<Vec<Name>>>()?;
+    let mut map = BTreeMap::new();
+    for l in logins {
+        let (role, user) = l.split_once('=').ok_or_else(|| {
+            Error::invalid(format!(
+                "--login '{}' is not ROLE=USER; use for example --login editor=deploy",
+                crate::model::printable(l, 40)
+            ))
+        })?;
+        let role: GrantRole = match role.parse::<Role>() {
+            Ok(Role::Viewer) => GrantRole::Viewer,
+            Ok(Role::Editor) => GrantRole::Editor,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "--login {}: only viewer and editor have logins on hosts (just-in-time access never grants admin or owner)",
+                    crate::model::printable(l, 40)
+                )));
+            }
+        };
+        validate_login(user)?;
+        if map.insert(role, user.to_string()).is_some() {
+            return Err(Error::invalid(format!(
+                "--login for {role} is given twice; give it once"
+            )));
+        }
+    }
+    Ok(Host {
+        // The store gives the host its identity when it is added.
+        id: IdentityId(0),
+        name,
+        address: address.to_string(),
+        port,
+        tags,
+        logins: map,
+        approvals_required: approvals,
+        added_at: now,
+        added_by: actor.name.to_string(),
+    })
+}
+
+fn no_host(name: &Name) -> Error {
+    Error::NotFound(format!("no host named {name}; 'host list' shows them"))
+}
