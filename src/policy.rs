@@ -74,14 +74,17 @@ pub struct RateLimit {
 impl RateLimit {
     /// Takes one use for `command` at `now`, given the member's `tat` (the time, in
     /// milliseconds, at which their bucket is full again; 0 for a fresh one). On success `tat`
-    /// moves on; a refusal leaves it as it was.
+    /// moves on by one use; a refusal takes nothing.
     pub fn take(&self, command: &'static str, tat: &mut i64, now: Timestamp) -> Result<()> {
         let interval = 60_000 / i64::from(self.per_minute.max(1));
         let tolerance = interval * i64::from(self.burst.max(1) - 1);
         let now_ms = now.unix().saturating_mul(1000);
-        let base = (*tat).max(now_ms);
+        // A bucket is never emptier than just emptied: if the clock stepped back, `tat` may lie
+        // further ahead than that, and would otherwise lock the member out for the step.
+        let base = (*tat).min(now_ms + tolerance + interval).max(now_ms);
         let wait_ms = base - tolerance - now_ms;
         if wait_ms > 0 {
+            *tat = base;
             return Err(Error::RateLimited {
                 command,
                 burst: self.burst,
@@ -93,11 +96,15 @@ impl RateLimit {
         Ok(())
     }
 
-    /// Gives one use back (the command it was taken for was refused): `tat` moves back by one
-    /// interval, never before `floor`, what it was before the use was taken.
-    pub fn give_back(&self, tat: i64, floor: i64) -> i64 {
+    /// Gives back the use that moved `before` to `after` (the command it was taken for was
+    /// refused), where `tat` is the bucket now: exactly as it was if nothing was taken since,
+    /// otherwise one interval back, never before `before`.
+    pub fn give_back(&self, tat: i64, before: i64, after: i64) -> i64 {
+        if tat == after {
+            return before;
+        }
         let interval = 60_000 / i64::from(self.per_minute.max(1));
-        (tat - interval).max(floor)
+        (tat - interval).max(before)
     }
 }
 
@@ -1009,9 +1016,21 @@ mod tests {
         }
         assert!(rate.take("cert", &mut tat, T0.plus(1000)).is_err());
         // A use given back can be taken again.
-        let floor = tat;
-        tat = rate.give_back(tat, floor - 10_000);
+        let (before, after) = (tat - 10_000, tat);
+        tat = rate.give_back(tat, before, after);
+        assert_eq!(tat, before);
         rate.take("cert", &mut tat, T0.plus(1000)).unwrap();
+        // A clock stepped back makes the member wait at most one interval.
+        let mut tat = 0;
+        rate.take("cert", &mut tat, T0.plus(3600)).unwrap();
+        assert!(matches!(
+            rate.take("cert", &mut tat, T0),
+            Err(Error::RateLimited {
+                retry_after_secs: 10,
+                ..
+            })
+        ));
+        rate.take("cert", &mut tat, T0.plus(10)).unwrap();
     }
 
     #[test]

@@ -333,6 +333,65 @@ fn table(keys: &HashMap<&str, Identity>) -> Vec<Row> {
             "invalid_state",
             "needs 3 approvals but only 2",
         ),
+        // Rule 13: one admin cannot make a second approver; non-managers change only their keys.
+        row(
+            "adam",
+            format!("member add adam2 --role admin --key '{fresh}'"),
+            "permission_denied",
+            "only owners can add an owner or admin",
+        ),
+        row(
+            "adam",
+            format!("member key-add olga --key '{fresh}'"),
+            "permission_denied",
+            "only owners can change the keys of an owner or admin",
+        ),
+        row(
+            "adam",
+            "member set-role ed --role admin",
+            "permission_denied",
+            "only owners can change the role of an owner or admin",
+        ),
+        row(
+            "alice",
+            "member set-role alice --role editor",
+            "permission_denied",
+            "only owners and admins can change the role of members",
+        ),
+        row(
+            "alice",
+            format!("member key-add ed --key '{fresh}'"),
+            "permission_denied",
+            "only owners and admins can change other members",
+        ),
+        row(
+            "olga",
+            "member set-role olga --role admin",
+            "invalid_state",
+            "is the last owner",
+        ),
+        Row {
+            stdin: "IDENTITY",
+            ..row("alice", "cert 5", "invalid_key", "a member's identity key")
+        },
+        row(
+            "alice",
+            "request web-01 --role viewer --for 1h --reason 'INC-1 a\u{202E}b c d'",
+            "invalid_argument",
+            "U+202E",
+        ),
+        row(
+            "olga",
+            "host add web-02 --address 10.0.0.6 --login viewer=..",
+            "invalid_argument",
+            "is not a valid unix login",
+        ),
+        row(
+            "olga",
+            "host-config web-01 --dir '/etc/my ssh'",
+            "invalid_argument",
+            "not a directory sshd can read back",
+        ),
     ]
 }
 
@@ -348,6 +407,7 @@ fn stdin_for(r: &Row, keys: &HashMap<&str, Identity>) -> String {
     match r.stdin {
         "KEY" => keys["fresh"].public.clone(),
         "PRIVATE" => std::fs::read_to_string(&keys["fresh"].key).unwrap(),
+        "IDENTITY" => keys["olga"].public.clone(),
         _ => String::new(),
     }
 }

@@ -248,18 +248,18 @@ impl Broker {
         f: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
         let key = (actor.id, command);
-        let before = {
+        let (before, after) = {
             let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
             let tat = rates.entry(key).or_insert(0);
             let before = *tat;
             rate.take(command, tat, now)?;
-            before
+            (before, *tat)
         };
         let out = f();
         if out.is_err() {
             let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(tat) = rates.get_mut(&key) {
-                *tat = rate.give_back(*tat, before);
+                *tat = rate.give_back(*tat, before, after);
             }
         }
         out
