@@ -15,6 +15,8 @@ use crate::model::{
 pub const MIN_DURATION_FLOOR: u64 = 5 * 60;
 /// The hard ceiling on a grant's duration (24 hours).
 pub const MAX_DURATION_CEILING: u64 = 24 * 3600;
+/// The most identity keys one member may hold.
+pub const MAX_KEYS_PER_MEMBER: usize = 16;
 /// The longest reason accepted, in bytes.
 pub const MAX_REASON_BYTES: usize = 1000;
 
@@ -38,6 +40,8 @@ pub struct Policy {
     pub request_rate: RateLimit,
     /// How often one member may run `cert`.
     pub cert_rate: RateLimit,
+    /// How often one member may add or remove identity keys (each is an audit entry).
+    pub key_rate: RateLimit,
 }
 
 impl Default for Policy {
@@ -57,6 +61,10 @@ impl Default for Policy {
             cert_rate: RateLimit {
                 burst: 20,
                 per_minute: 10,
+            },
+            key_rate: RateLimit {
+                burst: 10,
+                per_minute: 2,
             },
         }
     }
@@ -157,6 +165,7 @@ impl Policy {
         for (name, r) in [
             ("request_rate", self.request_rate),
             ("cert_rate", self.cert_rate),
+            ("key_rate", self.key_rate),
         ] {
             if !(1..=10_000).contains(&r.burst) || !(1..=60_000).contains(&r.per_minute) {
                 return bad(format!(

@@ -185,3 +185,34 @@ fn cert_is_rate_limited_and_each_grant_gets_a_limited_number() {
     t.ok(&t.alice, &format!("cert {b}"), 600);
     assert!(t.broker.store().verify_audit().unwrap().ok);
 }
+
+#[test]
+fn own_key_changes_are_rate_limited_and_keys_are_capped() {
+    let t = team();
+    let add = |at: i64| {
+        let line = format!("member key-add alice --key '{}'", key().1);
+        t.run(&t.alice, &line, at)
+    };
+    for _ in 0..10 {
+        add(0).unwrap();
+    }
+    let e = add(0).unwrap_err();
+    assert_eq!(e["code"], "busy", "{e}");
+    assert_eq!(e["retry_after_secs"], 30, "{e}");
+    // Refusals are free: an unknown fingerprint does not use the rate up.
+    for at in [30, 60, 90, 120, 150] {
+        let e = t.refused(
+            &t.alice,
+            "member key-remove alice --fingerprint SHA256:nope",
+            at,
+        );
+        assert_eq!(e["code"], "not_found");
+        add(at).unwrap();
+    }
+    // 16 keys now: one more is refused whatever the rate.
+    let e = add(3600).unwrap_err();
+    assert_eq!(e["code"], "invalid_state", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("16 keys"), "{e}");
+    let me = t.ok(&t.alice, "whoami", 3600);
+    assert_eq!(me["key_fingerprints"].as_array().unwrap().len(), 16);
+}

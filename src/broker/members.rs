@@ -89,8 +89,15 @@ impl Broker {
                     ca::openssh_without_comment(&k)?,
                     ca::fingerprint(k.key_data()),
                 );
-                let (_, m) = self.change_member(actor, &name, cx, |tx, m| {
+                let (_, m) = self.change_keys(actor, &name, cx, |tx, m| {
                     policy::check_team_change(actor, TeamChange::Keys { target: m }, 0)?;
+                    if m.keys.len() >= policy::MAX_KEYS_PER_MEMBER {
+                        return Err(Error::InvalidState(format!(
+                            "{name} already has {} keys, the most a member may hold; remove one first",
+                            m.keys.len()
+                        ))
+                        .into());
+                    }
                     refuse_taken_key(tx, &fp)?;
                     let mut after = m.clone();
                     after.keys.push(line.clone());
@@ -110,7 +117,7 @@ impl Broker {
             }
             MemberCommand::KeyRemove { name, fingerprint } => {
                 let name: Name = name.parse()?;
-                let (_, m) = self.change_member(actor, &name, cx, |_, m| {
+                let (_, m) = self.change_keys(actor, &name, cx, |_, m| {
                     policy::check_team_change(actor, TeamChange::Keys { target: m }, 0)?;
                     let Some(i) = m.key_fingerprints.iter().position(|f| f == fingerprint) else {
                         return Err(Error::NotFound(format!(
@@ -164,6 +171,21 @@ impl Broker {
                 Ok(Reply::new(views::member_json(&removed), text))
             }
         }
+    }
+
+    /// [`Broker::change_member`] for identity keys, as one use of the key-change rate limit:
+    /// each change is an audit entry, and anyone may change their own.
+    fn change_keys(
+        &self,
+        actor: &Member,
+        name: &Name,
+        cx: &Call,
+        edit: impl Fn(&Tx<'_>, &Member) -> TxResult<(Member, AuditEvent)>,
+    ) -> Result<(Member, Member)> {
+        let rate = self.policy.key_rate;
+        self.metered(actor, "member key-add/key-remove", rate, cx.now, || {
+            self.change_member(actor, name, cx, edit)
+        })
     }
 
     /// Changes the member `name` with `edit`, which checks the change against policy and
