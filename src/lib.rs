@@ -9,7 +9,8 @@
 //! - [`ca`]: key files, the certificate profile, signing, and host setup;
 //! - [`commands`]: the command language (clap), shared by the server and its clients;
 //! - [`broker`]: runs one command for one member at one time;
-//! - [`views`]: the `--json` objects and their text forms;
+//! - [`contract`]: the `--json` objects, one set of serde types for the broker and its clients;
+//! - [`views`]: records turned into contract objects and text for people;
 //! - [`datadir`]: `init`, the data directory and its config file;
 //! - [`dev`]: `serve --dev`, a throwaway broker with a walkthrough;
 //! - [`server`]: the russh SSH server, its limits and graceful shutdown;
@@ -23,6 +24,7 @@ pub mod broker;
 pub mod ca;
 pub mod client;
 pub mod commands;
+pub mod contract;
 pub mod datadir;
 pub mod dev;
 pub mod error;

@@ -1,72 +1,91 @@
-//! How records look to users: the `--json` objects (a contract) and their text forms.
+//! How records look to users: the `--json` objects of [`crate::contract`] built from the
+//! records, and their text forms for people.
 
-use serde_json::{Value, json};
-
+use crate::contract::{
+    ApprovalView, DenialView, EndedView, GrantStatus, GrantView, HostView, MemberView, RequestView,
+};
 use crate::justify;
 use crate::model::{
     Decision, Grant, Host, Member, Request, RequestState, Timestamp, format_duration,
 };
 
 /// Where a grant's window stands at `now`.
-pub fn grant_status(g: &Grant, now: Timestamp) -> &'static str {
+pub fn grant_status(g: &Grant, now: Timestamp) -> GrantStatus {
     if g.ended.is_some() && now < g.end {
-        "ended"
+        GrantStatus::Ended
     } else if now < g.start {
-        "scheduled"
+        GrantStatus::Scheduled
     } else if now < g.end {
-        "active"
+        GrantStatus::Active
     } else {
-        "expired"
+        GrantStatus::Expired
     }
 }
 
-/// The request object of `--json` output (its field names are a contract: add, never rename).
-pub fn request_json(r: &Request, now: Timestamp) -> Value {
-    let grant = r.grant().map(|g| {
-        json!({
-            "start": g.start,
-            "end": g.end,
-            "effective_role": g.effective_role,
-            "logins": [g.login],
-            "status": grant_status(g, now),
-            "seconds_left": now.until(g.end).max(0),
-            "certificates": g.certificates,
-            "ended": g.ended,
-        })
+/// The request object of the contract, as of `now`.
+pub fn request_view(r: &Request, now: Timestamp) -> RequestView {
+    let state = r.state_at(now);
+    let grant = r.grant().map(|g| GrantView {
+        start: g.start,
+        end: g.end,
+        effective_role: g.effective_role,
+        logins: vec![g.login.clone()],
+        status: grant_status(g, now),
+        seconds_left: now.until(g.end).max(0) as u64,
+        certificates: g.certificates,
+        ended: g.ended.as_ref().map(|e| EndedView {
+            at: e.at,
+            by: e.by.clone(),
+            reason: e.reason.clone(),
+        }),
     });
-    let mut v = json!({
-        "id": r.id,
-        "state": r.state_at(now),
-        "requester": r.requester,
-        "resource": r.resource,
-        "role": r.role,
-        "duration_secs": r.duration_secs,
-        "reason": r.reason,
-        "requested_start": r.requested_start,
-        "justification": r.justification,
-        "created_at": r.created_at,
-        "pending_until": r.pending_until,
-        "approvals": r.approvals.iter().map(|a| json!({"by": a.by, "at": a.at, "comment": a.comment})).collect::<Vec<_>>(),
-        "approvals_required": r.approvals_required,
-        "grant": grant,
-    });
-    if r.state_at(now) == RequestState::Pending {
-        v["pending_seconds_left"] = json!(now.until(r.pending_until).max(0));
-    }
+    let mut v = RequestView {
+        id: r.id,
+        state,
+        requester: r.requester.clone(),
+        resource: r.resource.clone(),
+        role: r.role,
+        duration_secs: r.duration_secs,
+        reason: r.reason.clone(),
+        requested_start: r.requested_start,
+        justification: r.justification.clone(),
+        created_at: r.created_at,
+        pending_until: r.pending_until,
+        pending_seconds_left: (state == RequestState::Pending)
+            .then(|| now.until(r.pending_until).max(0) as u64),
+        approvals: r
+            .approvals
+            .iter()
+            .map(|a| ApprovalView {
+                by: a.by.clone(),
+                at: a.at,
+                comment: a.comment.clone(),
+            })
+            .collect(),
+        approvals_required: r.approvals_required,
+        grant,
+        denial: None,
+        cancelled_at: None,
+        cancelled_by: None,
+        cancel_reason: None,
+        approvers: None,
+        certificates: None,
+        would_grant: None,
+    };
     match &r.decision {
         Decision::Denied { by, at, reason } => {
-            v["denial"] = json!({"by": by, "at": at, "reason": reason});
+            v.denial = Some(DenialView {
+                by: by.clone(),
+                at: *at,
+                reason: reason.clone(),
+            });
         }
         Decision::Cancelled { at, by, reason } => {
-            v["cancelled_at"] = json!(at);
-            if let Some(by) = by {
-                v["cancelled_by"] = json!(by);
-            }
-            if let Some(reason) = reason {
-                v["cancel_reason"] = json!(reason);
-            }
+            v.cancelled_at = Some(*at);
+            v.cancelled_by = by.clone();
+            v.cancel_reason = reason.clone();
         }
-        _ => {}
+        Decision::Pending | Decision::Approved { .. } => {}
     }
     v
 }
@@ -144,14 +163,14 @@ pub fn request_text(r: &Request, now: Timestamp) -> String {
 }
 
 fn window_note(g: &Grant, now: Timestamp) -> String {
-    match grant_status(g, now) {
-        "scheduled" => format!("starts in {}", format_duration(now.until(g.start) as u64)),
-        "active" => format!("{} left", format_duration(now.until(g.end) as u64)),
-        "ended" => match &g.ended {
-            Some(e) => format!("ended at {} by {}: {}", e.at, e.by, e.reason),
-            None => "ended".into(),
-        },
-        _ => "expired".into(),
+    match (grant_status(g, now), &g.ended) {
+        (GrantStatus::Scheduled, _) => {
+            format!("starts in {}", format_duration(now.until(g.start) as u64))
+        }
+        (GrantStatus::Active, _) => format!("{} left", format_duration(now.until(g.end) as u64)),
+        (GrantStatus::Ended, Some(e)) => format!("ended at {} by {}: {}", e.at, e.by, e.reason),
+        (GrantStatus::Ended, None) => "ended".into(),
+        (GrantStatus::Expired, _) => "expired".into(),
     }
 }
 
@@ -193,15 +212,16 @@ pub fn requests_table(rs: &[Request], now: Timestamp) -> String {
     s
 }
 
-pub fn member_json(m: &Member) -> Value {
-    json!({
-        "id": m.id,
-        "name": m.name,
-        "role": m.role,
-        "key_fingerprints": m.key_fingerprints,
-        "added_at": m.added_at,
-        "added_by": m.added_by,
-    })
+/// The member object of the contract.
+pub fn member_view(m: &Member) -> MemberView {
+    MemberView {
+        id: m.id,
+        name: m.name.clone(),
+        role: m.role,
+        key_fingerprints: m.key_fingerprints.clone(),
+        added_at: m.added_at,
+        added_by: m.added_by.clone(),
+    }
 }
 
 pub fn members_table(ms: &[Member]) -> String {
@@ -217,22 +237,18 @@ pub fn members_table(ms: &[Member]) -> String {
     s
 }
 
-pub fn host_json(h: &Host) -> Value {
-    let logins: serde_json::Map<String, Value> = h
-        .logins
-        .iter()
-        .map(|(r, l)| (r.to_string(), json!(l)))
-        .collect();
-    json!({
-        "id": h.id,
-        "name": h.name,
-        "address": h.address,
-        "port": h.port,
-        "tags": h.tags,
-        "logins": logins,
-        "approvals_required": h.approvals_required,
-        "added_at": h.added_at,
-    })
+/// The host object of the contract.
+pub fn host_view(h: &Host) -> HostView {
+    HostView {
+        id: h.id,
+        name: h.name.clone(),
+        address: h.address.clone(),
+        port: h.port,
+        tags: h.tags.clone(),
+        logins: h.logins.clone(),
+        approvals_required: h.approvals_required,
+        added_at: h.added_at,
+    }
 }
 
 pub fn hosts_table(hs: &[Host]) -> String {

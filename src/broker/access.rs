@@ -1,11 +1,10 @@
 //! The access flow: request, decide (approve, deny, cancel), read, and sign certificates.
 
-use serde_json::json;
-
 use super::{Broker, Call, Reply, require_manager};
 use crate::audit::AuditEvent;
 use crate::ca;
 use crate::commands::RequestArgs;
+use crate::contract::{CertSummary, CertView, HostAddress, WouldGrant};
 use crate::error::{Error, Result};
 use crate::model::{
     GrantRole, Member, Name, Request, RequestState, Timestamp, format_duration, parse_duration,
@@ -59,29 +58,29 @@ impl Broker {
             })
         })?;
         tracing::info!(id = req.id, requester = %req.requester, host = %req.resource, role = %req.role, "request created");
-        let mut json = views::request_json(&req, now);
-        json["approvers"] = json!(approvers);
+        let mut view = views::request_view(&req, now);
+        view.approvers = Some(approvers.iter().map(|m| m.name.clone()).collect());
+        let names: Vec<&str> = approvers.iter().map(|m| m.name.as_str()).collect();
         let text = format!(
             "{}\ncan approve: {}\nwait for approval, then fetch a certificate with: cert {} < KEY.pub\n",
             views::request_text(&req, now),
-            if approvers.is_empty() {
+            if names.is_empty() {
                 "nobody yet (add another owner or admin)".to_string()
             } else {
-                approvers.join(", ")
+                names.join(", ")
             },
             req.id
         );
-        Ok(Reply::new(json, text))
+        Reply::of(&view, text)
     }
 
     /// Owners and admins other than `requester`: who can approve their requests.
-    fn approvers_other_than(&self, requester: &Member) -> Result<Vec<String>> {
+    fn approvers_other_than(&self, requester: &Member) -> Result<Vec<Member>> {
         Ok(self
             .store
             .members()?
             .into_iter()
             .filter(|m| m.role.can_manage() && m.id != requester.id)
-            .map(|m| m.name.to_string())
             .collect())
     }
 
@@ -100,35 +99,42 @@ impl Broker {
             Some(id) => vec![self.visible_request(actor, id)?],
             None => self.store.requests_of(actor.id, limit)?,
         };
-        let json = reqs.iter().map(|r| views::request_json(r, now)).collect();
+        let views: Vec<_> = reqs.iter().map(|r| views::request_view(r, now)).collect();
         let text = match id {
             Some(_) => reqs.iter().map(|r| views::request_text(r, now)).collect(),
             None => views::requests_table(&reqs, now),
         };
-        Ok(Reply::new(json, text))
+        Reply::of(&views, text)
     }
 
     pub(super) fn show(&self, actor: &Member, id: u64, cx: &Call) -> Result<Reply> {
         let now = cx.now;
         let r = self.visible_request(actor, id)?;
-        let mut json = views::request_json(&r, now);
+        let mut view = views::request_view(&r, now);
         let certs = self.store.certs_of(id)?;
-        json["certificates"] = json!(certs
-            .iter()
-            .map(|c| json!({"serial": c.serial, "key_id": c.key_id, "key_fingerprint": c.key_fingerprint, "issued_at": c.issued_at}))
-            .collect::<Vec<_>>());
+        view.certificates = Some(
+            certs
+                .iter()
+                .map(|c| CertSummary {
+                    serial: c.serial,
+                    key_id: c.key_id.clone(),
+                    key_fingerprint: c.key_fingerprint.clone(),
+                    issued_at: c.issued_at,
+                })
+                .collect(),
+        );
         if r.state_at(now) == RequestState::Pending
             && let Some(m) = self.store.member(&r.requester)?
             && m.id == r.requester_id
         {
             let (role, login) = policy::grant_shape(&r, m.role)?;
             let start = r.requested_start.map_or(now, |s| s.max(now));
-            json["would_grant"] = json!({
-                "effective_role": role,
-                "login": login,
-                "principals": [ca::principal(&login, r.resource.as_str())],
-                "start_if_approved_now": start,
-                "end_if_approved_now": start.plus(r.duration_secs),
+            view.would_grant = Some(WouldGrant {
+                effective_role: role,
+                principals: vec![ca::principal(&login, r.resource.as_str())],
+                login,
+                start_if_approved_now: start,
+                end_if_approved_now: start.plus(r.duration_secs),
             });
         }
         let mut text = views::request_text(&r, now);
@@ -138,7 +144,7 @@ impl Broker {
                 c.serial, c.key_fingerprint, c.issued_at
             ));
         }
-        Ok(Reply::new(json, text))
+        Reply::of(&view, text)
     }
 
     /// A request the actor may read: their own, or any for approvers.
@@ -167,8 +173,8 @@ impl Broker {
         }
         let state: Option<RequestState> = state.map(str::parse).transpose()?;
         let reqs = self.store.requests_in(state, now, limit)?;
-        let json = reqs.iter().map(|r| views::request_json(r, now)).collect();
-        Ok(Reply::new(json, views::requests_table(&reqs, now)))
+        let views: Vec<_> = reqs.iter().map(|r| views::request_view(r, now)).collect();
+        Reply::of(&views, views::requests_table(&reqs, now))
     }
 
     pub(super) fn cancel(&self, actor: &Member, id: u64, cx: &Call) -> Result<Reply> {
@@ -186,7 +192,7 @@ impl Broker {
         })?;
         tracing::info!(id, by = %actor.name, "request cancelled");
         let text = format!("request {id} cancelled\n");
-        Ok(Reply::new(views::request_json(&req, now), text))
+        Reply::of(&views::request_view(&req, now), text)
     }
 
     pub(super) fn approve(
@@ -245,7 +251,7 @@ impl Broker {
                 format_duration(g.start.until(g.end) as u64)
             ),
         };
-        Ok(Reply::new(views::request_json(&req, now), text))
+        Reply::of(&views::request_view(&req, now), text)
     }
 
     pub(super) fn deny(&self, actor: &Member, id: u64, reason: &str, cx: &Call) -> Result<Reply> {
@@ -262,10 +268,10 @@ impl Broker {
             Ok((req, vec![event]))
         })?;
         tracing::info!(id, by = %actor.name, "request denied");
-        Ok(Reply::new(
-            views::request_json(&req, now),
+        Reply::of(
+            &views::request_view(&req, now),
             format!("request {id} denied\n"),
-        ))
+        )
     }
 
     pub(super) fn cert(&self, actor: &Member, id: u64, key_text: &str, cx: &Call) -> Result<Reply> {
@@ -333,18 +339,22 @@ impl Broker {
         let line = cert
             .to_openssh()
             .map_err(|e| Error::Internal(format!("cannot encode a certificate: {e}")))?;
-        let json = json!({
-            "certificate": line,
-            "serial": record.serial,
-            "key_id": record.key_id,
-            "principals": record.principals,
-            "valid_after": record.valid_after,
-            "valid_before": record.valid_before,
-            "login": login,
-            "seconds_left": now.until(record.valid_before).max(0),
-            "host": {"name": host.name, "address": host.address, "port": host.port},
-        });
-        Ok(Reply::new(json, format!("{line}\n")))
+        let view = CertView {
+            certificate: line.clone(),
+            serial: record.serial,
+            key_id: record.key_id,
+            principals: record.principals,
+            valid_after: record.valid_after,
+            valid_before: record.valid_before,
+            login,
+            seconds_left: now.until(record.valid_before).max(0) as u64,
+            host: HostAddress {
+                name: host.name,
+                address: host.address,
+                port: host.port,
+            },
+        };
+        Reply::of(&view, format!("{line}\n"))
     }
 }
 

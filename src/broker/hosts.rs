@@ -3,13 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::json;
-
 use super::members::{close_open, closed_note};
 use super::{Broker, Call, Reply, require_manager};
 use crate::audit::AuditEvent;
 use crate::ca;
 use crate::commands::HostCommand;
+use crate::contract::CaPubkeyView;
 use crate::error::{Error, Result};
 use crate::model::{
     GrantRole, Host, IdentityId, Member, Name, Role, Timestamp, validate_address, validate_login,
@@ -22,8 +21,11 @@ pub const MAX_APPROVALS: u32 = 5;
 impl Broker {
     pub(super) fn ca_pubkey(&self) -> Result<Reply> {
         let key = self.ca.public_key()?;
-        let json = json!({"ca_public_key": key, "fingerprint": self.ca.fingerprint()});
-        Ok(Reply::new(json, key))
+        let view = CaPubkeyView {
+            ca_public_key: key.clone(),
+            fingerprint: self.ca.fingerprint(),
+        };
+        Reply::of(&view, key)
     }
 
     pub(super) fn host(&self, actor: &Member, cmd: &HostCommand, cx: &Call) -> Result<Reply> {
@@ -31,8 +33,8 @@ impl Broker {
         match cmd {
             HostCommand::List => {
                 let hs = self.store.hosts()?;
-                let json = hs.iter().map(views::host_json).collect();
-                Ok(Reply::new(json, views::hosts_table(&hs)))
+                let views: Vec<_> = hs.iter().map(views::host_view).collect();
+                Reply::of(&views, views::hosts_table(&hs))
             }
             HostCommand::Add {
                 name,
@@ -78,7 +80,7 @@ impl Broker {
                         host.name
                     ));
                 }
-                Ok(Reply::new(views::host_json(&host), text))
+                Reply::of(&views::host_view(&host), text)
             }
             HostCommand::Remove { name } => {
                 require_manager(actor, "remove hosts")?;
@@ -94,10 +96,10 @@ impl Broker {
                     Ok(((h, closed), events))
                 })?;
                 tracing::info!(host = %name, by = %actor.name, "host removed");
-                Ok(Reply::new(
-                    views::host_json(&host),
+                Reply::of(
+                    &views::host_view(&host),
                     format!("removed host {name}; {}", closed_note(closed)),
-                ))
+                )
             }
         }
     }

@@ -1,12 +1,11 @@
 //! The team over SSH: `whoami` and the `member` commands, under rule 13 (owners are the
 //! root of trust) and rule 14 (removal is final).
 
-use serde_json::json;
-
 use super::{Broker, Call, Reply, require_manager};
 use crate::audit::AuditEvent;
 use crate::ca;
 use crate::commands::MemberCommand;
+use crate::contract::WhoamiView;
 use crate::error::{Error, Result};
 use crate::model::{IdentityId, Member, Name, Role, Timestamp};
 use crate::policy::{self, Closed, TeamChange};
@@ -15,14 +14,13 @@ use crate::views;
 
 impl Broker {
     pub(super) fn whoami(&self, actor: &Member) -> Result<Reply> {
-        let json = json!({
-            "name": actor.name,
-            "role": actor.role,
-            "can_approve": actor.role.can_manage(),
-            "key_fingerprints": actor.key_fingerprints,
-        });
-        let text = format!("{} ({})", actor.name, actor.role);
-        Ok(Reply::new(json, text))
+        let view = WhoamiView {
+            name: actor.name.clone(),
+            role: actor.role,
+            can_approve: actor.role.can_manage(),
+            key_fingerprints: actor.key_fingerprints.clone(),
+        };
+        Reply::of(&view, format!("{} ({})", actor.name, actor.role))
     }
 
     pub(super) fn member(&self, actor: &Member, cmd: &MemberCommand, cx: &Call) -> Result<Reply> {
@@ -30,8 +28,8 @@ impl Broker {
             MemberCommand::List => {
                 require_manager(actor, "list members")?;
                 let ms = self.store.members()?;
-                let json = ms.iter().map(views::member_json).collect();
-                Ok(Reply::new(json, views::members_table(&ms)))
+                let views: Vec<_> = ms.iter().map(views::member_view).collect();
+                Reply::of(&views, views::members_table(&ms))
             }
             MemberCommand::Add { name, role, key } => {
                 let name: Name = name.parse()?;
@@ -55,7 +53,7 @@ impl Broker {
                 })?;
                 tracing::info!(member = %member.name, role = %member.role, by = %actor.name, "member added");
                 let text = format!("added {} as {}", member.name, member.role);
-                Ok(Reply::new(views::member_json(&member), text))
+                Reply::of(&views::member_view(&member), text)
             }
             MemberCommand::SetRole { name, role } => {
                 let name: Name = name.parse()?;
@@ -80,7 +78,7 @@ impl Broker {
                 })?;
                 tracing::info!(member = %name, from = %before.role, to = %after.role, by = %actor.name, "member role changed");
                 let text = format!("{name} is now {} (was {})", after.role, before.role);
-                Ok(Reply::new(views::member_json(&after), text))
+                Reply::of(&views::member_view(&after), text)
             }
             MemberCommand::KeyAdd { name, key } => {
                 let name: Name = name.parse()?;
@@ -113,7 +111,7 @@ impl Broker {
                     "added key {fp} to {name}; they now have {} key(s)",
                     m.keys.len()
                 );
-                Ok(Reply::new(views::member_json(&m), text))
+                Reply::of(&views::member_view(&m), text)
             }
             MemberCommand::KeyRemove { name, fingerprint } => {
                 let name: Name = name.parse()?;
@@ -143,7 +141,7 @@ impl Broker {
                 })?;
                 tracing::info!(member = %name, key = %fingerprint, by = %actor.name, "member key removed");
                 let text = format!("removed key {fingerprint} from {name}; it no longer works");
-                Ok(Reply::new(views::member_json(&m), text))
+                Reply::of(&views::member_view(&m), text)
             }
             MemberCommand::Remove { name } => {
                 let name: Name = name.parse()?;
@@ -168,7 +166,7 @@ impl Broker {
                     "removed {name}; their keys no longer work. {}",
                     closed_note(closed)
                 );
-                Ok(Reply::new(views::member_json(&removed), text))
+                Reply::of(&views::member_view(&removed), text)
             }
         }
     }

@@ -53,10 +53,17 @@ impl Output {
     /// A failure, as text or as `{"error":{"code":...,"message":...}}`.
     pub fn error(e: &Error, json: bool) -> Output {
         let stderr = if json {
-            let mut v = serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}});
-            if let Some(secs) = e.retry_after_secs() {
-                v["error"]["retry_after_secs"] = secs.into();
-            }
+            let body = crate::contract::ErrorBody {
+                error: crate::contract::ErrorView {
+                    code: e.code().to_string(),
+                    message: e.to_string(),
+                    retry_after_secs: e.retry_after_secs(),
+                },
+            };
+            let v = serde_json::to_string(&body).unwrap_or_else(|_| {
+                // Two strings and a number always encode; this is unreachable.
+                r#"{"error":{"code":"internal","message":"cannot encode an error"}}"#.into()
+            });
             format!("{v}\n")
         } else {
             format!("error: {e}\n")
@@ -94,6 +101,13 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// An answer whose JSON form is the contract object `view` (see [`crate::contract`]).
+    pub fn of(view: &impl serde::Serialize, text: impl Into<String>) -> Result<Reply> {
+        let json = serde_json::to_value(view)
+            .map_err(|e| Error::Internal(format!("cannot encode an answer: {e}")))?;
+        Ok(Reply::new(json, text))
+    }
+
     pub fn new(json: Value, text: impl Into<String>) -> Reply {
         Reply {
             json,

@@ -1,0 +1,290 @@
+//! The `--json` contract: one set of serde types, written by the broker and read by its
+//! clients (the helper and `admin`), so a renamed field fails to compile or fails a test.
+//!
+//! Field names are a contract: add fields freely, never rename. Clients accept fields they do
+//! not know, but a field the contract says is always there and is missing from an answer is an
+//! error, not a silent default: `Option` fields that are always present (as `null` when
+//! empty) are read with [`present`], and only the fields that some commands add are
+//! `#[serde(default)]`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::model::{GrantRole, IdentityId, Justification, Name, RequestState, Role, Timestamp};
+
+/// Reads an `Option` field that must be present in the answer, possibly as `null`.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    Option::deserialize(d)
+}
+
+/// A request, as `request`, `status`, `show`, `requests`, `cancel`, `approve` and `deny`
+/// print it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestView {
+    pub id: u64,
+    pub state: RequestState,
+    pub requester: Name,
+    pub resource: Name,
+    pub role: GrantRole,
+    pub duration_secs: u64,
+    pub reason: String,
+    #[serde(deserialize_with = "present")]
+    pub requested_start: Option<Timestamp>,
+    pub justification: Justification,
+    pub created_at: Timestamp,
+    pub pending_until: Timestamp,
+    /// Only while pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_seconds_left: Option<u64>,
+    pub approvals: Vec<ApprovalView>,
+    pub approvals_required: u32,
+    #[serde(deserialize_with = "present")]
+    pub grant: Option<GrantView>,
+    /// Only when denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denial: Option<DenialView>,
+    /// Only when cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_at: Option<Timestamp>,
+    /// Only when someone other than the requester cancelled it (a removal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_by: Option<Name>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
+    /// Added by `request`: who may approve it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<Vec<Name>>,
+    /// Added by `show`: the certificates issued for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificates: Option<Vec<CertSummary>>,
+    /// Added by `show` while pending: what approving it now would grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub would_grant: Option<WouldGrant>,
+}
+
+/// One approval of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalView {
+    pub by: Name,
+    pub at: Timestamp,
+    #[serde(deserialize_with = "present")]
+    pub comment: Option<String>,
+}
+
+/// Where a grant's window stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantStatus {
+    Scheduled,
+    Active,
+    /// Ended early by a removal; certificates already issued stay valid to `end`.
+    Ended,
+    Expired,
+}
+
+/// The grant an approved request became.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantView {
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub effective_role: GrantRole,
+    pub logins: Vec<String>,
+    pub status: GrantStatus,
+    pub seconds_left: u64,
+    pub certificates: u32,
+    #[serde(deserialize_with = "present")]
+    pub ended: Option<EndedView>,
+}
+
+/// Why a grant was ended before its window closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedView {
+    pub at: Timestamp,
+    pub by: Name,
+    pub reason: String,
+}
+
+/// A denial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DenialView {
+    pub by: Name,
+    pub at: Timestamp,
+    pub reason: String,
+}
+
+/// A certificate issued for a request, as `show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertSummary {
+    pub serial: u64,
+    pub key_id: String,
+    pub key_fingerprint: String,
+    pub issued_at: Timestamp,
+}
+
+/// What approving a pending request now would grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WouldGrant {
+    pub effective_role: GrantRole,
+    pub login: String,
+    pub principals: Vec<String>,
+    pub start_if_approved_now: Timestamp,
+    pub end_if_approved_now: Timestamp,
+}
+
+/// The answer to `cert`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertView {
+    pub certificate: String,
+    pub serial: u64,
+    pub key_id: String,
+    pub principals: Vec<String>,
+    pub valid_after: Timestamp,
+    pub valid_before: Timestamp,
+    pub login: String,
+    /// Seconds left in the window by the broker's clock when it signed.
+    pub seconds_left: u64,
+    pub host: HostAddress,
+}
+
+/// Where a certificate is used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostAddress {
+    pub name: Name,
+    pub address: String,
+    pub port: u16,
+}
+
+/// A member, as `member` commands print them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: IdentityId,
+    pub name: Name,
+    pub role: Role,
+    pub key_fingerprints: Vec<String>,
+    pub added_at: Timestamp,
+    pub added_by: String,
+}
+
+/// A host, as `host` commands print them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostView {
+    pub id: IdentityId,
+    pub name: Name,
+    pub address: String,
+    pub port: u16,
+    pub tags: Vec<Name>,
+    /// The unix login per role (`viewer`, `editor`).
+    pub logins: BTreeMap<GrantRole, String>,
+    pub approvals_required: u32,
+    pub added_at: Timestamp,
+}
+
+/// The answer to `whoami`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoamiView {
+    pub name: Name,
+    pub role: Role,
+    pub can_approve: bool,
+    pub key_fingerprints: Vec<String>,
+}
+
+/// The answer to `ca-pubkey`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaPubkeyView {
+    pub ca_public_key: String,
+    pub fingerprint: String,
+}
+
+/// An error, as stderr carries it with `--json`: `{"error": {...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorView,
+}
+
+/// The code and message of an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorView {
+    pub code: String,
+    pub message: String,
+    /// For rate limits: seconds until the same command can succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::JustificationSource;
+
+    fn request() -> RequestView {
+        let t = Timestamp::from_unix(1_900_000_000);
+        RequestView {
+            id: 7,
+            state: RequestState::Pending,
+            requester: "alice".parse().unwrap(),
+            resource: "web-01".parse().unwrap(),
+            role: GrantRole::Editor,
+            duration_secs: 3600,
+            reason: "INC-1 x".into(),
+            requested_start: None,
+            justification: Justification {
+                text: "t".into(),
+                flags: vec![],
+                source: JustificationSource::Deterministic,
+            },
+            created_at: t,
+            pending_until: t.plus(3600),
+            pending_seconds_left: Some(3600),
+            approvals: vec![],
+            approvals_required: 1,
+            grant: None,
+            denial: None,
+            cancelled_at: None,
+            cancelled_by: None,
+            cancel_reason: None,
+            approvers: None,
+            certificates: None,
+            would_grant: None,
+        }
+    }
+
+    #[test]
+    fn a_request_round_trips_and_keeps_the_documented_names() {
+        let v = serde_json::to_value(request()).unwrap();
+        for field in [
+            "id",
+            "state",
+            "requester",
+            "resource",
+            "role",
+            "duration_secs",
+            "reason",
+            "requested_start",
+            "justification",
+            "created_at",
+            "pending_until",
+            "approvals",
+            "approvals_required",
+            "grant",
+        ] {
+            assert!(v.get(field).is_some(), "{field} missing from {v}");
+        }
+        assert_eq!(v["grant"], serde_json::Value::Null);
+        let back: RequestView = serde_json::from_value(v).unwrap();
+        assert_eq!(back, request());
+    }
+
+    #[test]
+    fn a_missing_field_is_an_error_and_an_unknown_one_is_not() {
+        let mut v = serde_json::to_value(request()).unwrap();
+        v["added_later"] = serde_json::json!(1);
+        assert!(serde_json::from_value::<RequestView>(v.clone()).is_ok());
+        for field in ["grant", "requested_start", "state"] {
+            let mut w = v.clone();
+            w.as_object_mut().unwrap().remove(field);
+            let err = serde_json::from_value::<RequestView>(w).unwrap_err();
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
+    }
+}
