@@ -20,13 +20,18 @@ use crate::store::{self, Store};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Open connections, all members together.
+    /// Authenticated connections, all members together.
     pub max_connections: usize,
-    /// Open connections per member.
+    /// Authenticated connections per member; one more is disconnected at authentication.
     pub max_connections_per_member: usize,
+    /// Connections that have not authenticated yet, from anywhere (sshd's `MaxStartups`).
+    pub max_startups: usize,
+    /// Connections that have not authenticated yet, from one address (sshd's
+    /// `PerSourceMaxStartups`).
+    pub max_startups_per_source: usize,
     /// Seconds a connection may take to authenticate.
     pub login_grace_secs: u64,
-    /// Seconds of silence before a connection is closed.
+    /// Seconds with no command running before a connection is closed; keepalives do not count.
     pub idle_timeout_secs: u64,
     /// Bytes a command may read from stdin (a public key).
     pub max_stdin_bytes: usize,
@@ -39,11 +44,53 @@ impl Default for Limits {
         Limits {
             max_connections: 256,
             max_connections_per_member: 16,
-            login_grace_secs: 30,
+            max_startups: 64,
+            max_startups_per_source: 8,
+            login_grace_secs: 10,
             idle_timeout_secs: 60,
             max_stdin_bytes: 16 * 1024,
             max_channels_per_connection: 16,
         }
+    }
+}
+
+impl Limits {
+    /// Checks each limit is in a range that works; says which is not.
+    fn validate(&self) -> std::result::Result<(), String> {
+        let counts = [
+            ("max_connections", self.max_connections, 100_000),
+            (
+                "max_connections_per_member",
+                self.max_connections_per_member,
+                10_000,
+            ),
+            ("max_startups", self.max_startups, 100_000),
+            (
+                "max_startups_per_source",
+                self.max_startups_per_source,
+                10_000,
+            ),
+            ("max_stdin_bytes", self.max_stdin_bytes, 1 << 20),
+            (
+                "max_channels_per_connection",
+                self.max_channels_per_connection,
+                1_000,
+            ),
+        ];
+        for (name, value, max) in counts {
+            if !(1..=max).contains(&value) {
+                return Err(format!("{name} = {value} must be between 1 and {max}"));
+            }
+        }
+        for (name, value) in [
+            ("login_grace_secs", self.login_grace_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+        ] {
+            if !(1..=86_400).contains(&value) {
+                return Err(format!("{name} = {value} must be between 1 and 86400"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -75,12 +122,9 @@ impl Config {
         let cfg: Config = toml::from_str(&text)
             .map_err(|e| Error::Config(format!("{} is invalid: {e}", path.display())))?;
         cfg.policy.validate()?;
-        if cfg.limits.max_connections == 0 || cfg.limits.max_connections_per_member == 0 {
-            return Err(Error::Config(format!(
-                "{}: connection limits must be at least 1",
-                path.display()
-            )));
-        }
+        cfg.limits
+            .validate()
+            .map_err(|m| Error::Config(format!("{}: [limits] {m}", path.display())))?;
         Ok(cfg)
     }
 }
@@ -174,6 +218,13 @@ pub fn init(
         format!("# sshjit-broker configuration\n{cfg}"),
     )
     .map_err(Error::io("cannot write config.toml"))?;
+    // Whatever the umask, nobody else may change what `serve` trusts (see check_files).
+    fs::set_permissions(dir.config(), fs::Permissions::from_mode(0o600))
+        .map_err(Error::io("cannot chmod config.toml"))?;
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir.db())
+        .map_err(Error::io(format!("cannot create {}", dir.db().display())))?;
 
     let store = Store::open(&dir.db())?;
     let ca_fingerprint = ca.fingerprint();
@@ -210,6 +261,7 @@ pub fn open(dir: &DataDir) -> Result<Opened> {
             dir.root.display()
         )));
     }
+    check_files(dir, current_uid())?;
     let config = Config::load(&dir.config())?;
     let ca = Ca::new(ca::read_private_key(&dir.ca_key())?);
     let host_key = ca::read_private_key(&dir.host_key())?;
@@ -226,6 +278,46 @@ pub fn open(dir: &DataDir) -> Result<Opened> {
         broker,
         host_key,
     })
+}
+
+/// The effective user id of this process.
+fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions, cannot fail and touches no memory of ours.
+    unsafe { libc::geteuid() }
+}
+
+/// Refuses a data dir whose files others could change, or whose keys are someone else's:
+/// the directory, `db/` and `config.toml` must not be writable by group or others, and
+/// `ca_key` and `host_key` must belong to `uid`. Each refusal names the command that fixes it.
+pub fn check_files(dir: &DataDir, uid: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        |p: &Path| fs::metadata(p).map_err(Error::io(format!("cannot read {}", p.display())));
+    for (path, fix) in [
+        (dir.root.clone(), "700"),
+        (dir.db(), "700"),
+        (dir.config(), "600"),
+    ] {
+        let mode = meta(&path)?.mode() & 0o777;
+        if mode & 0o022 != 0 {
+            return Err(Error::DataDir(format!(
+                "{} has mode {mode:o}, so others can change it; fix it with: chmod {fix} {}",
+                path.display(),
+                path.display()
+            )));
+        }
+    }
+    for path in [dir.ca_key(), dir.host_key()] {
+        let owner = meta(&path)?.uid();
+        if owner != uid {
+            return Err(Error::DataDir(format!(
+                "{} belongs to user {owner}, not to the user running the broker ({uid}); fix it with: chown $(id -un) {}",
+                path.display(),
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Adds a member and a host directly, for `serve --dev` (same audit as over SSH).
@@ -298,6 +390,34 @@ mod tests {
         // A second opener is told the broker is running.
         let second = open(&dir).err().unwrap();
         assert!(matches!(second, Error::DatabaseInUse(_)), "{second}");
+    }
+
+    #[test]
+    fn open_refuses_files_others_could_change_or_keys_of_another_user() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        init(&dir, "olga", &key(), "127.0.0.1:0", Timestamp::from_unix(1)).unwrap();
+        let uid = current_uid();
+        assert!(check_files(&dir, uid).is_ok());
+        for (path, mode, fix) in [
+            (dir.root.clone(), 0o770, "chmod 700"),
+            (dir.db(), 0o757, "chmod 700"),
+            (dir.config(), 0o620, "chmod 600"),
+        ] {
+            let before = fs::metadata(&path).unwrap().permissions();
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let err = open(&dir).err().unwrap().to_string();
+            assert!(
+                err.contains(&format!("fix it with: {fix} {}", path.display())),
+                "{err}"
+            );
+            fs::set_permissions(&path, before).unwrap();
+        }
+        // Keys owned by another user: the check takes the uid, so any user can test it.
+        let err = check_files(&dir, uid + 1).err().unwrap().to_string();
+        assert!(err.contains("fix it with: chown $(id -un)"), "{err}");
+        assert!(err.contains("ca_key"), "{err}");
+        assert!(open(&dir).is_ok());
     }
 
     #[test]

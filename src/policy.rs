@@ -81,23 +81,23 @@ pub struct RateLimit {
 
 impl RateLimit {
     /// Takes one use for `command` at `now`, given the member's `tat` (the time, in
-    /// milliseconds, at which their bucket is full again; 0 for a fresh one). On success `tat`
+    /// microseconds, at which their bucket is full again; 0 for a fresh one). On success `tat`
     /// moves on by one use; a refusal takes nothing.
     pub fn take(&self, command: &'static str, tat: &mut i64, now: Timestamp) -> Result<()> {
-        let interval = 60_000 / i64::from(self.per_minute.max(1));
+        let interval = 60_000_000 / i64::from(self.per_minute.max(1));
         let tolerance = interval * i64::from(self.burst.max(1) - 1);
-        let now_ms = now.unix().saturating_mul(1000);
+        let now_us = now.unix().saturating_mul(1_000_000);
         // A bucket is never emptier than just emptied: if the clock stepped back, `tat` may lie
         // further ahead than that, and would otherwise lock the member out for the step.
-        let base = (*tat).min(now_ms + tolerance + interval).max(now_ms);
-        let wait_ms = base - tolerance - now_ms;
-        if wait_ms > 0 {
+        let base = (*tat).min(now_us + tolerance + interval).max(now_us);
+        let wait_us = base - tolerance - now_us;
+        if wait_us > 0 {
             *tat = base;
             return Err(Error::RateLimited {
                 command,
                 burst: self.burst,
                 per_minute: self.per_minute,
-                retry_after_secs: (wait_ms as u64).div_ceil(1000),
+                retry_after_secs: (wait_us as u64).div_ceil(1_000_000),
             });
         }
         *tat = base + interval;
@@ -111,7 +111,7 @@ impl RateLimit {
         if tat == after {
             return before;
         }
-        let interval = 60_000 / i64::from(self.per_minute.max(1));
+        let interval = 60_000_000 / i64::from(self.per_minute.max(1));
         (tat - interval).max(before)
     }
 }
@@ -159,17 +159,17 @@ impl Policy {
         if !(1..=1000).contains(&self.max_pending_per_member) {
             return bad("max_pending_per_member must be between 1 and 1000".into());
         }
-        if !(1..=10_000).contains(&self.max_certs_per_grant) {
-            return bad("max_certs_per_grant must be between 1 and 10000".into());
+        if !(1..=1_000_000).contains(&self.max_certs_per_grant) {
+            return bad("max_certs_per_grant must be between 1 and 1000000".into());
         }
         for (name, r) in [
             ("request_rate", self.request_rate),
             ("cert_rate", self.cert_rate),
             ("key_rate", self.key_rate),
         ] {
-            if !(1..=10_000).contains(&r.burst) || !(1..=60_000).contains(&r.per_minute) {
+            if !(1..=1_000_000).contains(&r.burst) || !(1..=10_000_000).contains(&r.per_minute) {
                 return bad(format!(
-                    "[policy.{name}] needs burst between 1 and 10000 and per_minute between 1 and 60000"
+                    "[policy.{name}] needs burst between 1 and 1000000 and per_minute between 1 and 10000000"
                 ));
             }
         }
@@ -1025,7 +1025,7 @@ mod tests {
         }
         assert!(rate.take("cert", &mut tat, T0.plus(1000)).is_err());
         // A use given back can be taken again.
-        let (before, after) = (tat - 10_000, tat);
+        let (before, after) = (tat - 10_000_000, tat);
         tat = rate.give_back(tat, before, after);
         assert_eq!(tat, before);
         rate.take("cert", &mut tat, T0.plus(1000)).unwrap();

@@ -66,13 +66,16 @@ fn per_member_connections_are_capped() {
             .count()
             >= 2
     });
+    // One more is closed at authentication, with a reason stock ssh shows.
     let refused = b.ssh(&alice, "whoami --json");
-    assert_eq!(refused.code, 1, "{refused:?}");
-    assert_eq!(refused.error_code(), "busy");
+    assert_eq!(refused.code, 255, "{refused:?}");
     assert!(
-        refused.stderr.contains("too many connections open"),
+        refused
+            .stderr
+            .contains("too many connections for alice (limit 2); close some and retry"),
         "{refused:?}"
     );
+    assert!(b.log().contains("connection refused at authentication"));
     // Others are not affected.
     b.ssh(&b.owner, "whoami").ok();
     // Closing one frees a slot.
@@ -100,25 +103,128 @@ fn time_to_eof(mut s: TcpStream) -> Duration {
 
 #[test]
 fn stalled_clients_do_not_hold_slots() {
-    let b = Broker::start_with_config(&[("login_grace_secs", "1"), ("max_connections", "2")]);
+    let b =
+        Broker::start_with_config(&[("login_grace_secs", "1"), ("max_startups_per_source", "2")]);
     // Silent after connecting, and silent after the SSH greeting: both closed after the grace.
     let silent = TcpStream::connect(b.addr).unwrap();
     let mut greeted = TcpStream::connect(b.addr).unwrap();
     greeted.write_all(b"SSH-2.0-stalled\r\n").unwrap();
-    // Both slots are taken: a third connection is closed at once.
+    // This address has no place left to log in from: a third connection is closed at once.
     std::thread::sleep(Duration::from_millis(200));
     let third = b.ssh(&b.owner, "whoami");
     assert_eq!(
         third.code, 255,
-        "a connection over the global cap was served: {third:?}"
+        "a connection over the per-source cap was served: {third:?}"
     );
+    // Another address still gets in.
+    from(&b, "127.0.0.2", "whoami").ok();
     let (t1, t2) = (time_to_eof(silent), time_to_eof(greeted));
     assert!(
         t1 < Duration::from_secs(5) && t2 < Duration::from_secs(5),
         "{t1:?} {t2:?}"
     );
-    // Slots are free again.
-    wait_for("a free slot", || b.ssh(&b.owner, "whoami").code == 0);
+    // Places are free again.
+    wait_for("a free place", || b.ssh(&b.owner, "whoami").code == 0);
+}
+
+/// Runs `line` as the owner with stock ssh from the loopback address `source`.
+fn from(b: &Broker, source: &str, line: &str) -> util::Out {
+    let mut c = b.ssh_cmd(&b.owner);
+    c.args(["-b", source, line]);
+    util::run_with_stdin(c, b"")
+}
+
+#[test]
+fn a_flood_of_silent_sockets_cannot_lock_the_owner_out() {
+    let b = Broker::start_new();
+    // 300 sockets from one address that never say a word.
+    let flood: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(b.addr).unwrap())
+        .collect();
+    // Beyond the per-source budget (8) they are closed at once.
+    let started = Instant::now();
+    let closed = flood[100..]
+        .iter()
+        .filter(|s| {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            matches!((&**s).read(&mut [0u8; 64]), Ok(0) | Err(_))
+                && started.elapsed() < Duration::from_secs(5)
+        })
+        .count();
+    assert_eq!(closed, 200, "sockets over the budget were kept open");
+    // Meanwhile the owner, from another address, gets in every time, promptly.
+    for _ in 0..3 {
+        let t = Instant::now();
+        let out = from(&b, "127.0.0.2", "whoami").ok();
+        assert_eq!(out.stdout.trim(), "olga (owner)");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    }
+    drop(flood);
+}
+
+#[test]
+fn keepalives_do_not_keep_an_idle_connection() {
+    let b = Broker::start_with_config(&[("idle_timeout_secs", "2")]);
+    let mut c = Command::new(require("ssh"));
+    c.args(ssh_opts(b.tmp.path()))
+        .arg("-i")
+        .arg(&b.owner.key)
+        .args(["-o", "ServerAliveInterval=1", "-N", "-p"])
+        .arg(b.addr.port().to_string())
+        .arg("127.0.0.1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = c.spawn().unwrap();
+    let status = util::wait_timeout(&mut child, Duration::from_secs(10));
+    let took = started.elapsed();
+    if status.is_none() {
+        let _ = child.kill();
+        panic!("an idle connection with keepalives was kept for 10 s");
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    assert!(err.contains("no command ran for 2s"), "{err}");
+}
+
+#[test]
+fn channel_requests_the_broker_does_not_serve_fail_at_once() {
+    let b = Broker::start_new();
+    // A subsystem (sftp) is refused and the client ends promptly.
+    let mut c = b.ssh_cmd(&b.owner);
+    c.args(["-s", "sftp"]);
+    let t = Instant::now();
+    let out = util::run_with_stdin(c, b"");
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("subsystem request failed"), "{out:?}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // A refused environment does not stop the command itself.
+    let mut c = b.ssh_cmd(&b.owner);
+    c.args(["-o", "SetEnv=FOO=bar", "whoami"]);
+    let out = util::run_with_stdin(c, b"");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("olga (owner)"), "{out:?}");
+    // A pty asked for from a real terminal (`script` gives ssh one) is granted as a no-op.
+    let c = b.ssh_cmd(&b.owner);
+    let mut line: Vec<String> = vec![format!("{:?}", c.get_program())];
+    line.extend(c.get_args().map(|a| format!("{a:?}")));
+    line.extend(["-t".into(), "whoami".into()]);
+    let mut script = Command::new(require("script"));
+    script.args(["-q", "-e", "-c", &line.join(" "), "/dev/null"]);
+    let out = util::run_with_stdin(script, b"");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        !out.stdout.contains("PTY allocation request failed"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("olga (owner)"), "{out:?}");
 }
 
 #[test]
@@ -176,4 +282,32 @@ fn sigterm_under_load_stops_cleanly_and_loses_nothing_acknowledged() {
     }
     let v = b.json("audit verify");
     assert_eq!(v["ok"], true, "{v}");
+}
+
+#[test]
+fn serve_refuses_a_data_dir_others_can_change() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut b = Broker::start_new();
+    b.stop();
+    let set =
+        |mode| std::fs::set_permissions(&b.data, std::fs::Permissions::from_mode(mode)).unwrap();
+    set(0o777);
+    let out = Command::new(util::bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&b.data)
+        .output()
+        .unwrap();
+    set(0o700);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "has mode 777, so others can change it; fix it with: chmod 700 {}",
+            b.data.display()
+        )),
+        "{err}"
+    );
+    // Fixed as it says, the broker starts.
+    b.spawn();
+    b.ssh(&b.owner, "whoami").ok();
 }

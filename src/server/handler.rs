@@ -1,0 +1,393 @@
+//! One connection's russh handler: authentication by key, a seat for the member, one command
+//! per exec channel, stdin for `cert`, and an immediate answer to every other channel request
+//! (a failure for all the broker does not serve; a no-op success for a pty).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use russh::server::{Auth, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, Disconnect, Pty, Sig};
+use tokio::sync::mpsc;
+
+use super::admission::{Seat, Startup};
+use super::{Shared, Signals, send_output};
+use crate::broker::{Output, wants_json};
+use crate::ca;
+use crate::commands::{Invocation, Parsed, parse_line};
+use crate::error::Error;
+use crate::model::{Timestamp, printable};
+
+/// One connection's handler.
+pub(super) struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    /// Fingerprint of the authenticated identity key.
+    fingerprint: Option<String>,
+    /// The place this connection holds until it authenticates (released on drop).
+    startup: Option<Startup>,
+    /// The seat it holds once authenticated (released on drop).
+    seat: Option<Seat>,
+    /// Set when authentication found no seat: every further attempt is refused.
+    refused: bool,
+    signals: Arc<Signals>,
+    /// Commands waiting for their stdin (a public key) to end.
+    waiting: HashMap<ChannelId, (Invocation, Vec<u8>)>,
+    done: mpsc::Sender<()>,
+}
+
+impl Conn {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+        startup: Startup,
+        signals: Arc<Signals>,
+        done: mpsc::Sender<()>,
+    ) -> Conn {
+        Conn {
+            shared,
+            peer,
+            fingerprint: None,
+            startup: Some(startup),
+            seat: None,
+            refused: false,
+            signals,
+            waiting: HashMap::new(),
+            done,
+        }
+    }
+
+    fn is_member(&self, key: &russh::keys::PublicKey) -> bool {
+        let fp = ca::fingerprint(key.key_data());
+        matches!(self.shared.broker.member_for_key(&fp), Ok(Some(_)))
+    }
+
+    /// Answers on `channel` in the background: stdout, stderr, exit status, EOF, close.
+    fn reply(&self, handle: Handle, channel: ChannelId, out: Output) {
+        let done = self.done.clone();
+        tokio::spawn(async move {
+            send_output(&handle, channel, out).await;
+            drop(done);
+        });
+    }
+
+    /// Runs a parsed command and answers when it is done (and its change is durable).
+    fn spawn_command(&self, handle: Handle, channel: ChannelId, inv: Invocation, stdin: Vec<u8>) {
+        let Some(fp) = self.fingerprint.clone() else {
+            return self.reply(
+                handle,
+                channel,
+                Output::error(&not_authenticated(), inv.json),
+            );
+        };
+        let broker = self.shared.broker.clone();
+        let signals = self.signals.clone();
+        let done = self.done.clone();
+        let peer = self.peer;
+        signals.inflight.fetch_add(1, Ordering::SeqCst);
+        signals.touch();
+        tokio::spawn(async move {
+            let json = inv.json;
+            let failed = |e: &dyn std::fmt::Display| {
+                tracing::error!(%peer, error = %e, "command failed");
+                Output::error(
+                    &Error::Internal("the command failed; see the broker log".into()),
+                    json,
+                )
+            };
+            let out = if inv.command.is_heavy() {
+                // Whole-log reads take long enough to belong on the blocking pool.
+                tokio::task::spawn_blocking(move || {
+                    broker.execute(&fp, &inv, &stdin, Timestamp::now())
+                })
+                .await
+                .unwrap_or_else(|e| failed(&e))
+            } else {
+                // Everything else is microseconds of work: run it here, then wait for the
+                // group flush without holding a thread. Nothing is sent before it is durable.
+                let (out, ticket) = broker.execute_deferred(&fp, &inv, &stdin, Timestamp::now());
+                match ticket {
+                    Some(t) => match broker.store().wait_durable(t).await {
+                        Ok(()) => out,
+                        Err(e) => failed(&e),
+                    },
+                    None => out,
+                }
+            };
+            send_output(&handle, channel, out).await;
+            signals.touch();
+            signals.inflight.fetch_sub(1, Ordering::SeqCst);
+            drop(done);
+        });
+    }
+
+    /// Refusals that apply before a command is even parsed.
+    fn admission(&self, json: bool) -> Option<Output> {
+        let refuse = |msg: String| Some(Output::error(&Error::Busy(msg), json));
+        if self.shared.closing.load(Ordering::SeqCst) {
+            return refuse("the broker is shutting down; try again in a moment".into());
+        }
+        let limit = self.shared.limits.max_channels_per_connection;
+        if self.signals.inflight.load(Ordering::SeqCst) + self.waiting.len() >= limit {
+            return refuse(format!(
+                "too many commands running on this connection (limit {limit}); wait for some to finish"
+            ));
+        }
+        None
+    }
+
+    /// Refuses a channel request the broker does not serve, at once.
+    fn unsupported(
+        &self,
+        channel: ChannelId,
+        what: &str,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        tracing::debug!(peer = %self.peer, request = what, "refused a channel request");
+        session.channel_failure(channel)
+    }
+}
+
+fn not_authenticated() -> Error {
+    Error::PermissionDenied("not authenticated".into())
+}
+
+impl russh::server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(if !self.refused && self.is_member(offer.public_key) {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if self.refused {
+            return Ok(Auth::reject());
+        }
+        let fp = ca::fingerprint(key.public_key.key_data());
+        let member = match self.shared.broker.member_for_key(&fp) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                tracing::info!(peer = %self.peer, fingerprint = %fp, "refused a key that belongs to no member");
+                return Ok(Auth::reject());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "member lookup failed");
+                return Ok(Auth::reject());
+            }
+        };
+        let name = member.name.to_string();
+        match self.shared.admission.seat(&name) {
+            Ok(seat) => {
+                self.seat = Some(seat);
+                self.startup = None;
+            }
+            Err(refusal) => {
+                // Closed at authentication: an over-cap connection holds no seat and runs
+                // nothing. The key is accepted only so that the disconnect, with its reason,
+                // reaches the client before it gives up; no channel opens without a seat.
+                tracing::warn!(peer = %self.peer, member = %name, %refusal, "connection refused at authentication");
+                self.refused = true;
+                self.signals
+                    .request_disconnect(Disconnect::TooManyConnections, refusal.to_string());
+                return Ok(Auth::Accept);
+            }
+        }
+        tracing::info!(peer = %self.peer, member = %name, fingerprint = %fp, "authenticated");
+        self.fingerprint = Some(fp);
+        self.signals.touch();
+        self.signals.authed.store(true, Ordering::SeqCst);
+        Ok(Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        _channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.fingerprint.is_some() {
+            reply.accept().await;
+        } else {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        self.signals.touch();
+        let handle = session.handle();
+        let json = wants_json(data);
+        if let Some(out) = self.admission(json) {
+            self.reply(handle, channel, out);
+            return Ok(());
+        }
+        match parse_line(data) {
+            Ok(Parsed::Help(text)) => self.reply(handle, channel, Output::text(text)),
+            Ok(Parsed::Run(inv)) if inv.reads_stdin() => {
+                self.waiting.insert(channel, (inv, Vec::new()));
+            }
+            Ok(Parsed::Run(inv)) => self.spawn_command(handle, channel, inv, Vec::new()),
+            Err(e) => {
+                tracing::info!(peer = %self.peer, code = e.code(), "refused a command line");
+                self.reply(handle, channel, Output::error(&e, json));
+            }
+        }
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        let text = format!(
+            "sshjit broker: give a command, for example: ssh -p PORT BROKER help\n\n{}",
+            crate::commands::help_text()
+        );
+        let out = Output {
+            stdout: String::new(),
+            stderr: text,
+            status: 2,
+        };
+        self.reply(session.handle(), channel, out);
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Nothing will run on this channel: refuse and close it so the client ends at once.
+        self.unsupported(channel, &printable(name, 40), session)?;
+        session.close(channel)
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Answered at once, with success: the broker's answers are plain text either way, and
+        // OpenSSH ends the session when a pty it asked for (`ssh -t`, or a bare `ssh BROKER`
+        // from a terminal) is refused, which would hide the help a bare login shows.
+        session.channel_success(channel)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.unsupported(channel, "x11-req", session)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _variable_name: &str,
+        _variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.unsupported(channel, "env", session)
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.unsupported(channel, "window-change", session)
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        _signal: Sig,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.unsupported(channel, "signal", session)
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let max = self.shared.limits.max_stdin_bytes;
+        let Some((_, buf)) = self.waiting.get_mut(&channel) else {
+            return Ok(());
+        };
+        self.signals.touch();
+        if buf.len() + data.len() > max {
+            let Some((inv, _)) = self.waiting.remove(&channel) else {
+                return Ok(());
+            };
+            let e = Error::InvalidKey(format!(
+                "stdin is over {max} bytes; send one public key line"
+            ));
+            self.reply(session.handle(), channel, Output::error(&e, inv.json));
+            return Ok(());
+        }
+        buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some((inv, stdin)) = self.waiting.remove(&channel) {
+            self.spawn_command(session.handle(), channel, inv, stdin);
+        }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.waiting.remove(&channel);
+        Ok(())
+    }
+}

@@ -1,0 +1,326 @@
+//! The SSH server (russh): key-only authentication, one command per exec, admission budgets,
+//! login and idle deadlines, graceful shutdown.
+//!
+//! Architecture invariants:
+//! - identity is the authenticated key alone; the SSH user name is ignored;
+//! - every handler method not implemented here rejects (russh's default), and every channel
+//!   request the broker does not serve is answered with a failure at once, so the server
+//!   fails closed and never leaves a client waiting;
+//! - a connection holds a place in the unauthenticated budget until it authenticates, then a
+//!   seat (see [`admission`]); a flood of silent sockets cannot take the seats members use;
+//! - commands run on the connection's task (whole-log ones on the blocking pool), and nothing
+//!   is sent until the change it reports is flushed; shutdown stops new commands, lets running
+//!   ones finish and answer, then flushes the database.
+
+mod admission;
+mod handler;
+
+pub use admission::{Admission, Refusal};
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use russh::keys::PrivateKey;
+use russh::server::Handle;
+use russh::{ChannelId, Disconnect, MethodKind, MethodSet};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, broadcast, mpsc};
+
+use crate::broker::{Broker, Output};
+use crate::datadir::Limits;
+use admission::Startup;
+use handler::Conn;
+
+/// How long shutdown waits for running commands before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// At most one log line per this period about connections refused at accept.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// State shared by every connection.
+struct Shared {
+    broker: Arc<Broker>,
+    limits: Limits,
+    admission: Arc<Admission>,
+    closing: AtomicBool,
+}
+
+/// Runs the server on `listener` until `shutdown` resolves, then shuts down gracefully.
+pub async fn run(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    host_key: PrivateKey,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> crate::Result<()> {
+    let config = Arc::new(russh::server::Config {
+        server_id: russh::SshId::Standard(
+            format!("SSH-2.0-sshjit_{}", env!("CARGO_PKG_VERSION")).into(),
+        ),
+        keys: vec![host_key],
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(200),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        max_auth_attempts: 6,
+        // Idle is judged by commands, not traffic (keepalives would reset russh's timer):
+        // the connection loop enforces `idle_timeout_secs` itself.
+        inactivity_timeout: None,
+        nodelay: true,
+        ..Default::default()
+    });
+    let shared = Arc::new(Shared {
+        broker: broker.clone(),
+        admission: Admission::new(limits.clone()),
+        closing: AtomicBool::new(false),
+        limits,
+    });
+    let (stop_tx, _) = broadcast::channel::<()>(1);
+    // Every connection and every running command holds a clone; `recv` returns None when all are gone.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let mut refusals = RefusalLog::default();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (socket, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                match shared.admission.startup(peer.ip()) {
+                    Ok(startup) => {
+                        tokio::spawn(connection(
+                            socket, peer, shared.clone(), config.clone(), stop_tx.subscribe(), done_tx.clone(), startup,
+                        ));
+                    }
+                    // Closed at once: a refused connection holds nothing.
+                    Err(refusal) => refusals.note(&refusal),
+                }
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    tracing::info!("shutting down: no new connections; letting running commands finish");
+    drop(listener);
+    shared.closing.store(true, Ordering::SeqCst);
+    let _ = stop_tx.send(());
+    drop(done_tx);
+    if tokio::time::timeout(SHUTDOWN_GRACE, done_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some commands did not finish within the shutdown grace period");
+    }
+    broker.store().flush()?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Logs connections refused at accept without letting a flood flood the log.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl RefusalLog {
+    fn note(&mut self, refusal: &Refusal) {
+        self.since += 1;
+        if self.last.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+            tracing::warn!(refused = self.since, latest = %refusal, "refused connections at accept");
+            self.last = Some(Instant::now());
+            self.since = 0;
+        }
+    }
+}
+
+/// What a connection's handler tells the loop that drives it.
+pub(crate) struct Signals {
+    started: Instant,
+    authed: AtomicBool,
+    /// Commands running now (a command waiting for its stdin is not running).
+    inflight: AtomicUsize,
+    /// When a command last started, finished or received input, in ms since `started`.
+    last_active_ms: AtomicU64,
+    /// A disconnect the handler asked for.
+    disconnect: Mutex<Option<(Disconnect, String)>>,
+    wake: Notify,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        Signals {
+            started: Instant::now(),
+            authed: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(0),
+            disconnect: Mutex::new(None),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Marks activity now.
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_active_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// How long the connection has had no command running, if none is running now.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.inflight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_active_ms.load(Ordering::SeqCst));
+        Some(self.started.elapsed().saturating_sub(last))
+    }
+
+    /// Asks the connection loop to disconnect with `reason` and `text`.
+    fn request_disconnect(&self, reason: Disconnect, text: String) {
+        *self.disconnect.lock().unwrap_or_else(|p| p.into_inner()) = Some((reason, text));
+        self.wake.notify_one();
+    }
+
+    fn take_disconnect(&self) -> Option<(Disconnect, String)> {
+        self.disconnect
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
+async fn connection(
+    socket: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    config: Arc<russh::server::Config>,
+    mut stop: broadcast::Receiver<()>,
+    done: mpsc::Sender<()>,
+    startup: Startup,
+) {
+    let _ = socket.set_nodelay(true);
+    // A second handle on the socket lets us cut a connection that russh is still negotiating.
+    let (socket, killer) = match split_killer(socket) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot set up a connection");
+            return;
+        }
+    };
+    let grace = Duration::from_secs(shared.limits.login_grace_secs.max(1));
+    let idle = Duration::from_secs(shared.limits.idle_timeout_secs.max(1));
+    let signals = Arc::new(Signals::new());
+    let handler = Conn::new(shared.clone(), peer, startup, signals.clone(), done);
+    let session =
+        match tokio::time::timeout(grace, russh::server::run_stream(config, socket, handler)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = ?e, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "closed a connection that sent no SSH greeting");
+                return;
+            }
+        };
+    let handle = session.handle();
+    tokio::pin!(session);
+    let login_deadline = tokio::time::sleep(grace);
+    tokio::pin!(login_deadline);
+    let mut deadline_passed = false;
+    loop {
+        // Until login, the login deadline applies; after it, the idle one.
+        let idle_check = match signals.idle_for() {
+            Some(quiet) if signals.authed.load(Ordering::SeqCst) => idle.saturating_sub(quiet),
+            _ => idle,
+        };
+        tokio::select! {
+            result = &mut session => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = ?e, "connection ended with an error");
+                }
+                return;
+            }
+            () = &mut login_deadline, if !deadline_passed => {
+                deadline_passed = true;
+                if !signals.authed.load(Ordering::SeqCst) {
+                    tracing::info!(%peer, "closing a connection that did not authenticate in time");
+                    let _ = killer.shutdown(std::net::Shutdown::Both);
+                }
+            }
+            () = signals.wake.notified() => {
+                if let Some((reason, text)) = signals.take_disconnect() {
+                    hang_up(&handle, &mut session, &killer, reason, text).await;
+                    return;
+                }
+            }
+            () = tokio::time::sleep(idle_check) => {
+                let idle_now = signals.authed.load(Ordering::SeqCst)
+                    && signals.idle_for().is_some_and(|quiet| quiet >= idle);
+                if idle_now {
+                    tracing::info!(%peer, "closing a connection with no command for {}s", idle.as_secs());
+                    let text = format!(
+                        "no command ran for {}s (idle_timeout_secs); reconnect to run more",
+                        idle.as_secs()
+                    );
+                    hang_up(&handle, &mut session, &killer, Disconnect::ByApplication, text).await;
+                    return;
+                }
+            }
+            _ = stop.recv() => {
+                // Let commands already running on this connection answer, then hang up.
+                let start = tokio::time::Instant::now();
+                while signals.inflight.load(Ordering::SeqCst) > 0 && start.elapsed() < SHUTDOWN_GRACE {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let text = "the broker is shutting down".to_string();
+                hang_up(&handle, &mut session, &killer, Disconnect::ByApplication, text).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Disconnects with a reason the client can show, and cuts the socket if that does not end it.
+async fn hang_up(
+    handle: &Handle,
+    session: &mut (impl Future + Unpin),
+    killer: &std::net::TcpStream,
+    reason: Disconnect,
+    text: String,
+) {
+    let _ = handle.disconnect(reason, text, String::new()).await;
+    if tokio::time::timeout(Duration::from_secs(1), session)
+        .await
+        .is_err()
+    {
+        let _ = killer.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Splits a socket into the stream russh drives and a clone that can shut it down.
+fn split_killer(socket: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
+    let std_socket = socket.into_std()?;
+    let killer = std_socket.try_clone()?;
+    Ok((TcpStream::from_std(std_socket)?, killer))
+}
+
+/// Sends a command's answer: stdout, stderr (extended data 1), exit status, EOF, close.
+async fn send_output(handle: &Handle, channel: ChannelId, out: Output) {
+    if !out.stdout.is_empty() {
+        let _ = handle.data(channel, out.stdout.into_bytes()).await;
+    }
+    if !out.stderr.is_empty() {
+        let _ = handle
+            .extended_data(channel, 1, out.stderr.into_bytes())
+            .await;
+    }
+    let _ = handle.exit_status_request(channel, out.status).await;
+    let _ = handle.eof(channel).await;
+    let _ = handle.close(channel).await;
+}
