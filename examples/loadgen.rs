@@ -6,7 +6,11 @@
 //! - `fetch`: connect, authenticate, `cert ID` with a public key on stdin, disconnect;
 //! - `fetch-reuse`: `cert ID` over and over on one connection per client, a channel each;
 //! - `cycle`: request, approve as a second member, cert, on reused connections;
-//! - `command`: any command line, on reused connections (for latency of reads at scale).
+//! - `command`: any command line, on reused connections (for latency of reads at scale);
+//! - `decision-wait`: request, then `wait` for it while a second member approves; the latency
+//!   is from sending `approve` to the waiting client hearing of it;
+//! - `decision-poll`: the same, but the client polls `status` every `--poll-ms` (the helper's
+//!   old way), as the baseline.
 //!
 //! It only talks to loopback addresses, and every loop ends when the time is up.
 //!
@@ -32,6 +36,8 @@ enum Mode {
     FetchReuse,
     Cycle,
     Command,
+    DecisionWait,
+    DecisionPoll,
 }
 
 #[derive(Debug, Parser)]
@@ -66,6 +72,9 @@ struct Args {
     /// SSH user name (the broker ignores it; a baseline sshd needs a real account).
     #[arg(long, default_value = "sshjit")]
     user: String,
+    /// How often `decision-poll` asks, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    poll_ms: u64,
     /// Label printed with the result.
     #[arg(long, default_value = "")]
     label: String,
@@ -134,6 +143,16 @@ struct Tally {
 }
 
 impl Tally {
+    fn record_latency(&mut self, result: anyhow::Result<Duration>) {
+        match result {
+            Ok(d) => self.latencies_us.push(d.as_micros() as u64),
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+
     fn record(&mut self, started: Instant, result: anyhow::Result<()>) {
         match result {
             Ok(()) => self.latencies_us.push(started.elapsed().as_micros() as u64),
@@ -212,6 +231,60 @@ async fn client_loop(
             }
             close(conn).await;
         }
+        Mode::DecisionWait | Mode::DecisionPoll => {
+            let Some(approver) = approver else {
+                t.record(
+                    Instant::now(),
+                    Err(anyhow::anyhow!("decision modes need --approver-identity")),
+                );
+                return t;
+            };
+            let conns = async {
+                anyhow::Ok((
+                    Arc::new(connect(args.addr, &args.user, &key).await?),
+                    connect(args.addr, &args.user, &approver).await?,
+                ))
+            }
+            .await;
+            let (me, boss) = match conns {
+                Ok(c) => c,
+                Err(e) => {
+                    t.record(Instant::now(), Err(e));
+                    return t;
+                }
+            };
+            let request = format!(
+                "request {} --role viewer --for 10m --reason 'LOAD-2 decision latency' --json",
+                args.host
+            );
+            while Instant::now() < deadline {
+                let r = async {
+                    let out = ok_status(run(&me, &request, b"").await?)?;
+                    let v: serde_json::Value = serde_json::from_slice(&out)?;
+                    let id = v["id"]
+                        .as_u64()
+                        .ok_or_else(|| anyhow::anyhow!("no id in {v}"))?;
+                    let watcher = tokio::spawn(hear_decision(
+                        me.clone(),
+                        id,
+                        args.mode,
+                        Duration::from_millis(args.poll_ms),
+                    ));
+                    // Let the wait (or the first poll) start before the decision.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let approved_at = Instant::now();
+                    ok_status(run(&boss, &format!("approve {id}"), b"").await?)?;
+                    let heard_at = watcher.await??;
+                    anyhow::Ok(heard_at.saturating_duration_since(approved_at))
+                }
+                .await;
+                t.record_latency(r);
+            }
+            close(boss).await;
+            if let Ok(me) = Arc::try_unwrap(me) {
+                close(me).await;
+            }
+        }
         Mode::Cycle => {
             let Some(approver) = approver else {
                 t.record(
@@ -258,6 +331,36 @@ async fn client_loop(
         }
     }
     t
+}
+
+/// Waits until request `id` is approved, by `wait` or by polling `status`; returns when.
+async fn hear_decision(
+    conn: Arc<Conn>,
+    id: u64,
+    mode: Mode,
+    poll: Duration,
+) -> anyhow::Result<Instant> {
+    loop {
+        let line = if mode == Mode::DecisionWait {
+            format!("wait {id} --timeout 30s --json")
+        } else {
+            format!("status {id} --json")
+        };
+        let out = ok_status(run(&conn, &line, b"").await?)?;
+        let v: serde_json::Value = serde_json::from_slice(&out)?;
+        let state = if v.is_array() {
+            &v[0]["state"]
+        } else {
+            &v["state"]
+        };
+        if state == "approved" {
+            return Ok(Instant::now());
+        }
+        anyhow::ensure!(state == "pending", "request {id} became {state}");
+        if mode == Mode::DecisionPoll {
+            tokio::time::sleep(poll).await;
+        }
+    }
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {

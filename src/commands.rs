@@ -44,6 +44,17 @@ pub enum Command {
     },
     /// Show one request in full (requester or approvers).
     Show { id: u64 },
+    /// Wait until a request changes (a decision, an approval, expiry) or is not in --while's
+    /// state, then show it; after --timeout, show it as it is.
+    Wait {
+        id: u64,
+        /// The state to wait out: pending, approved, denied, expired or cancelled.
+        #[arg(long = "while", value_name = "STATE", default_value = "pending")]
+        state: String,
+        /// How long to wait at most, such as 30s or 2m (at most 5m).
+        #[arg(long, value_name = "DURATION", default_value = "60s")]
+        timeout: String,
+    },
     /// Withdraw your pending request.
     Cancel { id: u64 },
     /// List everyone's requests (owners and admins).
@@ -217,6 +228,11 @@ impl Command {
     /// Commands whose work grows with the whole audit log.
     pub fn is_heavy(&self) -> bool {
         matches!(self, Command::Audit(_))
+    }
+
+    /// Commands that wait for something to happen (the server runs them asynchronously).
+    pub fn waits(&self) -> bool {
+        matches!(self, Command::Wait { .. })
     }
 }
 

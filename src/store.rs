@@ -5,6 +5,8 @@
 //! transaction, and the database is flushed before the caller hears of success (with group
 //! commit: concurrent changes share one flush).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -52,6 +54,7 @@ const NEXT_IDENTITY: &[u8] = b"last_identity_id";
 pub struct Store {
     db: sled::Db,
     flusher: GroupFlush,
+    watch: RequestWatch,
     meta: Tree,
     members: Tree,
     keys: Tree,
@@ -67,6 +70,8 @@ pub struct Store {
 /// A view of every tree inside one transaction, at the change's time.
 pub struct Tx<'a> {
     now: Timestamp,
+    /// Requests this change writes, so their waiters can be woken once it commits.
+    touched: &'a RefCell<Vec<u64>>,
     meta: &'a TransactionalTree,
     members: &'a TransactionalTree,
     keys: &'a TransactionalTree,
@@ -112,6 +117,7 @@ impl Store {
             certs: tree("certs")?,
             audit: tree("audit")?,
             flusher: GroupFlush::start(db.clone())?,
+            watch: RequestWatch::default(),
             db,
         })
     }
@@ -153,10 +159,13 @@ impl Store {
             &self.certs,
             &self.audit,
         );
+        let touched = RefCell::new(Vec::new());
         let out = trees.transaction(
             |(meta, members, keys, hosts, requests, pending, by_member, open, certs, audit)| {
+                touched.borrow_mut().clear();
                 let tx = Tx {
                     now,
+                    touched: &touched,
                     meta,
                     members,
                     keys,
@@ -181,10 +190,32 @@ impl Store {
             },
         );
         match out {
-            Ok(v) => Ok((v, self.flusher.register())),
+            Ok(v) => {
+                let ticket = self.flusher.register();
+                self.watch.wake(&touched.borrow());
+                Ok((v, ticket))
+            }
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(e.into()),
         }
+    }
+
+    /// A handle that is woken whenever a change to request `id` commits. Create the
+    /// `notified()` future (and `enable` it) before reading the request, so no change is missed;
+    /// what it wakes for may not be flushed yet: [`Store::wait_durable`] the
+    /// [`Store::latest_ticket`] before telling anyone.
+    pub fn watch_request(&self, id: u64) -> Arc<tokio::sync::Notify> {
+        self.watch.subscribe(id)
+    }
+
+    /// Forgets request `id`'s watch once nobody holds it.
+    pub fn unwatch_request(&self, id: u64) {
+        self.watch.forget(id);
+    }
+
+    /// The ticket of the latest committed change: once it is durable, so is everything before.
+    pub fn latest_ticket(&self) -> Ticket {
+        self.flusher.latest()
     }
 
     /// Whether `init` has run on this database.
@@ -430,6 +461,7 @@ impl Tx<'_> {
     /// Stores a request and keeps every index of it true: pending by deadline, by member,
     /// and the open lists of its requester and its host.
     pub fn put_request(&self, r: &Request) -> TxResult<()> {
+        self.touched.borrow_mut().push(r.id);
         let pk = pending_key(r.pending_until, r.id);
         if matches!(r.decision, Decision::Pending) {
             self.pending.insert(&pk[..], &[][..])?;
@@ -588,6 +620,10 @@ impl GroupFlush {
         })
     }
 
+    fn latest(&self) -> Ticket {
+        Ticket(self.shared.lock().registered)
+    }
+
     fn register(&self) -> Ticket {
         let mut st = self.shared.lock();
         st.registered += 1;
@@ -702,6 +738,41 @@ impl Drop for GroupFlush {
         self.shared.signal.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// Who waits for which request to change (`wait`), woken when a change to it commits.
+#[derive(Default)]
+struct RequestWatch {
+    waiters: Mutex<HashMap<u64, Arc<tokio::sync::Notify>>>,
+}
+
+impl RequestWatch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<tokio::sync::Notify>>> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn subscribe(&self, id: u64) -> Arc<tokio::sync::Notify> {
+        self.lock().entry(id).or_default().clone()
+    }
+
+    fn forget(&self, id: u64) {
+        let mut map = self.lock();
+        if map.get(&id).is_some_and(|n| Arc::strong_count(n) == 1) {
+            map.remove(&id);
+        }
+    }
+
+    fn wake(&self, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        let map = self.lock();
+        for id in ids {
+            if let Some(n) = map.get(id) {
+                n.notify_waiters();
+            }
         }
     }
 }

@@ -38,7 +38,6 @@ impl Person {
             .env_remove("SSH_AUTH_SOCK")
             .env("SSHJIT_BROKER", &self.broker)
             .env("SSHJIT_IDENTITY", &self.id.key)
-            .env("SSHJIT_POLL_MS", "100")
             .stdin(Stdio::null());
         c
     }

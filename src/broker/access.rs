@@ -148,7 +148,7 @@ impl Broker {
     }
 
     /// A request the actor may read: their own, or any for approvers.
-    fn visible_request(&self, actor: &Member, id: u64) -> Result<Request> {
+    pub(super) fn visible_request(&self, actor: &Member, id: u64) -> Result<Request> {
         let r = self.store.request(id)?.ok_or_else(|| unknown_request(id))?;
         if !policy::may_read(&r, actor) {
             return Err(unknown_request(id));

@@ -7,8 +7,10 @@ mod access;
 mod hosts;
 mod log;
 mod members;
+mod wait;
 
 pub use log::verify_reply;
+pub use wait::MAX_WAIT_SECS;
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -286,6 +288,7 @@ impl Broker {
             Command::Request(args) => self.request(actor, args, cx),
             Command::Status { id, limit } => self.status(actor, *id, *limit, cx),
             Command::Show { id } => self.show(actor, *id, cx),
+            Command::Wait { .. } => self.wait_now(actor, inv, cx),
             Command::Cancel { id } => self.cancel(actor, *id, cx),
             Command::Requests { state, limit } => {
                 self.requests(actor, state.as_deref(), *limit, cx)

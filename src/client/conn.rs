@@ -9,6 +9,7 @@ use russh::client::{self, AuthResult, Handle};
 use russh::keys::agent::AgentIdentity;
 use russh::keys::agent::client::AgentClient;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::known::{self, HostKeyPolicy};
@@ -27,23 +28,29 @@ pub struct Answer {
 impl Answer {
     /// The JSON on stdout of a command run with `--json`, or the broker's error.
     pub fn json(&self) -> Result<Value> {
+        self.typed()
+    }
+
+    /// The answer as the contract type `T` (see [`crate::contract`]), or the broker's error.
+    /// A field the contract requires and the answer lacks is an error, never a default.
+    pub fn typed<T: DeserializeOwned>(&self) -> Result<T> {
         if self.status != 0 {
             return Err(self.remote_error());
         }
-        serde_json::from_slice(&self.stdout)
-            .map_err(|e| Error::Internal(format!("the broker's answer is not JSON: {e}")))
+        serde_json::from_slice(&self.stdout).map_err(|e| {
+            Error::Internal(format!(
+                "the broker's answer does not match this helper's contract ({e}); the broker and the helper may be different versions"
+            ))
+        })
     }
 
     /// The broker's error, from its `--json` form when it has one.
     pub fn remote_error(&self) -> Error {
         let text = String::from_utf8_lossy(&self.stderr);
-        if let Ok(v) = serde_json::from_str::<Value>(text.trim())
-            && let (Some(code), Some(message)) =
-                (v["error"]["code"].as_str(), v["error"]["message"].as_str())
-        {
+        if let Ok(body) = serde_json::from_str::<crate::contract::ErrorBody>(text.trim()) {
             return Error::Remote {
-                code: code.to_string(),
-                message: message.to_string(),
+                code: body.error.code,
+                message: body.error.message,
             };
         }
         Error::Remote {
@@ -177,6 +184,11 @@ impl Connection {
     /// Runs `words` (quoted for the broker) with `--json` and returns the JSON answer.
     pub async fn json(&self, words: &[&str]) -> Result<Value> {
         self.run(&quote_line(words, true), b"").await?.json()
+    }
+
+    /// Runs broker command `words` with `--json` and reads its answer as contract type `T`.
+    pub async fn call<T: DeserializeOwned>(&self, words: &[&str]) -> Result<T> {
+        self.run(&quote_line(words, true), b"").await?.typed()
     }
 
     /// Closes the connection politely.

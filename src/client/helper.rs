@@ -1,7 +1,7 @@
 //! The engineer's commands (`sshjit request|status|cancel|login|ssh|ssh-config|certs`).
 
 use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use russh::keys::ssh_key::LineEnding;
 use serde_json::{Value, json};
@@ -11,23 +11,15 @@ use super::conn::Connection;
 use super::local::{self, LocalCert};
 use crate::ca;
 use crate::commands::RequestArgs;
+use crate::contract::RequestView;
 use crate::error::{Error, Result};
 use crate::justify;
-use crate::model::{Timestamp, format_duration};
+use crate::model::{RequestState, Timestamp, format_duration};
 
 /// What a helper command prints: text for people, JSON with `--json`.
 pub struct Printed {
     pub text: String,
     pub json: Value,
-}
-
-/// How often `request --wait` asks the broker (SSHJIT_POLL_MS overrides, for tests).
-fn poll_interval() -> Duration {
-    let ms = std::env::var("SSHJIT_POLL_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000u64);
-    Duration::from_millis(ms.clamp(50, 60_000))
 }
 
 /// `sshjit request`: asks, prints the case for approvers, and with `wait` follows it to a certificate.
@@ -114,43 +106,48 @@ pub async fn request(
     }
 }
 
-/// Polls until the request leaves `pending`, showing progress.
+/// How long one `wait` lasts before the helper shows progress and waits again.
+const WAIT_SLICE: &str = "15s";
+
+/// Follows the request until it leaves `pending`, showing progress: the broker answers each
+/// `wait` as soon as the request changes, so a decision arrives at once.
 async fn follow(conn: &Connection, id: u64, quiet: bool) -> Result<Value> {
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut last = String::new();
+    let id_word = id.to_string();
     loop {
-        let list = conn.json(&["status", &id.to_string()]).await?;
-        let r = list.get(0).cloned().unwrap_or(Value::Null);
-        let state = r["state"].as_str().unwrap_or("unknown").to_string();
-        let line = format!(
-            "request {id}: {state}, approvals {}/{}, waiting {}, {} left before it expires",
-            r["approvals"].as_array().map_or(0, Vec::len),
-            r["approvals_required"],
-            format_duration(started.elapsed().as_secs()),
-            format_duration(r["pending_seconds_left"].as_u64().unwrap_or(0)),
-        );
-        if state != "pending" {
+        let r: RequestView = conn
+            .call(&["wait", &id_word, "--timeout", WAIT_SLICE])
+            .await?;
+        if r.state != RequestState::Pending {
             if tty && !quiet {
                 eprintln!();
             } else if !quiet {
-                eprintln!("request {id}: {state}");
+                eprintln!("request {id}: {}", r.state);
             }
-            return Ok(r);
+            return Ok(serde_json::to_value(&r)?);
         }
         if !quiet {
+            let line = format!(
+                "request {id}: {}, approvals {}/{}, waiting {}, {} left before it expires",
+                r.state,
+                r.approvals.len(),
+                r.approvals_required,
+                format_duration(started.elapsed().as_secs()),
+                format_duration(r.pending_seconds_left.unwrap_or(0)),
+            );
             if tty {
                 eprint!("\r{line}  ");
             } else {
                 // Without a terminal, print only changes (not the ticking clock).
-                let key = format!("{state} {}", r["approvals"].as_array().map_or(0, Vec::len));
+                let key = format!("{} {}", r.state, r.approvals.len());
                 if key != last {
                     eprintln!("{line}");
                     last = key;
                 }
             }
         }
-        tokio::time::sleep(poll_interval()).await;
     }
 }
 

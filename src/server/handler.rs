@@ -82,6 +82,7 @@ impl Conn {
             );
         };
         let broker = self.shared.broker.clone();
+        let shared = self.shared.clone();
         let signals = self.signals.clone();
         let done = self.done.clone();
         let peer = self.peer;
@@ -96,7 +97,14 @@ impl Conn {
                     json,
                 )
             };
-            let out = if inv.command.is_heavy() {
+            let out = if inv.command.waits() {
+                // Waits for a change, not for work: async, and cut short by shutdown.
+                let mut stopping = shared.stopping.subscribe();
+                let stop = async move {
+                    let _ = stopping.wait_for(|s| *s).await;
+                };
+                broker.wait(&fp, &inv, stop).await
+            } else if inv.command.is_heavy() {
                 // Whole-log reads take long enough to belong on the blocking pool.
                 tokio::task::spawn_blocking(move || {
                     broker.execute(&fp, &inv, &stdin, Timestamp::now())

@@ -45,6 +45,8 @@ struct Shared {
     limits: Limits,
     admission: Arc<Admission>,
     closing: AtomicBool,
+    /// Turns true at shutdown, so long-running commands (`wait`) answer at once.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// Runs the server on `listener` until `shutdown` resolves, then shuts down gracefully.
@@ -74,6 +76,7 @@ pub async fn run(
         broker: broker.clone(),
         admission: Admission::new(limits.clone()),
         closing: AtomicBool::new(false),
+        stopping: tokio::sync::watch::channel(false).0,
         limits,
     });
     let (stop_tx, _) = broadcast::channel::<()>(1);
@@ -108,6 +111,7 @@ pub async fn run(
     tracing::info!("shutting down: no new connections; letting running commands finish");
     drop(listener);
     shared.closing.store(true, Ordering::SeqCst);
+    shared.stopping.send_replace(true);
     let _ = stop_tx.send(());
     drop(done_tx);
     if tokio::time::timeout(SHUTDOWN_GRACE, done_rx.recv())
@@ -273,10 +277,24 @@ async fn connection(
                 }
             }
             _ = stop.recv() => {
-                // Let commands already running on this connection answer, then hang up.
+                // Let commands already running on this connection answer (the session keeps
+                // being driven, so their output goes out), then hang up.
                 let start = tokio::time::Instant::now();
+                let was_busy = signals.idle_for().is_none_or(|quiet| quiet < Duration::from_secs(1));
                 while signals.inflight.load(Ordering::SeqCst) > 0 && start.elapsed() < SHUTDOWN_GRACE {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::select! {
+                        _ = &mut session => return,
+                        () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    }
+                }
+                // A client whose command just answered is closing its channel: give it a moment
+                // to leave on its own, so it sees its exit status rather than a disconnect.
+                if was_busy
+                    && tokio::time::timeout(Duration::from_millis(500), &mut session)
+                        .await
+                        .is_ok()
+                {
+                    return;
                 }
                 let text = "the broker is shutting down".to_string();
                 hang_up(&handle, &mut session, &killer, Disconnect::ByApplication, text).await;
