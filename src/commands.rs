@@ -109,7 +109,7 @@ pub enum Command {
 }
 
 /// `request` arguments.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct RequestArgs {
     /// The host to access.
     pub host: String,
@@ -125,6 +125,33 @@ pub struct RequestArgs {
     /// When the window may start at the earliest: RFC 3339 or +DURATION.
     #[arg(long)]
     pub start: Option<String>,
+}
+
+impl RequestArgs {
+    /// The broker command words that carry these arguments: the one place a client turns
+    /// them back into a command, so a new flag cannot be dropped on the way (see the
+    /// round-trip test).
+    pub fn to_words(&self) -> Vec<String> {
+        let RequestArgs {
+            host,
+            role,
+            duration,
+            reason,
+            start,
+        } = self;
+        // `--flag=value`, so a value that starts with a dash stays a value.
+        let mut w = vec![
+            "request".to_string(),
+            host.clone(),
+            format!("--role={role}"),
+            format!("--for={duration}"),
+            format!("--reason={reason}"),
+        ];
+        if let Some(s) = start {
+            w.push(format!("--start={s}"));
+        }
+        w
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -392,6 +419,40 @@ mod tests {
         assert!(inv.json);
         let inv = run(r#"deny 3 --reason no\ way"#);
         assert!(matches!(inv.command, Command::Deny { reason, .. } if reason == "no way"));
+    }
+
+    #[test]
+    fn request_args_round_trip_through_words() {
+        let cases = [
+            RequestArgs {
+                host: "web-01".into(),
+                role: "editor".into(),
+                duration: "2h".into(),
+                reason: "INC-1 it's \"quoted\" --role admin; $(rm -rf /)".into(),
+                start: Some("+30m".into()),
+            },
+            RequestArgs {
+                host: "db".into(),
+                role: "viewer".into(),
+                duration: "5m".into(),
+                reason: "-- leading dashes".into(),
+                start: None,
+            },
+        ];
+        for a in cases {
+            let words = a.to_words();
+            let line = crate::client::conn::quote_line(
+                &words.iter().map(String::as_str).collect::<Vec<_>>(),
+                false,
+            );
+            let Parsed::Run(inv) = parse_line(line.as_bytes()).unwrap() else {
+                panic!("help")
+            };
+            let Command::Request(back) = inv.command else {
+                panic!("not a request")
+            };
+            assert_eq!(back, a, "{line}");
+        }
     }
 
     #[test]

@@ -382,6 +382,29 @@ fn admin_approve_refuses_without_a_terminal_or_yes() {
     // Pass-through commands print the broker's own output, and --json its JSON.
     let hosts = olga.admin(&["host", "list", "--json"]).ok().json();
     assert_eq!(hosts[0]["name"], "web-01");
+    // Help is the broker's help, whatever the command.
+    for cmd in ["approve", "requests", "deny"] {
+        let help = olga.admin(&[cmd, "--help"]).ok();
+        assert!(help.stdout.contains("Usage:"), "{cmd}: {help:?}");
+    }
+    // --state in its = form overrides the pending default.
+    let denied = olga.admin(&["requests", "--state=denied", "--json"]).ok();
+    assert_eq!(denied.json().as_array().unwrap().len(), 0, "{denied:?}");
+    // The id is found after --comment's value, and an approval of your own request is
+    // refused by the broker before anything is asked.
+    b.add_member("adam", "admin");
+    b.ssh(
+        &b.owner,
+        "request web-01 --role viewer --for 30m --reason 'INC-6 read logs'",
+    )
+    .ok();
+    let own = olga.admin(&["approve", "--comment", "x", "2"]);
+    assert_ne!(own.code, 0);
+    assert!(
+        own.stderr.contains("cannot approve your own request 2"),
+        "{own:?}"
+    );
+    assert!(!own.stderr.contains("--yes"), "{own:?}");
 }
 
 #[test]

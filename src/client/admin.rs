@@ -3,13 +3,12 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use serde_json::Value;
-
 use super::Settings;
 use super::conn::{Connection, quote_line};
+use crate::contract::{RequestView, WhoamiView};
 use crate::error::{Error, Result};
 use crate::justify;
-use crate::model::format_duration;
+use crate::model::{RequestState, format_duration};
 
 /// What `admin` printed, and its exit status.
 pub struct AdminOutput {
@@ -26,13 +25,18 @@ pub async fn run(
     yes: bool,
 ) -> Result<AdminOutput> {
     let conn = Connection::open(settings).await?;
-    let args: Vec<&str> = words.iter().map(String::as_str).collect();
-    let mut args = args;
-    if args.first() == Some(&"requests") && !args.contains(&"--state") {
+    let mut args: Vec<&str> = words.iter().map(String::as_str).collect();
+    let help = args.iter().any(|a| matches!(*a, "--help" | "-h" | "help"));
+    let has_state = args
+        .iter()
+        .any(|a| *a == "--state" || a.starts_with("--state="));
+    if args.first() == Some(&"requests") && !has_state && !help {
         // Approvers come to decide: pending ones by default, in text and JSON alike.
         args.extend(["--state", "pending"]);
     }
     let out = match args.first().copied() {
+        // Help is text, whatever the command: the broker prints it.
+        _ if help => pass_through(&conn, &args, json).await,
         Some("requests") if !json => pending_table(&conn, &args).await,
         Some("approve") => approve(&conn, &args, json, yes).await,
         _ => pass_through(&conn, &args, json).await,
@@ -52,8 +56,7 @@ async fn pass_through(conn: &Connection, args: &[&str], json: bool) -> Result<Ad
 
 /// `admin requests`: pending by default, as a table with what an approver needs to decide.
 async fn pending_table(conn: &Connection, args: &[&str]) -> Result<AdminOutput> {
-    let list = conn.json(args).await?;
-    let rows = list.as_array().cloned().unwrap_or_default();
+    let rows: Vec<RequestView> = conn.call(args).await?;
     if rows.is_empty() {
         return Ok(text_output("no requests waiting for a decision\n".into()));
     }
@@ -62,31 +65,23 @@ async fn pending_table(conn: &Connection, args: &[&str]) -> Result<AdminOutput> 
         "ID", "REQUESTER", "HOST", "ROLE", "FOR", "APPROVALS", "DECIDE IN", "FLAGS"
     );
     for r in &rows {
-        let flags: Vec<&str> = r["justification"]["flags"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let decide = match r["pending_seconds_left"].as_u64() {
+        let decide = match r.pending_seconds_left {
             Some(secs) => format_duration(secs),
-            None => r["state"].as_str().unwrap_or_default().to_string(),
+            None => r.state.to_string(),
         };
         s.push_str(&format!(
             "{:<6} {:<12} {:<14} {:<7} {:<7} {:<10} {:<12} {}\n",
-            r["id"].as_u64().unwrap_or_default(),
-            r["requester"].as_str().unwrap_or_default(),
-            r["resource"].as_str().unwrap_or_default(),
-            r["role"].as_str().unwrap_or_default(),
-            format_duration(r["duration_secs"].as_u64().unwrap_or(0)),
-            format!(
-                "{}/{}",
-                r["approvals"].as_array().map_or(0, Vec::len),
-                r["approvals_required"]
-            ),
+            r.id,
+            r.requester.as_str(),
+            r.resource.as_str(),
+            r.role.as_str(),
+            format_duration(r.duration_secs),
+            format!("{}/{}", r.approvals.len(), r.approvals_required),
             decide,
-            if flags.is_empty() {
+            if r.justification.flags.is_empty() {
                 "-".to_string()
             } else {
-                flags.join(",")
+                r.justification.flags.join(",")
             }
         ));
     }
@@ -94,21 +89,39 @@ async fn pending_table(conn: &Connection, args: &[&str]) -> Result<AdminOutput> 
     Ok(text_output(s))
 }
 
+/// The request id among `approve`'s words: the first number that is not `--comment`'s value.
+fn approve_id<'a>(args: &[&'a str]) -> Option<&'a str> {
+    let mut words = args.iter().skip(1);
+    while let Some(w) = words.next() {
+        if *w == "--comment" {
+            words.next();
+        } else if w.parse::<u64>().is_ok() {
+            return Some(w);
+        }
+    }
+    None
+}
+
 /// `admin approve ID`: shows exactly what will be granted, asks on a terminal, then approves.
 async fn approve(conn: &Connection, args: &[&str], json: bool, yes: bool) -> Result<AdminOutput> {
-    let Some(id) = args.get(1) else {
+    let Some(id) = approve_id(args) else {
         return pass_through(conn, args, json).await;
     };
-    let r = conn.json(&["show", id]).await?;
-    if r["state"] != "pending" {
-        // Let the broker say why it cannot be approved.
+    let r: RequestView = match conn.call(&["show", id]).await {
+        Ok(r) => r,
+        // Let the broker say what is wrong with the approval itself.
+        Err(_) => return pass_through(conn, args, json).await,
+    };
+    let me: WhoamiView = conn.call(&["whoami"]).await?;
+    if r.state != RequestState::Pending || r.requester == me.name || !me.can_approve {
+        // Nothing to ask about: the broker refuses, and says why.
         return pass_through(conn, args, json).await;
     }
     let summary = grant_summary(&r);
     if !yes {
         if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
             return Err(Error::Client(format!(
-                "not approving request {id} without confirmation and there is no terminal to ask on; review it with 'admin show {id}', then rerun with --yes"
+                "not approving request {id} without confirmation and there is no terminal to ask on; review it with 'sshjit-broker admin show {id}', then rerun with --yes"
             )));
         }
         eprint!("{summary}Approve request {id}? [y/N] ");
@@ -124,30 +137,32 @@ async fn approve(conn: &Connection, args: &[&str], json: bool, yes: bool) -> Res
     pass_through(conn, args, json).await
 }
 
-fn grant_summary(r: &Value) -> String {
-    let w = &r["would_grant"];
+fn grant_summary(r: &RequestView) -> String {
     let mut s = format!(
-        "request {}: {} asks for {} on {} for {}\n  reason          {}\n  grants          {} as login {} (principal {})\n  window          {} to {} if approved now\n  approvals       {}/{}\n",
-        r["id"],
-        r["requester"].as_str().unwrap_or_default(),
-        r["role"].as_str().unwrap_or_default(),
-        r["resource"].as_str().unwrap_or_default(),
-        format_duration(r["duration_secs"].as_u64().unwrap_or(0)),
-        r["reason"].as_str().unwrap_or_default(),
-        w["effective_role"].as_str().unwrap_or("?"),
-        w["login"].as_str().unwrap_or("?"),
-        w["principals"][0].as_str().unwrap_or("?"),
-        w["start_if_approved_now"].as_str().unwrap_or("?"),
-        w["end_if_approved_now"].as_str().unwrap_or("?"),
-        r["approvals"].as_array().map_or(0, Vec::len),
-        r["approvals_required"],
+        "request {}: {} asks for {} on {} for {}\n  reason          {}\n",
+        r.id,
+        r.requester,
+        r.role,
+        r.resource,
+        format_duration(r.duration_secs),
+        r.reason,
     );
-    for f in r["justification"]["flags"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-    {
+    if let Some(w) = &r.would_grant {
+        s.push_str(&format!(
+            "  grants          {} as login {} (principal {})\n  window          {} to {} if approved now\n",
+            w.effective_role,
+            w.login,
+            w.principals.join(", "),
+            w.start_if_approved_now,
+            w.end_if_approved_now,
+        ));
+    }
+    s.push_str(&format!(
+        "  approvals       {}/{}\n",
+        r.approvals.len(),
+        r.approvals_required
+    ));
+    for f in &r.justification.flags {
         s.push_str(&format!("  ! {f}: {}\n", justify::describe(f)));
     }
     s
@@ -158,5 +173,18 @@ fn text_output(stdout: String) -> AdminOutput {
         stdout,
         stderr: String::new(),
         status: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_id_to_approve_is_found_wherever_it_stands() {
+        assert_eq!(approve_id(&["approve", "7"]), Some("7"));
+        assert_eq!(approve_id(&["approve", "--comment", "12", "7"]), Some("7"));
+        assert_eq!(approve_id(&["approve", "--comment", "x", "7"]), Some("7"));
+        assert_eq!(approve_id(&["approve", "--comment", "x"]), None);
     }
 }

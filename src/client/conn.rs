@@ -10,7 +10,6 @@ use russh::keys::agent::AgentIdentity;
 use russh::keys::agent::client::AgentClient;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use super::known::{self, HostKeyPolicy};
 use super::{Identity, Settings};
@@ -26,11 +25,6 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// The JSON on stdout of a command run with `--json`, or the broker's error.
-    pub fn json(&self) -> Result<Value> {
-        self.typed()
-    }
-
     /// The answer as the contract type `T` (see [`crate::contract`]), or the broker's error.
     /// A field the contract requires and the answer lacks is an error, never a default.
     pub fn typed<T: DeserializeOwned>(&self) -> Result<T> {
@@ -179,11 +173,6 @@ impl Connection {
             }
         }
         Ok(answer)
-    }
-
-    /// Runs `words` (quoted for the broker) with `--json` and returns the JSON answer.
-    pub async fn json(&self, words: &[&str]) -> Result<Value> {
-        self.run(&quote_line(words, true), b"").await?.json()
     }
 
     /// Runs broker command `words` with `--json` and reads its answer as contract type `T`.

@@ -11,7 +11,7 @@ use super::conn::Connection;
 use super::local::{self, LocalCert};
 use crate::ca;
 use crate::commands::RequestArgs;
-use crate::contract::RequestView;
+use crate::contract::{CertView, GrantStatus, RequestView};
 use crate::error::{Error, Result};
 use crate::justify;
 use crate::model::{RequestState, Timestamp, format_duration};
@@ -30,21 +30,10 @@ pub async fn request(
     json_out: bool,
 ) -> Result<Printed> {
     let conn = Connection::open(settings).await?;
-    let mut words = vec![
-        "request",
-        a.host.as_str(),
-        "--role",
-        a.role.as_str(),
-        "--for",
-        a.duration.as_str(),
-        "--reason",
-        a.reason.as_str(),
-    ];
-    if let Some(s) = &a.start {
-        words.extend(["--start", s.as_str()]);
-    }
-    let req = conn.json(&words).await?;
-    let id = req["id"].as_u64().unwrap_or_default();
+    let words = a.to_words();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let req: RequestView = conn.call(&words).await?;
+    let id = req.id;
     let mut text = describe_request(&req);
     if !wait {
         text.push_str(&format!(
@@ -52,7 +41,10 @@ pub async fn request(
             a.host
         ));
         conn.close().await;
-        return Ok(Printed { text, json: req });
+        return Ok(Printed {
+            text,
+            json: serde_json::to_value(&req)?,
+        });
     }
     // Print the request now: waiting can take a while.
     if !json_out {
@@ -68,20 +60,19 @@ pub async fn request(
             )));
         }
     };
-    match decided["state"].as_str() {
-        Some("approved") => {
-            let status = decided["grant"]["status"].as_str().unwrap_or_default();
-            if status == "scheduled" {
-                conn.close().await;
-                let start = decided["grant"]["start"].as_str().unwrap_or_default();
-                let text = format!(
-                    "request {id} approved; the window starts at {start}. Then run: sshjit login {id}\n"
-                );
-                return Ok(Printed {
-                    text,
-                    json: decided,
-                });
-            }
+    match (decided.state, &decided.grant) {
+        (RequestState::Approved, Some(g)) if g.status == GrantStatus::Scheduled => {
+            conn.close().await;
+            let text = format!(
+                "request {id} approved; the window starts at {}. Then run: sshjit login {id}\n",
+                g.start
+            );
+            Ok(Printed {
+                text,
+                json: serde_json::to_value(&decided)?,
+            })
+        }
+        (RequestState::Approved, _) => {
             let cert = login_on(&conn, settings, id).await?;
             conn.close().await;
             Ok(Printed {
@@ -89,20 +80,16 @@ pub async fn request(
                 json: json!({"request": decided, "certificate": cert.0}),
             })
         }
-        Some(state) => {
+        (state, _) => {
             conn.close().await;
-            let why = match state {
-                "denied" => format!(
-                    ": {}",
-                    decided["denial"]["reason"].as_str().unwrap_or_default()
-                ),
-                _ => String::new(),
+            let why = match &decided.denial {
+                Some(d) => format!(": {}", d.reason),
+                None => String::new(),
             };
             Err(Error::Client(format!(
                 "request {id} was {state}{why}; make a new request if you still need access"
             )))
         }
-        None => Err(Error::Internal("the broker's answer has no state".into())),
     }
 }
 
@@ -111,7 +98,7 @@ const WAIT_SLICE: &str = "15s";
 
 /// Follows the request until it leaves `pending`, showing progress: the broker answers each
 /// `wait` as soon as the request changes, so a decision arrives at once.
-async fn follow(conn: &Connection, id: u64, quiet: bool) -> Result<Value> {
+async fn follow(conn: &Connection, id: u64, quiet: bool) -> Result<RequestView> {
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut last = String::new();
@@ -126,7 +113,7 @@ async fn follow(conn: &Connection, id: u64, quiet: bool) -> Result<Value> {
             } else if !quiet {
                 eprintln!("request {id}: {}", r.state);
             }
-            return Ok(serde_json::to_value(&r)?);
+            return Ok(r);
         }
         if !quiet {
             let line = format!(
@@ -151,40 +138,26 @@ async fn follow(conn: &Connection, id: u64, quiet: bool) -> Result<Value> {
     }
 }
 
-fn describe_request(r: &Value) -> String {
-    let id = r["id"].as_u64().unwrap_or_default();
+fn describe_request(r: &RequestView) -> String {
     let mut s = format!(
-        "request {id}: {} access to {} for {} ({})\n",
-        r["role"].as_str().unwrap_or_default(),
-        r["resource"].as_str().unwrap_or_default(),
-        format_duration(r["duration_secs"].as_u64().unwrap_or_default()),
-        r["state"].as_str().unwrap_or_default(),
+        "request {}: {} access to {} for {} ({})\n",
+        r.id,
+        r.role,
+        r.resource,
+        format_duration(r.duration_secs),
+        r.state,
     );
-    s.push_str(&format!(
-        "justification: {}\n",
-        r["justification"]["text"].as_str().unwrap_or_default()
-    ));
-    let flags: Vec<String> = r["justification"]["flags"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(|f| format!("  ! {f}: {}", justify::describe(f)))
-                .collect()
-        })
-        .unwrap_or_default();
-    if !flags.is_empty() {
+    s.push_str(&format!("justification: {}\n", r.justification.text));
+    if !r.justification.flags.is_empty() {
         s.push_str("flags an approver will see:\n");
-        s.push_str(&flags.join("\n"));
-        s.push('\n');
+        for f in &r.justification.flags {
+            s.push_str(&format!("  ! {f}: {}\n", justify::describe(f)));
+        }
     }
-    let approvers: Vec<&str> = r["approvers"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+    let approvers: Vec<&str> = r.approvers.iter().flatten().map(|n| n.as_str()).collect();
     s.push_str(&format!(
         "needs {} approval(s) from: {}\n",
-        r["approvals_required"],
+        r.approvals_required,
         if approvers.is_empty() {
             "nobody yet".to_string()
         } else {
@@ -202,58 +175,66 @@ pub async fn status(settings: &Settings, id: Option<u64>) -> Result<Printed> {
     if let Some(i) = &id_text {
         words.push(i);
     }
-    let list = conn.json(&words).await?;
+    let list: Vec<RequestView> = conn.call(&words).await?;
     conn.close().await;
     let mut text = format!(
         "{:<6} {:<9} {:<14} {:<7} {:<8} {}\n",
         "ID", "STATE", "HOST", "ROLE", "FOR", "WHEN"
     );
-    for r in list.as_array().into_iter().flatten() {
-        let when = match (r["state"].as_str(), r["grant"]["status"].as_str()) {
-            (Some("pending"), _) => format!(
+    for r in &list {
+        let when = match (r.state, &r.grant) {
+            (RequestState::Pending, _) => format!(
                 "{} left to decide",
-                format_duration(r["pending_seconds_left"].as_u64().unwrap_or(0))
+                format_duration(r.pending_seconds_left.unwrap_or(0))
             ),
-            (Some("approved"), Some("active")) => format!(
-                "active, {} left as {}",
-                format_duration(r["grant"]["seconds_left"].as_u64().unwrap_or(0)),
-                r["grant"]["logins"][0].as_str().unwrap_or_default()
-            ),
-            (Some("approved"), Some("scheduled")) => format!(
-                "starts {}",
-                r["grant"]["start"].as_str().unwrap_or_default()
-            ),
-            (Some("approved"), _) => "window over".into(),
-            (Some("denied"), _) => format!(
-                "denied by {}: {}",
-                r["denial"]["by"].as_str().unwrap_or_default(),
-                r["denial"]["reason"].as_str().unwrap_or_default()
-            ),
-            (Some("expired"), _) => "expired without a decision".into(),
-            (Some("cancelled"), _) => "cancelled".into(),
-            _ => String::new(),
+            (RequestState::Approved, Some(g)) => match g.status {
+                GrantStatus::Active => format!(
+                    "active, {} left as {}",
+                    format_duration(g.seconds_left),
+                    g.logins.first().map(String::as_str).unwrap_or_default()
+                ),
+                GrantStatus::Scheduled => format!("starts {}", g.start),
+                GrantStatus::Ended => match &g.ended {
+                    Some(e) => format!("ended by {}: {}", e.by, e.reason),
+                    None => "ended".into(),
+                },
+                GrantStatus::Expired => "window over".into(),
+            },
+            (RequestState::Approved, None) => "approved".into(),
+            (RequestState::Denied, _) => match &r.denial {
+                Some(d) => format!("denied by {}: {}", d.by, d.reason),
+                None => "denied".into(),
+            },
+            (RequestState::Expired, _) => "expired without a decision".into(),
+            (RequestState::Cancelled, _) => match (&r.cancelled_by, &r.cancel_reason) {
+                (Some(by), Some(why)) => format!("cancelled by {by}: {why}"),
+                _ => "cancelled".into(),
+            },
         };
         text.push_str(&format!(
             "{:<6} {:<9} {:<14} {:<7} {:<8} {}\n",
-            r["id"].as_u64().unwrap_or_default(),
-            r["state"].as_str().unwrap_or_default(),
-            r["resource"].as_str().unwrap_or_default(),
-            r["role"].as_str().unwrap_or_default(),
-            format_duration(r["duration_secs"].as_u64().unwrap_or(0)),
+            r.id,
+            r.state.as_str(),
+            r.resource.as_str(),
+            r.role.as_str(),
+            format_duration(r.duration_secs),
             when
         ));
     }
-    Ok(Printed { text, json: list })
+    Ok(Printed {
+        text,
+        json: serde_json::to_value(&list)?,
+    })
 }
 
 /// `sshjit cancel ID`.
 pub async fn cancel(settings: &Settings, id: u64) -> Result<Printed> {
     let conn = Connection::open(settings).await?;
-    let r = conn.json(&["cancel", &id.to_string()]).await?;
+    let r: RequestView = conn.call(&["cancel", &id.to_string()]).await?;
     conn.close().await;
     Ok(Printed {
         text: format!("request {id} cancelled\n"),
-        json: r,
+        json: serde_json::to_value(&r)?,
     })
 }
 
@@ -287,10 +268,10 @@ async fn login_on(
             public.as_bytes(),
         )
         .await?;
-    let cert_json = answer.json()?;
-    let local = local::save(&settings.certs_dir, &cert_json, id, &private, &public)?;
+    let cert: CertView = answer.typed()?;
+    let local = local::save(&settings.certs_dir, &cert, id, &private, &public)?;
     // The broker's clock decides the lifetime, not ours.
-    let seconds = cert_json["seconds_left"].as_u64().unwrap_or(0);
+    let seconds = cert.seconds_left;
     let agent = local::add_to_agent(&local, seconds)?.then_some(seconds);
     Ok((local, agent))
 }
@@ -324,25 +305,23 @@ pub async fn certificate_for(settings: &Settings, host: &str) -> Result<LocalCer
         return Ok(c);
     }
     let conn = Connection::open(settings).await?;
-    let mine = conn.json(&["status"]).await?;
-    let grants: Vec<&Value> = mine
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["resource"] == host && r["state"] == "approved")
-        .collect();
-    if let Some(active) = grants.iter().find(|r| r["grant"]["status"] == "active") {
-        let id = active["id"].as_u64().unwrap_or_default();
+    let mine: Vec<RequestView> = conn.call(&["status"]).await?;
+    let grant_in = |status: GrantStatus| {
+        mine.iter().find_map(|r| {
+            let g = r.grant.as_ref()?;
+            (r.resource.as_str() == host && g.status == status).then_some((r.id, g))
+        })
+    };
+    if let Some((id, _)) = grant_in(GrantStatus::Active) {
         let (c, _) = login_on(&conn, settings, id).await?;
         conn.close().await;
         return Ok(c);
     }
     conn.close().await;
-    if let Some(later) = grants.iter().find(|r| r["grant"]["status"] == "scheduled") {
+    if let Some((id, g)) = grant_in(GrantStatus::Scheduled) {
         return Err(Error::Client(format!(
-            "your grant for {host} (request {}) starts at {}; connect then",
-            later["id"],
-            later["grant"]["start"].as_str().unwrap_or_default()
+            "your grant for {host} (request {id}) starts at {}; connect then",
+            g.start
         )));
     }
     Err(Error::Client(format!(

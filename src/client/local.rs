@@ -11,6 +11,7 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
+use crate::contract::CertView;
 use crate::error::{Error, Result};
 use crate::model::{Name, Timestamp};
 
@@ -45,21 +46,12 @@ pub fn host_dir(root: &Path, host: &str) -> Result<PathBuf> {
 /// Writes a new grant's key and certificate and points `current` at them.
 pub fn save(
     root: &Path,
-    cert_json: &serde_json::Value,
+    cert: &CertView,
     request_id: u64,
     private_key: &str,
     public_key: &str,
 ) -> Result<LocalCert> {
-    let field = |k: &str| {
-        cert_json[k]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| Error::Internal(format!("the broker's certificate answer has no {k}")))
-    };
-    let host = cert_json["host"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let host = cert.host.name.to_string();
     let dir = host_dir(root, &host)?;
     for d in [root, dir.as_path()] {
         DirBuilder::new()
@@ -72,19 +64,13 @@ pub fn save(
     let certificate = dir.join(format!("{request_id}-cert.pub"));
     let local = LocalCert {
         request_id,
-        serial: cert_json["serial"].as_u64().unwrap_or_default(),
+        serial: cert.serial,
         host,
-        address: cert_json["host"]["address"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        port: cert_json["host"]["port"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or(22),
-        login: field("login")?,
-        valid_after: Timestamp::parse_rfc3339(&field("valid_after")?)?,
-        valid_before: Timestamp::parse_rfc3339(&field("valid_before")?)?,
+        address: cert.host.address.clone(),
+        port: cert.host.port,
+        login: cert.login.clone(),
+        valid_after: cert.valid_after,
+        valid_before: cert.valid_before,
         key: key.clone(),
         certificate: certificate.clone(),
     };
@@ -97,7 +83,7 @@ pub fn save(
         &dir.join(format!("{request_id}.pub")),
         &format!("{}\n", public_key.trim()),
     )?;
-    write_private(&certificate, &format!("{}\n", field("certificate")?))?;
+    write_private(&certificate, &format!("{}\n", cert.certificate.trim()))?;
     let meta = serde_json::to_string_pretty(&local).map_err(Error::from)?;
     write_private(&dir.join(format!("{request_id}.json")), &meta)?;
     relink(&dir, request_id)?;

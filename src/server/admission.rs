@@ -88,6 +88,7 @@ impl Admission {
 
     /// A place for a new connection from `ip` until it authenticates.
     pub fn startup(self: &Arc<Self>, ip: IpAddr) -> Result<Startup, Refusal> {
+        let ip = source(ip);
         let mut st = self.lock();
         if st.startups >= self.limits.max_startups {
             return Err(Refusal::Startups {
@@ -136,6 +137,21 @@ impl Admission {
     pub fn counts(&self) -> (usize, usize) {
         let st = self.lock();
         (st.startups, st.seats)
+    }
+}
+
+/// The source a connection counts against: an IPv4 address (also when IPv4-mapped), or an
+/// IPv6 /64, since one IPv6 host commonly holds a whole /64.
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }
 
@@ -195,6 +211,23 @@ mod tests {
         drop(s1);
         assert_eq!(a.counts(), (2, 0));
         let _s4 = a.startup(z).unwrap();
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_by_its_64_and_mapped_addresses_as_ipv4() {
+        let a = Admission::new(limits());
+        let _x = a.startup("2001:db8::1".parse().unwrap()).unwrap();
+        let _y = a.startup("2001:db8::ffff:2".parse().unwrap()).unwrap();
+        assert!(matches!(
+            a.startup("2001:db8::3".parse().unwrap()),
+            Err(Refusal::PerSource { .. })
+        ));
+        let _m = a.startup("::ffff:10.0.0.1".parse().unwrap()).unwrap();
+        let _v4 = a.startup("10.0.0.1".parse().unwrap());
+        assert!(matches!(
+            a.startup("10.0.0.1".parse().unwrap()),
+            Err(Refusal::Startups { .. } | Refusal::PerSource { .. })
+        ));
     }
 
     #[test]

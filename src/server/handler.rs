@@ -29,8 +29,9 @@ pub(super) struct Conn {
     startup: Option<Startup>,
     /// The seat it holds once authenticated (released on drop).
     seat: Option<Seat>,
-    /// Set when authentication found no seat: every further attempt is refused.
-    refused: bool,
+    /// Set when authentication found no seat, with the reason: the connection is disconnected
+    /// as authentication completes, and every further attempt is refused.
+    refused: Option<String>,
     signals: Arc<Signals>,
     /// Commands waiting for their stdin (a public key) to end.
     waiting: HashMap<ChannelId, (Invocation, Vec<u8>)>,
@@ -51,7 +52,7 @@ impl Conn {
             fingerprint: None,
             startup: Some(startup),
             seat: None,
-            refused: false,
+            refused: None,
             signals,
             waiting: HashMap::new(),
             done,
@@ -169,11 +170,13 @@ impl russh::server::Handler for Conn {
         _user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(if !self.refused && self.is_member(offer.public_key) {
-            Auth::Accept
-        } else {
-            Auth::reject()
-        })
+        Ok(
+            if self.refused.is_none() && self.is_member(offer.public_key) {
+                Auth::Accept
+            } else {
+                Auth::reject()
+            },
+        )
     }
 
     async fn auth_publickey(
@@ -181,7 +184,7 @@ impl russh::server::Handler for Conn {
         _user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        if self.refused {
+        if self.refused.is_some() {
             return Ok(Auth::reject());
         }
         let fp = ca::fingerprint(key.public_key.key_data());
@@ -205,11 +208,10 @@ impl russh::server::Handler for Conn {
             Err(refusal) => {
                 // Closed at authentication: an over-cap connection holds no seat and runs
                 // nothing. The key is accepted only so that the disconnect, with its reason,
-                // reaches the client before it gives up; no channel opens without a seat.
+                // goes out with the success reply (auth_succeeded) and reaches the client
+                // before it gives up; no channel opens without a seat.
                 tracing::warn!(peer = %self.peer, member = %name, %refusal, "connection refused at authentication");
-                self.refused = true;
-                self.signals
-                    .request_disconnect(Disconnect::TooManyConnections, refusal.to_string());
+                self.refused = Some(refusal.to_string());
                 return Ok(Auth::Accept);
             }
         }
@@ -218,6 +220,16 @@ impl russh::server::Handler for Conn {
         self.signals.touch();
         self.signals.authed.store(true, Ordering::SeqCst);
         Ok(Auth::Accept)
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(reason) = &self.refused {
+            session.disconnect(Disconnect::TooManyConnections, reason, "")?;
+            // And cut the socket if the client does not go.
+            self.signals
+                .request_disconnect(Disconnect::TooManyConnections, reason.clone());
+        }
+        Ok(())
     }
 
     async fn channel_open_session(
