@@ -145,6 +145,8 @@ pub struct CertView {
     /// Seconds left in the window by the broker's clock when it signed.
     pub seconds_left: u64,
     pub host: HostAddress,
+    /// The fingerprint of the CA that signed it (what the host must trust).
+    pub ca_fingerprint: String,
 }
 
 /// Where a certificate is used.

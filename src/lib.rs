@@ -22,6 +22,7 @@
 pub mod audit;
 pub mod broker;
 pub mod ca;
+pub mod cli_docs;
 pub mod client;
 pub mod commands;
 pub mod contract;

@@ -452,6 +452,61 @@ fn ssh_fetches_an_unfetched_grant_or_names_the_request_to_make() {
     assert_eq!(ok.code, 0, "{ok:?}\n{}", sshd.log());
     assert_eq!(ok.stdout.trim(), me);
     assert!(alice.certs_dir().join("web-01/1-cert.pub").exists());
+
+    // A stored certificate serves with no broker settings at all: `ssh` is local.
+    let mut c = alice.cmd(helper_bin());
+    c.env_remove("SSHJIT_BROKER")
+        .env_remove("SSHJIT_IDENTITY")
+        .args(ssh_args(&["id", "-un"]).iter().skip(1));
+    let offline = util::run_with_stdin(c, b"");
+    assert_eq!(offline.code, 0, "{offline:?}");
+    assert_eq!(offline.stdout.trim(), me);
+
+    // A certificate from another CA (the broker was replaced) is not offered: the helper
+    // says so and fetches one from this broker's CA for the current grant.
+    let meta = alice.certs_dir().join("web-01/1.json");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["ca_fingerprint"] = "SHA256:an-old-ca".into();
+    std::fs::write(&meta, v.to_string()).unwrap();
+    let again = alice.helper(
+        &ssh_args(&["id", "-un"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(
+        again.stderr.contains("was signed by CA SHA256:an-old-ca")
+            && again.stderr.contains("it was replaced"),
+        "{again:?}"
+    );
+    let fresh: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    assert_ne!(fresh["ca_fingerprint"], "SHA256:an-old-ca");
+
+    // The habits of tsh: ls, whoami, logout.
+    let ls = alice.helper(&["ls"]).ok();
+    assert!(
+        ls.stdout.contains("web-01") && ls.stdout.contains("sshjit-ro"),
+        "{ls:?}"
+    );
+    let who = alice.helper(&["whoami", "--json"]).ok().json();
+    assert_eq!(who["name"], "alice");
+    let out = alice.helper(&["logout", "1"]).ok();
+    assert!(
+        out.stdout
+            .contains("removed the key and certificate for web-01"),
+        "{out:?}"
+    );
+    assert!(!alice.certs_dir().join("web-01/1-cert.pub").exists());
+    let out = alice.helper(&["logout", "1"]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("no stored certificate for request 1"),
+        "{out:?}"
+    );
+    alice.helper(&["logout", "--all"]).ok();
 }
 
 #[test]

@@ -7,14 +7,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use sshjit::audit::VerifyReport;
 use sshjit::broker::{Output, verify_reply};
 use sshjit::client::{ConnectArgs, Settings, admin};
 use sshjit::datadir::{self, DataDir};
 use sshjit::model::Timestamp;
 use sshjit::store::Store;
-use sshjit::{Error, audit, dev, server};
+use sshjit::{Error, audit, cli_docs, dev, server};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
@@ -80,6 +80,13 @@ enum Cmd {
     /// Offline audit commands (the daemon must be stopped to read its database).
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Print a shell completion script: source it, or install it where your shell looks.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): sshjit-broker man > ~/.local/share/man/man1/sshjit-broker.1
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +139,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Cmd::Completions { shell } => {
+            print!("{}", cli_docs::completions(Cli::command(), shell));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man => {
+            print!("{}", cli_docs::man_page(Cli::command())?);
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Init {
             data_dir,
             owner,

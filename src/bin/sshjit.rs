@@ -3,11 +3,11 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use sshjit::Error;
+use clap::{CommandFactory, Parser, Subcommand};
 use sshjit::client::{self, ConnectArgs, Settings, helper, local};
 use sshjit::commands::RequestArgs;
 use sshjit::model::Timestamp;
+use sshjit::{Error, cli_docs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,6 +53,26 @@ enum Cmd {
     SshConfig,
     /// List the certificates stored in ~/.ssh/sshjit.
     Certs,
+    /// List the hosts you can request, with the login for each role.
+    Ls,
+    /// Show who the broker thinks you are.
+    Whoami,
+    /// Remove stored keys and certificates (one request's, or all) and their ssh-agent entries.
+    Logout {
+        /// The request whose certificate to remove.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<u64>,
+        /// Remove every stored certificate.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print a shell completion script: source it, or install it where your shell looks.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): sshjit man > ~/.local/share/man/man1/sshjit.1
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -81,6 +101,17 @@ async fn run(cli: &Cli) -> Result<(), Error> {
         // Local-only commands need no broker.
         Cmd::SshConfig => helper::ssh_config(&client::certs_dir()?)?,
         Cmd::Certs => helper::certs(&client::certs_dir()?)?,
+        Cmd::Logout { id, .. } => helper::logout(&client::certs_dir()?, *id)?,
+        Cmd::Completions { shell } => {
+            print!("{}", cli_docs::completions(Cli::command(), *shell));
+            return Ok(());
+        }
+        Cmd::Man => {
+            print!("{}", cli_docs::man_page(Cli::command())?);
+            return Ok(());
+        }
+        Cmd::Ls => helper::ls(&settings(cli)?).await?,
+        Cmd::Whoami => helper::whoami(&settings(cli)?).await?,
         Cmd::Request { args, wait } => {
             helper::request(&settings(cli)?, args, *wait, cli.json).await?
         }
@@ -88,7 +119,14 @@ async fn run(cli: &Cli) -> Result<(), Error> {
         Cmd::Cancel { id } => helper::cancel(&settings(cli)?, *id).await?,
         Cmd::Login { id } => helper::login(&settings(cli)?, *id).await?,
         Cmd::Ssh { host, args } => {
-            let cert = helper::certificate_for(&settings(cli)?, host).await?;
+            // A stored certificate serves without broker settings; with them, it is checked.
+            let settings = match settings(cli) {
+                Ok(s) => Some(s),
+                Err(Error::Config(_)) => None,
+                Err(e) => return Err(e),
+            };
+            let certs_dir = client::certs_dir()?;
+            let cert = helper::certificate_for(settings.as_ref(), &certs_dir, host).await?;
             let err = exec(helper::ssh_command(&cert, args));
             return Err(Error::Client(format!(
                 "cannot run ssh: {err}; install openssh-client"

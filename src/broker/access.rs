@@ -353,6 +353,7 @@ impl Broker {
                 address: host.address,
                 port: host.port,
             },
+            ca_fingerprint: self.ca.fingerprint(),
         };
         Reply::of(&view, format!("{line}\n"))
     }

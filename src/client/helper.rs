@@ -11,7 +11,7 @@ use super::conn::Connection;
 use super::local::{self, LocalCert};
 use crate::ca;
 use crate::commands::RequestArgs;
-use crate::contract::{CertView, GrantStatus, RequestView};
+use crate::contract::{CaPubkeyView, CertView, GrantStatus, HostView, RequestView, WhoamiView};
 use crate::error::{Error, Result};
 use crate::justify;
 use crate::model::{RequestState, Timestamp, format_duration};
@@ -269,7 +269,14 @@ async fn login_on(
         )
         .await?;
     let cert: CertView = answer.typed()?;
-    let local = local::save(&settings.certs_dir, &cert, id, &private, &public)?;
+    let local = local::save(
+        &settings.certs_dir,
+        &settings.broker,
+        &cert,
+        id,
+        &private,
+        &public,
+    )?;
     // The broker's clock decides the lifetime, not ours.
     let seconds = cert.seconds_left;
     let agent = local::add_to_agent(&local, seconds)?.then_some(seconds);
@@ -299,12 +306,54 @@ fn login_text(c: &LocalCert, agent: Option<u64>) -> String {
 }
 
 /// Finds (or fetches) the current certificate for `host`, or says which request to make.
-pub async fn certificate_for(settings: &Settings, host: &str) -> Result<LocalCert> {
+///
+/// A stored certificate serves without any broker settings. With settings, the broker is
+/// asked which CA it signs with, and a certificate from another CA (a broker that was
+/// replaced) is never offered; if the broker cannot be reached, the stored one is used.
+pub async fn certificate_for(
+    settings: Option<&Settings>,
+    certs_dir: &std::path::Path,
+    host: &str,
+) -> Result<LocalCert> {
     let now = Timestamp::now();
-    if let Some(c) = local::current_for(&settings.certs_dir, host, now)? {
-        return Ok(c);
+    let stored = local::current_for(certs_dir, host, now)?;
+    let Some(settings) = settings else {
+        return stored.ok_or_else(|| {
+            Error::Client(format!(
+                "no current certificate for {host} is stored here, and no broker is configured to ask for one; set SSHJIT_BROKER and SSHJIT_IDENTITY (or --broker and --identity), then run: sshjit ssh {host}"
+            ))
+        });
+    };
+    let conn = match Connection::open(settings).await {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(c) = stored {
+                eprintln!(
+                    "sshjit: cannot reach the broker to check the certificate ({e}); using the stored one"
+                );
+                return Ok(c);
+            }
+            return Err(e);
+        }
+    };
+    if let Some(c) = stored {
+        let ca: CaPubkeyView = conn.call(&["ca-pubkey"]).await?;
+        if ca.fingerprint == c.ca_fingerprint {
+            conn.close().await;
+            return Ok(c);
+        }
+        eprintln!(
+            "sshjit: the stored certificate for {host} (request {}) was signed by CA {}, but the broker at {} now signs with {}: it was replaced, so that certificate cannot work; looking for a current grant",
+            c.request_id,
+            if c.ca_fingerprint.is_empty() {
+                "unknown"
+            } else {
+                c.ca_fingerprint.as_str()
+            },
+            settings.broker,
+            ca.fingerprint
+        );
     }
-    let conn = Connection::open(settings).await?;
     let mine: Vec<RequestView> = conn.call(&["status"]).await?;
     let grant_in = |status: GrantStatus| {
         mine.iter().find_map(|r| {
@@ -404,5 +453,102 @@ pub fn certs(certs_dir: &std::path::Path) -> Result<Printed> {
     Ok(Printed {
         text,
         json: serde_json::to_value(&all)?,
+    })
+}
+
+/// `sshjit ls`: the hosts you can request, with the login for each role and the approvals needed.
+pub async fn ls(settings: &Settings) -> Result<Printed> {
+    let conn = Connection::open(settings).await?;
+    let hosts: Vec<HostView> = conn.call(&["host", "list"]).await?;
+    conn.close().await;
+    let mut text = format!(
+        "{:<16} {:<12} {:<12} {:<10} {}\n",
+        "HOST", "VIEWER AS", "EDITOR AS", "APPROVALS", "TAGS"
+    );
+    for h in &hosts {
+        let login = |r| h.logins.get(&r).map_or("-", String::as_str);
+        let tags: Vec<&str> = h.tags.iter().map(|t| t.as_str()).collect();
+        text.push_str(&format!(
+            "{:<16} {:<12} {:<12} {:<10} {}\n",
+            h.name.as_str(),
+            login(crate::model::GrantRole::Viewer),
+            login(crate::model::GrantRole::Editor),
+            h.approvals_required,
+            if tags.is_empty() {
+                "-".into()
+            } else {
+                tags.join(",")
+            }
+        ));
+    }
+    if hosts.is_empty() {
+        text = "no hosts yet; an owner or admin adds them with 'host add'\n".into();
+    } else {
+        text.push_str("\nask for one with: sshjit request HOST --role viewer|editor --for 1h --reason 'TICKET-123 why'\n");
+    }
+    Ok(Printed {
+        text,
+        json: serde_json::to_value(&hosts)?,
+    })
+}
+
+/// `sshjit whoami`: who the broker thinks you are.
+pub async fn whoami(settings: &Settings) -> Result<Printed> {
+    let conn = Connection::open(settings).await?;
+    let me: WhoamiView = conn.call(&["whoami"]).await?;
+    conn.close().await;
+    let text = format!(
+        "{} ({}) on the broker at {}{}\n",
+        me.name,
+        me.role,
+        settings.broker,
+        if me.can_approve {
+            "; you can approve others' requests"
+        } else {
+            ""
+        }
+    );
+    Ok(Printed {
+        text,
+        json: serde_json::to_value(&me)?,
+    })
+}
+
+/// `sshjit logout [ID | --all]`: removes stored keys and certificates, and their ssh-agent
+/// entries. Local only: the certificates stay valid until their windows end (on the host).
+pub fn logout(certs_dir: &std::path::Path, id: Option<u64>) -> Result<Printed> {
+    let all = local::list(certs_dir)?;
+    let chosen: Vec<&LocalCert> = all
+        .iter()
+        .filter(|c| id.is_none_or(|i| c.request_id == i))
+        .collect();
+    if let (Some(i), true) = (id, chosen.is_empty()) {
+        return Err(Error::Client(format!(
+            "no stored certificate for request {i}; 'sshjit certs' lists them"
+        )));
+    }
+    let mut text = String::new();
+    for c in &chosen {
+        let agent = local::remove_from_agent(c);
+        local::remove(c);
+        text.push_str(&format!(
+            "removed the key and certificate for {} (request {}){}\n",
+            c.host,
+            c.request_id,
+            if agent {
+                " and its ssh-agent entry"
+            } else {
+                ""
+            }
+        ));
+    }
+    if chosen.is_empty() {
+        text.push_str("no stored certificates\n");
+    } else {
+        text.push_str("certificates already given to ssh stay valid until their windows end\n");
+    }
+    Ok(Printed {
+        text,
+        json: json!({"removed": chosen.iter().map(|c| c.request_id).collect::<Vec<_>>()}),
     })
 }

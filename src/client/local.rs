@@ -18,6 +18,12 @@ use crate::model::{Name, Timestamp};
 /// One certificate on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalCert {
+    /// The broker (`host:port`) that issued it.
+    #[serde(default)]
+    pub broker: String,
+    /// The CA that signed it: a certificate is offered only while its broker's CA is this one.
+    #[serde(default)]
+    pub ca_fingerprint: String,
     pub request_id: u64,
     pub serial: u64,
     pub host: String,
@@ -46,6 +52,7 @@ pub fn host_dir(root: &Path, host: &str) -> Result<PathBuf> {
 /// Writes a new grant's key and certificate and points `current` at them.
 pub fn save(
     root: &Path,
+    broker: &str,
     cert: &CertView,
     request_id: u64,
     private_key: &str,
@@ -63,6 +70,8 @@ pub fn save(
     let key = dir.join(request_id.to_string());
     let certificate = dir.join(format!("{request_id}-cert.pub"));
     let local = LocalCert {
+        broker: broker.to_string(),
+        ca_fingerprint: cert.ca_fingerprint.clone(),
         request_id,
         serial: cert.serial,
         host,
@@ -141,26 +150,45 @@ pub fn prune(root: &Path, now: Timestamp) -> Result<Vec<LocalCert>> {
         if c.valid_before > now {
             continue;
         }
-        let dir = c.key.parent().map(Path::to_path_buf).unwrap_or_default();
-        let id = c.request_id;
-        for name in [
-            id.to_string(),
-            format!("{id}.pub"),
-            format!("{id}-cert.pub"),
-            format!("{id}.json"),
-        ] {
-            let _ = fs::remove_file(dir.join(name));
-        }
-        for link in ["current", "current-cert.pub"] {
-            let p = dir.join(link);
-            if fs::symlink_metadata(&p).is_ok() && fs::metadata(&p).is_err() {
-                let _ = fs::remove_file(&p);
-            }
-        }
-        let _ = fs::remove_dir(&dir);
+        remove(&c);
         removed.push(c);
     }
     Ok(removed)
+}
+
+/// Deletes one certificate's files (and the `current` links if they pointed at it).
+pub fn remove(c: &LocalCert) {
+    let dir = c.key.parent().map(Path::to_path_buf).unwrap_or_default();
+    let id = c.request_id;
+    for name in [
+        id.to_string(),
+        format!("{id}.pub"),
+        format!("{id}-cert.pub"),
+        format!("{id}.json"),
+    ] {
+        let _ = fs::remove_file(dir.join(name));
+    }
+    for link in ["current", "current-cert.pub"] {
+        let p = dir.join(link);
+        if fs::symlink_metadata(&p).is_ok() && fs::metadata(&p).is_err() {
+            let _ = fs::remove_file(&p);
+        }
+    }
+    let _ = fs::remove_dir(&dir);
+}
+
+/// Takes a certificate and its key out of the running ssh-agent; whether an agent was there.
+pub fn remove_from_agent(c: &LocalCert) -> bool {
+    if std::env::var_os("SSH_AUTH_SOCK").is_none() {
+        return false;
+    }
+    Command::new("ssh-add")
+        .arg("-d")
+        .arg(&c.key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The current certificate for `host` with the most time left, if any.

@@ -32,8 +32,8 @@ pub fn require(tool: &str) -> PathBuf {
         }
     }
     panic!(
-        "{tool} is not installed; these tests run real OpenSSH. Install it with \
-         'apt-get install -y openssh-server openssh-client', or run scripts/test, which does"
+        "{tool} is not installed; these tests run real tools. Install them with \
+         'apt-get install -y openssh-server openssh-client man-db', or run scripts/test, which does"
     );
 }
 
