@@ -43,10 +43,14 @@ pub enum Command {
         limit: usize,
     },
     /// Show one request in full (requester or approvers).
-    Show { id: u64 },
+    Show {
+        /// The request id.
+        id: u64,
+    },
     /// Wait until a request changes (a decision, an approval, expiry) or is not in --while's
     /// state, then show it; after --timeout, show it as it is.
     Wait {
+        /// The request id.
         id: u64,
         /// The state to wait out: pending, approved, denied, expired or cancelled.
         #[arg(long = "while", value_name = "STATE", default_value = "pending")]
@@ -56,7 +60,10 @@ pub enum Command {
         timeout: String,
     },
     /// Withdraw your pending request.
-    Cancel { id: u64 },
+    Cancel {
+        /// The request id.
+        id: u64,
+    },
     /// List everyone's requests (owners and admins).
     Requests {
         /// Only this state: pending, approved, denied, expired or cancelled.
@@ -68,6 +75,7 @@ pub enum Command {
     },
     /// Approve a pending request (owners and admins, not your own).
     Approve {
+        /// The request id.
         id: u64,
         /// A note for the audit log.
         #[arg(long)]
@@ -75,6 +83,7 @@ pub enum Command {
     },
     /// Deny a pending request (owners and admins).
     Deny {
+        /// The request id.
         id: u64,
         /// Why, for the requester and the audit log.
         #[arg(long)]
@@ -82,6 +91,7 @@ pub enum Command {
     },
     /// Sign a certificate for a current grant. The public key comes from --key or stdin.
     Cert {
+        /// The request id.
         id: u64,
         /// The public key to certify (`ssh-ed25519 AAAA...`); omit to read it from stdin.
         #[arg(long, num_args = 1..=3, value_name = "PUBKEY")]
@@ -111,13 +121,14 @@ pub enum Command {
 /// `request` arguments.
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct RequestArgs {
-    /// The host to access.
+    /// The host to access (its name, as the host list shows it).
+    #[arg(value_name = "HOST")]
     pub host: String,
     /// viewer or editor.
     #[arg(long)]
     pub role: String,
     /// How long, such as 30m, 2h or 1h30m (5m to 24h).
-    #[arg(long = "for", value_name = "DURATION")]
+    #[arg(long = "for", visible_alias = "duration", value_name = "DURATION")]
     pub duration: String,
     /// Why you need access; cite a ticket or incident.
     #[arg(long)]
@@ -306,7 +317,9 @@ pub fn parse_words(words: &[String]) -> Result<Parsed> {
             ErrorKind::InvalidSubcommand => Err(unknown_command(&e, words)),
             kind => {
                 let mut msg = clean_clap_error(&e.render().to_string());
-                if kind == ErrorKind::UnknownArgument {
+                if let Some(hint) = duration_hint(&e) {
+                    msg.push_str(&format!(". {hint}"));
+                } else if kind == ErrorKind::UnknownArgument {
                     msg.push_str(
                         ". A value with spaces needs its own quotes inside the ssh command, such as --reason \"'INC-7 restart the worker'\"",
                     );
@@ -318,6 +331,35 @@ pub fn parse_words(words: &[String]) -> Result<Parsed> {
             }
         },
     }
+}
+
+/// A hint when a stray word is a time unit (`--for 2 hours`): durations are one word.
+pub fn duration_hint(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(word)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let unit = matches!(
+        word.to_ascii_lowercase().as_str(),
+        "s" | "sec"
+            | "secs"
+            | "second"
+            | "seconds"
+            | "m"
+            | "min"
+            | "mins"
+            | "minute"
+            | "minutes"
+            | "h"
+            | "hr"
+            | "hrs"
+            | "hour"
+            | "hours"
+            | "d"
+            | "day"
+            | "days"
+    );
+    unit.then(|| "write a duration as one word with its unit, such as --for 2h or --for 90m".into())
 }
 
 /// Parses with a command tree built once per thread: building it costs more than parsing.
@@ -355,21 +397,31 @@ fn unknown_command(e: &clap::Error, words: &[String]) -> Error {
             )
         })
     });
+    let did_you_mean = |names: &[String]| {
+        crate::model::closest(&bad, names.iter().map(String::as_str))
+            .map(|c| format!("did you mean '{c}'? "))
+            .unwrap_or_default()
+    };
     match parent {
         Some((first, subs)) => Error::UnknownCommand {
             command: format!("{first} {}", crate::model::printable(&bad, 40)),
             hint: format!(
-                "'{first}' takes: {}. Run '{first} --help' for details",
+                "{}'{first}' takes: {}. Run '{first} --help' for details",
+                did_you_mean(&subs),
                 subs.join(", ")
             ),
         },
-        None => Error::UnknownCommand {
-            command: crate::model::printable(&bad, 40),
-            hint: format!(
-                "the commands are: {}. Run 'help' for details",
-                known_commands().join(", ")
-            ),
-        },
+        None => {
+            let known = known_commands();
+            Error::UnknownCommand {
+                command: crate::model::printable(&bad, 40),
+                hint: format!(
+                    "{}the commands are: {}. Run 'help' for details",
+                    did_you_mean(&known),
+                    known.join(", ")
+                ),
+            }
+        }
     }
 }
 

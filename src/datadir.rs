@@ -280,6 +280,29 @@ pub fn open(dir: &DataDir) -> Result<Opened> {
     })
 }
 
+/// `check-config`: every check `serve` makes of a data dir before it opens the database, each
+/// as `(what, Err(what to change))`, without opening the database (a running broker holds it).
+pub fn check(dir: &DataDir) -> Vec<(String, Result<()>)> {
+    let mut out = vec![(
+        "config.toml".to_string(),
+        Config::load(&dir.config()).map(|_| ()),
+    )];
+    out.push(("modes and owners".into(), check_files(dir, current_uid())));
+    for (name, path) in [("ca_key", dir.ca_key()), ("host_key", dir.host_key())] {
+        out.push((name.into(), ca::read_private_key(&path).map(|_| ())));
+    }
+    let db = if dir.db().join("conf").is_file() || dir.db().join("db").is_file() {
+        Ok(())
+    } else {
+        Err(Error::DataDir(format!(
+            "{} holds no database; make the data dir with 'sshjit-broker init'",
+            dir.db().display()
+        )))
+    };
+    out.push(("db/".into(), db));
+    out
+}
+
 /// The effective user id of this process.
 fn current_uid() -> u32 {
     // SAFETY: geteuid has no preconditions, cannot fail and touches no memory of ours.

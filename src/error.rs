@@ -33,6 +33,13 @@ pub enum Error {
     /// Something named does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// No host by that name: says the closest name, and the names there are.
+    #[error("no host named {name}{}", host_hint(.did_you_mean, .known))]
+    UnknownHost {
+        name: String,
+        did_you_mean: Option<String>,
+        known: Vec<String>,
+    },
     /// Something with that name or key already exists.
     #[error("{0}")]
     AlreadyExists(String),
@@ -128,7 +135,7 @@ impl Error {
             Error::UnknownCommand { .. } => "unknown_command",
             Error::ExecLineTooLong { .. } => "command_too_long",
             Error::RoleNotGrantable(_) => "role_not_grantable",
-            Error::NotFound(_) => "not_found",
+            Error::NotFound(_) | Error::UnknownHost { .. } => "not_found",
             Error::AlreadyExists(_) => "already_exists",
             Error::PermissionDenied(_) | Error::MembershipChanged => "permission_denied",
             Error::InvalidState(_) => "invalid_state",
@@ -169,6 +176,31 @@ impl Error {
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let context = context.into();
         move |source| Error::Io { context, source }
+    }
+}
+
+/// "; did you mean X? The hosts are: a, b" (at most ten names), without naming a command, so
+/// it reads right in every client.
+fn host_hint(did_you_mean: &Option<String>, known: &[String]) -> String {
+    let list = match known.len() {
+        0 => "there are no hosts yet (an owner or admin adds them)".to_string(),
+        n if n <= 10 => format!("the hosts are: {}", known.join(", ")),
+        n => format!(
+            "the hosts include: {} and {} more",
+            known[..10].join(", "),
+            n - 10
+        ),
+    };
+    match did_you_mean {
+        Some(d) => {
+            let mut list = list;
+            if let Some(first) = list.get(..1) {
+                let upper = first.to_uppercase();
+                list.replace_range(..1, &upper);
+            }
+            format!("; did you mean {d}? {list}")
+        }
+        None => format!("; {list}"),
     }
 }
 

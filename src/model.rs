@@ -48,17 +48,26 @@ impl Timestamp {
             .map(|t| Timestamp(t.timestamp()))
             .map_err(|_| {
                 Error::invalid(format!(
-                    "'{}' is not a time; use RFC 3339 such as 2026-11-21T22:46:20Z, or +DURATION such as +30m",
+                    "'{}' is not a time; use RFC 3339 such as 2026-11-21T22:46:20Z",
                     printable(s, 40)
                 ))
             })
     }
 
-    /// Parses a user-supplied start time: RFC 3339, or `+DURATION` relative to `now`.
+    /// Parses a user-supplied start time: RFC 3339, or `+DURATION` relative to `now`. The
+    /// example in the error is a day after `now`, so it is one that would work.
     pub fn parse_start(s: &str, now: Timestamp) -> Result<Self> {
         match s.strip_prefix('+') {
             Some(rel) => Ok(now.plus(parse_duration(rel)?)),
-            None => Self::parse_rfc3339(s),
+            None => DateTime::parse_from_rfc3339(s)
+                .map(|t| Timestamp(t.timestamp()))
+                .map_err(|_| {
+                    Error::invalid(format!(
+                        "'{}' is not a start time; use +DURATION such as +30m or +1d, or RFC 3339 such as {}",
+                        printable(s, 40),
+                        now.plus(86_400)
+                    ))
+                }),
         }
     }
 }
@@ -103,7 +112,7 @@ pub fn parse_duration(s: &str) -> Result<u64> {
             digits.push(c);
             continue;
         }
-        let unit = match c {
+        let unit = match c.to_ascii_lowercase() {
             's' => 1,
             'm' => 60,
             'h' => 3600,
@@ -317,6 +326,42 @@ pub fn validate_address(s: &str) -> Result<()> {
             printable(s, 80)
         )))
     }
+}
+
+/// The candidate closest to `word` by edit distance, if it is close enough to be a typo.
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance, with a swap of two neighbours counting as one edit.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// Whether `c` must not appear in text a member writes for others to read (reasons,
@@ -652,6 +697,13 @@ mod tests {
             "owner".parse::<GrantRole>(),
             Err(Error::RoleNotGrantable(_))
         ));
+    }
+
+    #[test]
+    fn typos_find_their_word() {
+        assert_eq!(closest("dmeo", ["demo", "web-01"]), Some("demo"));
+        assert_eq!(closest("aprove", ["approve", "deny"]), Some("approve"));
+        assert_eq!(closest("zzz", ["approve", "deny"]), None);
     }
 
     #[test]

@@ -419,10 +419,9 @@ impl Policy {
         let Some(grant) = req.grant() else {
             let state = req.state_at(now);
             let hint = match state {
-                RequestState::Pending => format!(
-                    "wait for approval, then run 'sshjit login {}' again",
-                    req.id
-                ),
+                RequestState::Pending => {
+                    "wait for approval, then ask for the certificate again".to_string()
+                }
                 _ => "make a new request".into(),
             };
             return Err(Error::InvalidState(format!(

@@ -392,6 +392,25 @@ fn table(keys: &HashMap<&str, Identity>) -> Vec<Row> {
             "invalid_argument",
             "not a directory sshd can read back",
         ),
+        // Typos get the word they missed; the hint names no command of one client only.
+        row(
+            "alice",
+            "request web-1 --role viewer --for 1h --reason 'INC-1 x y z'",
+            "not_found",
+            "no host named web-1; did you mean web-01? The hosts are: vault, web-01",
+        ),
+        row(
+            "olga",
+            "aprove 5",
+            "unknown_command",
+            "did you mean 'approve'?",
+        ),
+        row(
+            "alice",
+            "request web-01 --role viewer --for 1h --reason 'INC-1 x y z' --start tomorrow",
+            "invalid_argument",
+            "use +DURATION such as +30m or +1d",
+        ),
     ]
 }
 

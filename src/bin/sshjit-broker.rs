@@ -32,6 +32,7 @@ struct Cli {
 enum Cmd {
     /// Create a data dir: CA key, host key, config and database, with the first OWNER.
     Init {
+        /// The new data directory (it must not exist, or be empty).
         #[arg(long)]
         data_dir: PathBuf,
         /// The first owner's member name.
@@ -46,6 +47,7 @@ enum Cmd {
     },
     /// Run the broker daemon.
     Serve {
+        /// The data directory made by init (or use --dev for a throwaway demo).
         #[arg(long, required_unless_present = "dev", conflicts_with = "dev")]
         data_dir: Option<PathBuf>,
         /// Override the listen address from config.toml.
@@ -80,6 +82,12 @@ enum Cmd {
     /// Offline audit commands (the daemon must be stopped to read its database).
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Check a data dir as serve would (config, modes, owners, keys), saying what to change.
+    CheckConfig {
+        /// The broker's data directory (made by init).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Print a shell completion script: source it, or install it where your shell looks.
     Completions {
         #[arg(value_enum)]
@@ -93,6 +101,7 @@ enum Cmd {
 enum AuditCmd {
     /// Recompute the hash chain of a database or an export and name the first bad entry.
     Verify {
+        /// A stopped broker's data directory.
         #[arg(long, required_unless_present = "file", conflicts_with = "file")]
         data_dir: Option<PathBuf>,
         /// A JSON-lines export from 'audit export'.
@@ -146,6 +155,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Man => {
             print!("{}", cli_docs::man_page(Cli::command())?);
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::CheckConfig { data_dir } => {
+            let mut ok = true;
+            for (what, result) in datadir::check(&DataDir::new(&data_dir)) {
+                match result {
+                    Ok(()) => println!("ok      {what}"),
+                    Err(e) => {
+                        ok = false;
+                        println!("PROBLEM {what}: {e}");
+                    }
+                }
+            }
+            if ok {
+                println!("{} is ready to serve", data_dir.display());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::FAILURE)
+            }
         }
         Cmd::Init {
             data_dir,

@@ -37,11 +37,20 @@ enum Cmd {
         wait: bool,
     },
     /// Show your requests and grants with the time left.
-    Status { id: Option<u64> },
+    Status {
+        /// A request id; omit to list yours.
+        id: Option<u64>,
+    },
     /// Withdraw a pending request.
-    Cancel { id: u64 },
+    Cancel {
+        /// The request id.
+        id: u64,
+    },
     /// Make a fresh key for an approved grant, have it certified, and add it to ssh-agent.
-    Login { id: u64 },
+    Login {
+        /// The approved request's id.
+        id: u64,
+    },
     /// Run ssh to HOST with the current grant's login, key and certificate.
     Ssh {
         host: String,
@@ -76,7 +85,17 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match sshjit::commands::duration_hint(&e) {
+            Some(hint) => {
+                eprint!("{}", e.render());
+                eprintln!("tip: {hint}");
+                return ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -30,13 +30,16 @@ impl Broker {
             reason: &a.reason,
             start,
         };
+        if self.store.host(&host_name)?.is_none() {
+            return Err(self.unknown_host(&host_name)?);
+        }
         let approvers = self.approvers_other_than(actor)?;
         let rate = self.policy.request_rate;
         let req = self.metered(actor, "request", rate, now, || {
             self.apply(cx, actor, |tx| {
                 let host = tx
                     .host(&host_name)?
-                    .ok_or_else(|| unknown_host(&host_name))?;
+                    .ok_or_else(|| Error::NotFound(format!("host {host_name} was just removed")))?;
                 let open = tx.open_of(actor.id)?;
                 let id = tx.next_request_id()?;
                 let req = self
@@ -362,11 +365,5 @@ impl Broker {
 fn unknown_request(id: u64) -> Error {
     Error::NotFound(format!(
         "no request {id} that you can see; 'status' lists yours"
-    ))
-}
-
-fn unknown_host(name: &Name) -> Error {
-    Error::NotFound(format!(
-        "no host named {name}; 'host list' shows the hosts you can request"
     ))
 }

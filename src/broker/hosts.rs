@@ -85,8 +85,13 @@ impl Broker {
             HostCommand::Remove { name } => {
                 require_manager(actor, "remove hosts")?;
                 let name: Name = name.parse()?;
+                if self.store.host(&name)?.is_none() {
+                    return Err(self.unknown_host(&name)?);
+                }
                 let (host, closed) = self.apply(cx, actor, |tx| {
-                    let h = tx.host(&name)?.ok_or_else(|| no_host(&name))?;
+                    let h = tx
+                        .host(&name)?
+                        .ok_or_else(|| Error::NotFound(format!("no host named {name}")))?;
                     let why = format!("host {name} was removed");
                     let mut events = vec![AuditEvent::HostRemoved {
                         name: name.to_string(),
@@ -114,7 +119,9 @@ impl Broker {
         require_manager(actor, "print host setup")?;
         let name: Name = name.parse()?;
         ca::validate_host_dir(dir)?;
-        let host = self.store.host(&name)?.ok_or_else(|| no_host(&name))?;
+        let Some(host) = self.store.host(&name)? else {
+            return Err(self.unknown_host(&name)?);
+        };
         let cfg = ca::host_config(&host, &self.ca.public_key()?, dir);
         let json = serde_json::to_value(&cfg)?;
         let text = if script {
@@ -212,6 +219,20 @@ fn new_host(
     })
 }
 
-fn no_host(name: &Name) -> Error {
-    Error::NotFound(format!("no host named {name}; 'host list' shows them"))
+impl Broker {
+    /// The error for a host name that is not there, with the closest name and the names there are.
+    pub(super) fn unknown_host(&self, name: &Name) -> Result<Error> {
+        let known: Vec<String> = self
+            .store
+            .hosts()?
+            .into_iter()
+            .map(|h| h.name.to_string())
+            .collect();
+        Ok(Error::UnknownHost {
+            name: name.to_string(),
+            did_you_mean: crate::model::closest(name.as_str(), known.iter().map(String::as_str))
+                .map(str::to_string),
+            known,
+        })
+    }
 }

@@ -170,6 +170,16 @@ fn parse_identity(s: &str, home: &Path) -> Result<Identity> {
             path.display()
         )));
     }
+    let public_half = std::fs::read_to_string(&path)
+        .map(|t| t.trim_start().starts_with("ssh-") || t.trim_start().starts_with("ecdsa-"))
+        .unwrap_or(false);
+    if public_half {
+        let private = path.to_string_lossy().trim_end_matches(".pub").to_string();
+        return Err(Error::Config(format!(
+            "{} is the public half of a key; give the private key file instead (drop the .pub: {private})",
+            path.display()
+        )));
+    }
     Ok(Identity::File(path))
 }
 
@@ -231,5 +241,20 @@ mod tests {
             Identity::Agent(Some("SHA256:x".into()))
         );
         assert!(parse_identity("~/.ssh/missing", home).is_err());
+    }
+
+    #[test]
+    fn a_public_key_given_as_identity_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let pubkey = dir.path().join("id.pub");
+        std::fs::write(&pubkey, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA x\n").unwrap();
+        let err = parse_identity(pubkey.to_str().unwrap(), dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is the public half of a key"), "{err}");
+        assert!(err.contains(&format!(
+            "drop the .pub: {}",
+            dir.path().join("id").display()
+        )));
     }
 }
