@@ -27,6 +27,34 @@ impl DevEnv {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+
+    /// Stops the demo sshd the walkthrough started, if it still runs: it belongs to this
+    /// throwaway environment. Only a process started with this environment's sshd_config is
+    /// signalled, so a stale pid file never hits another process.
+    fn stop_demo_sshd(&self) {
+        let Ok(pid) = fs::read_to_string(self.path("sshd.pid")) else {
+            return;
+        };
+        let Ok(pid) = pid.trim().parse::<i32>() else {
+            return;
+        };
+        let config = self.path("sshd_config").display().to_string();
+        let ours = fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(&config))
+            .unwrap_or(false);
+        if ours {
+            // SAFETY: kill has no memory effects; the pid was checked to be our sshd.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+}
+
+impl Drop for DevEnv {
+    fn drop(&mut self) {
+        self.stop_demo_sshd();
+    }
 }
 
 /// The member name for a unix user: lowercase, other characters replaced, never empty.
@@ -138,6 +166,15 @@ fn write_public(key: &russh::keys::PrivateKey, path: &Path) -> Result<()> {
         .map_err(Error::io(format!("cannot write {}", path.display())))
 }
 
+/// The helper binary beside this one, or plain `sshjit` (on PATH) when there is none.
+fn helper_path() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("sshjit")))
+        .filter(|p| p.is_file())
+        .map_or_else(|| "sshjit".into(), |p| p.display().to_string())
+}
+
 /// Writes known_hosts for the broker at `addr` and returns the walkthrough to print.
 pub fn walkthrough(env: &DevEnv, addr: SocketAddr) -> Result<String> {
     let d = env.dir.path().display().to_string();
@@ -161,12 +198,19 @@ pub fn walkthrough(env: &DevEnv, addr: SocketAddr) -> Result<String> {
     };
     let ident = format!(" -o IdentitiesOnly=yes -i {}", private.display());
     let (login, sshd_port, owner) = (&env.login, env.sshd_port, &env.owner);
+    let sshd_note = if Path::new("/usr/sbin/sshd").is_file() {
+        String::new()
+    } else {
+        "\n  note      /usr/sbin/sshd is missing, so steps 4 and 5 cannot run: install it (apt-get install openssh-server)\n".into()
+    };
+    let helper = helper_path();
+    let private_key = private.display();
     Ok(format!(
         "sshjit broker (dev mode) listening on {addr}\n\
          \x20 data dir  {d}/data (deleted when the broker stops)\n\
          \x20 you       OWNER \"{owner}\" with key {owner_pub}\n\
          \x20 approver  OWNER \"approver\" with key {d}/approver_ed25519 (nobody approves their own request)\n\
-         \x20 host      \"{DEMO_HOST}\" at 127.0.0.1:{sshd_port}, login {login}\n\
+         \x20 host      \"{DEMO_HOST}\" at 127.0.0.1:{sshd_port}, login {login}\n{sshd_note}\
          \n\
          Try it with stock OpenSSH; paste these lines into another shell:\n\
          \n\
@@ -187,12 +231,19 @@ pub fn walkthrough(env: &DevEnv, addr: SocketAddr) -> Result<String> {
          /usr/sbin/sshd -f $D/sshd_config\n\
          # 5. log in with the certificate\n\
          ssh -p {sshd_port} -o UserKnownHostsFile=$D/known_hosts -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes -i $D/grant {login}@127.0.0.1 id\n\
-         # 6. look at the audit trail, then stop the demo sshd\n\
+         # 6. look at the audit trail\n\
          broker audit log\n\
-         kill $(cat $D/sshd.pid)\n\
+         # 7. the same with the helper, which makes the key, fetches the certificate and writes the ssh_config\n\
+         #    (it lives beside sshjit-broker: cargo build --release --bin sshjit; its files go to $D/helper)\n\
+         sj() {{ HOME=$D/helper SSHJIT_BROKER={ip}:{port} SSHJIT_IDENTITY={private_key} {helper} \"$@\"; }}\n\
+         sj --accept-new-broker-key request {DEMO_HOST} --role viewer --for 30m --reason 'INC-2 trying the sshjit helper'\n\
+         approver approve 2\n\
+         sj login 2\n\
+         sj ssh-config > $D/helper_ssh_config\n\
+         ssh -F $D/helper_ssh_config -o UserKnownHostsFile=$D/known_hosts -o StrictHostKeyChecking=yes {DEMO_HOST} id\n\
          # --- end ---\n\
          \n\
-         Press Ctrl-C to stop the broker.\n",
+         Press Ctrl-C to stop the broker (it also stops the demo sshd).\n",
         owner_pub = env.owner_pub.display(),
     ))
 }

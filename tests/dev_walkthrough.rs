@@ -1,5 +1,5 @@
-//! `serve --dev` prints a walkthrough; running it as printed, with stock OpenSSH, ends in a
-//! working login on a local sshd.
+//! `serve --dev` prints a walkthrough; running it as printed, with stock OpenSSH and then with
+//! the helper, ends in working logins on a local sshd, and Ctrl-C stops the broker and that sshd.
 
 mod util;
 
@@ -56,10 +56,15 @@ fn the_printed_walkthrough_works_as_printed() {
     );
     assert!(stdout.contains("request 1 approved"), "{stdout}");
     assert!(stdout.contains("Key ID: \"sshjit:1:"), "{stdout}");
-    assert!(
-        stdout.contains(&format!("({user})")),
-        "no login as {user}:\n{stdout}"
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("uid=") && l.contains(&format!("({user})")))
+            .count(),
+        2,
+        "expected two logins as {user}, with stock ssh and with the helper:\n{stdout}"
     );
+    assert!(stdout.contains("request 2 approved"), "{stdout}");
     // The serial is the sequence number of the certificate's own audit entry.
     let serial: u64 = stdout
         .lines()
@@ -74,7 +79,10 @@ fn the_printed_walkthrough_works_as_printed() {
         entry.contains(&format!("certificate serial {serial}")),
         "{entry}"
     );
-    // Ctrl-C stops the broker cleanly and removes the throwaway directory.
+    // Ctrl-C stops the broker cleanly, stops the demo sshd, and removes the throwaway directory.
+    let sshd_pid = std::fs::read_to_string(format!("{dev_dir}/sshd.pid")).unwrap();
+    let sshd_proc = format!("/proc/{}", sshd_pid.trim());
+    assert!(std::path::Path::new(&sshd_proc).exists());
     util::signal(&broker, "INT");
     let st =
         util::wait_timeout(&mut broker, Duration::from_secs(20)).expect("dev broker did not stop");
@@ -83,4 +91,12 @@ fn the_printed_walkthrough_works_as_printed() {
         !std::path::Path::new(&dev_dir).exists(),
         "{dev_dir} was left behind"
     );
+    let start = std::time::Instant::now();
+    while std::path::Path::new(&sshd_proc).exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the demo sshd was left running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
