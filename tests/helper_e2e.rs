@@ -566,3 +566,56 @@ fn an_identity_held_only_in_ssh_agent_works() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+#[test]
+fn the_config_file_gives_request_a_default_role_and_duration() {
+    let b = Broker::start_new();
+    let alice_id = b.add_member("alice", "viewer");
+    b.ssh(
+        &b.owner,
+        "host add web-01 --address 10.0.0.5 --login viewer=ro",
+    )
+    .ok();
+    let alice = Person::new(&b, &alice_id);
+    let cfg = alice.home.path().join(".config/sshjit");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::write(
+        cfg.join("config.toml"),
+        "role = \"viewer\"\nduration = \"45m\"\n",
+    )
+    .unwrap();
+    let r = alice
+        .helper(&[
+            "--accept-new-broker-key",
+            "--json",
+            "request",
+            "web-01",
+            "--reason",
+            "INC-8 read the logs",
+        ])
+        .ok()
+        .json();
+    assert_eq!(
+        (r["role"].as_str(), r["duration_secs"].as_u64()),
+        (Some("viewer"), Some(2700))
+    );
+    // The command line still wins.
+    let r = alice
+        .helper(&[
+            "--json",
+            "request",
+            "web-01",
+            "--for",
+            "1h",
+            "--reason",
+            "INC-8 more logs",
+        ])
+        .ok()
+        .json();
+    assert_eq!(r["duration_secs"], 3600);
+    // An unknown key in the file is an error that names the file.
+    std::fs::write(cfg.join("config.toml"), "rol = \"viewer\"\n").unwrap();
+    let out = alice.helper(&["request", "web-01", "--reason", "x"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("config.toml is invalid"), "{out:?}");
+}

@@ -46,6 +46,9 @@ enum Cmd {
         listen: String,
     },
     /// Run the broker daemon.
+    #[command(
+        override_usage = "sshjit-broker serve --data-dir <DATA_DIR> [--listen <LISTEN>]\n       sshjit-broker serve --dev [--listen <LISTEN>]"
+    )]
     Serve {
         /// The data directory made by init (or use --dev for a throwaway demo).
         #[arg(long, required_unless_present = "dev", conflicts_with = "dev")]
@@ -125,6 +128,22 @@ fn tune_malloc() {
     }
 }
 
+/// The command line, with `admin --help` listing the broker commands it can run.
+fn parse() -> Result<Cli, clap::Error> {
+    use clap::FromArgMatches;
+    let commands = sshjit::commands::known_commands().join(", ");
+    let cmd = Cli::command().mut_subcommand("admin", |a| {
+        let after = a
+            .get_after_help()
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        a.after_help(format!(
+            "Broker commands: {commands}.\nEach takes --help: sshjit-broker admin approve --help.\n\n{after}"
+        ))
+    });
+    Cli::from_arg_matches(&cmd.try_get_matches()?)
+}
+
 fn main() -> ExitCode {
     tune_malloc();
     tracing_subscriber::fmt()
@@ -136,7 +155,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -14,7 +14,7 @@ use sshjit::{Error, cli_docs};
     name = "sshjit",
     version,
     about = "Ask for time-boxed SSH access, wait for approval, and connect with a short-lived certificate",
-    after_help = "Settings come from flags, then SSHJIT_BROKER / SSHJIT_IDENTITY, then ~/.config/sshjit/config.toml."
+    after_help = "Settings come from flags, then SSHJIT_BROKER / SSHJIT_IDENTITY, then ~/.config/sshjit/config.toml (broker, identity, broker_fingerprint, and role and duration: the defaults for request)."
 )]
 struct Cli {
     #[command(flatten)]
@@ -85,7 +85,14 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args = match client::with_request_defaults(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprint!("{}", sshjit::broker::Output::error(&e, false).stderr);
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => match sshjit::commands::duration_hint(&e) {
             Some(hint) => {

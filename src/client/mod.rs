@@ -58,6 +58,67 @@ struct FileConfig {
     broker: Option<String>,
     identity: Option<String>,
     broker_fingerprint: Option<String>,
+    /// The role `sshjit request` asks for when `--role` is not given.
+    role: Option<String>,
+    /// The duration `sshjit request` asks for when `--for` is not given.
+    duration: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads the helper's config file (none is an empty one).
+    fn load(home: &Path) -> Result<FileConfig> {
+        let path = config_dir(home).join("config.toml");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| Error::Config(format!("{} is invalid: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
+            Err(e) => Err(Error::io(format!("cannot read {}", path.display()))(e)),
+        }
+    }
+}
+
+/// `sshjit request` arguments with the config file's `role` and `duration` filled in where
+/// the command line has none: `--role=R` and `--for=D` go right after `request`, so the one
+/// shared definition of `request`'s arguments still parses them.
+pub fn with_request_defaults(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>> {
+    // The first word that is neither a flag nor a global flag's value is the command.
+    let takes_value = ["--broker", "--identity"];
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if takes_value.contains(&a.as_ref()) {
+            i += 2;
+        } else if a.starts_with('-') {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    if args.get(i).is_none_or(|a| a != "request") {
+        return Ok(args);
+    }
+    let has = |flags: &[&str]| {
+        args.iter().any(|a| {
+            let a = a.to_string_lossy();
+            flags
+                .iter()
+                .any(|f| a == *f || a.starts_with(&format!("{f}=")))
+        })
+    };
+    let file = match home() {
+        Ok(h) => FileConfig::load(&h)?,
+        Err(_) => return Ok(args),
+    };
+    let mut out = args.clone();
+    let mut at = i + 1;
+    if let (Some(role), false) = (&file.role, has(&["--role"])) {
+        out.insert(at, format!("--role={role}").into());
+        at += 1;
+    }
+    if let (Some(d), false) = (&file.duration, has(&["--for", "--duration"])) {
+        out.insert(at, format!("--for={d}").into());
+    }
+    Ok(out)
 }
 
 /// Everything a client needs, resolved.
@@ -104,12 +165,7 @@ impl Settings {
         let home = home()?;
         let dir = config_dir(&home);
         let path = dir.join("config.toml");
-        let file: FileConfig = match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text)
-                .map_err(|e| Error::Config(format!("{} is invalid: {e}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileConfig::default(),
-            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()))(e)),
-        };
+        let file = FileConfig::load(&home)?;
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let broker = flags
             .broker
