@@ -27,7 +27,10 @@ fn help_and_a_bare_login_explain_the_commands() {
     // Text errors go to stderr with a non-zero status.
     let err = b.ssh(&b.owner, "approve 42");
     assert_eq!(err.code, 1);
-    assert!(err.stderr.starts_with("error: no request 42"), "{err:?}");
+    assert!(
+        err.stderr.starts_with("error: there is no request 42"),
+        "{err:?}"
+    );
 }
 
 /// Holds an authenticated connection open without running anything (`ssh -N`).

@@ -35,24 +35,35 @@ enum Cmd {
         /// Wait for the decision, then fetch the certificate.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
     /// Show your requests and grants with the time left.
     Status {
         /// A request id; omit to list yours.
         id: Option<u64>,
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
     /// Withdraw a pending request.
     Cancel {
         /// The request id.
         id: u64,
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
     /// Make a fresh key for an approved grant, have it certified, and add it to ssh-agent.
     Login {
         /// The approved request's id.
         id: u64,
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
     /// Run ssh to HOST with the current grant's login, key and certificate.
     Ssh {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        /// The host's name.
         host: String,
         /// Passed to ssh after the destination (options, then a remote command).
         #[arg(last = true)]
@@ -63,9 +74,15 @@ enum Cmd {
     /// List the certificates stored in ~/.ssh/sshjit.
     Certs,
     /// List the hosts you can request, with the login for each role.
-    Ls,
+    Ls {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
     /// Show who the broker thinks you are.
-    Whoami,
+    Whoami {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
     /// Remove stored keys and certificates (one request's, or all) and their ssh-agent entries.
     Logout {
         /// The request whose certificate to remove.
@@ -136,17 +153,23 @@ async fn run(cli: &Cli) -> Result<(), Error> {
             print!("{}", cli_docs::man_page(Cli::command())?);
             return Ok(());
         }
-        Cmd::Ls => helper::ls(&settings(cli)?).await?,
-        Cmd::Whoami => helper::whoami(&settings(cli)?).await?,
-        Cmd::Request { args, wait } => {
-            helper::request(&settings(cli)?, args, *wait, cli.json).await?
-        }
-        Cmd::Status { id } => helper::status(&settings(cli)?, *id).await?,
-        Cmd::Cancel { id } => helper::cancel(&settings(cli)?, *id).await?,
-        Cmd::Login { id } => helper::login(&settings(cli)?, *id).await?,
-        Cmd::Ssh { host, args } => {
+        Cmd::Ls { connect } => helper::ls(&settings(cli, connect)?).await?,
+        Cmd::Whoami { connect } => helper::whoami(&settings(cli, connect)?).await?,
+        Cmd::Request {
+            args,
+            wait,
+            connect,
+        } => helper::request(&settings(cli, connect)?, args, *wait, cli.json).await?,
+        Cmd::Status { id, connect } => helper::status(&settings(cli, connect)?, *id).await?,
+        Cmd::Cancel { id, connect } => helper::cancel(&settings(cli, connect)?, *id).await?,
+        Cmd::Login { id, connect } => helper::login(&settings(cli, connect)?, *id).await?,
+        Cmd::Ssh {
+            host,
+            args,
+            connect,
+        } => {
             // A stored certificate serves without broker settings; with them, it is checked.
-            let settings = match settings(cli) {
+            let settings = match settings(cli, connect) {
                 Ok(s) => Some(s),
                 Err(Error::Config(_)) => None,
                 Err(e) => return Err(e),
@@ -168,8 +191,9 @@ async fn run(cli: &Cli) -> Result<(), Error> {
 }
 
 /// Resolves settings and removes expired certificates, as every broker command does first.
-fn settings(cli: &Cli) -> Result<Settings, Error> {
-    let settings = Settings::resolve(&cli.connect)?;
+/// The command's connection flags, with those given before the command where it has none.
+fn settings(cli: &Cli, connect: &ConnectArgs) -> Result<Settings, Error> {
+    let settings = Settings::resolve(&connect.or(&cli.connect))?;
     let pruned = local::prune(&settings.certs_dir, Timestamp::now())?;
     if !pruned.is_empty() && !cli.json && std::io::stderr().is_terminal() {
         eprintln!("sshjit: removed {} expired certificate(s)", pruned.len());

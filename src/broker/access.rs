@@ -152,9 +152,12 @@ impl Broker {
 
     /// A request the actor may read: their own, or any for approvers.
     pub(super) fn visible_request(&self, actor: &Member, id: u64) -> Result<Request> {
-        let r = self.store.request(id)?.ok_or_else(|| unknown_request(id))?;
+        let r = self
+            .store
+            .request(id)?
+            .ok_or_else(|| unknown_request(id, actor))?;
         if !policy::may_read(&r, actor) {
-            return Err(unknown_request(id));
+            return Err(unknown_request(id, actor));
         }
         Ok(r)
     }
@@ -183,7 +186,7 @@ impl Broker {
     pub(super) fn cancel(&self, actor: &Member, id: u64, cx: &Call) -> Result<Reply> {
         let now = cx.now;
         let req = self.apply(cx, actor, |tx| {
-            let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id))?;
+            let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id, actor))?;
             policy::cancel(&mut req, actor, now)?;
             tx.put_request(&req)?;
             let event = AuditEvent::RequestCancelled {
@@ -207,7 +210,7 @@ impl Broker {
     ) -> Result<Reply> {
         let now = cx.now;
         let (req, outcome) = self.apply(cx, actor, |tx| {
-            let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id))?;
+            let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id, actor))?;
             let requester = tx.member(&req.requester)?;
             let host = tx.host(&req.resource)?;
             let outcome = policy::approve(
@@ -260,7 +263,7 @@ impl Broker {
     pub(super) fn deny(&self, actor: &Member, id: u64, reason: &str, cx: &Call) -> Result<Reply> {
         let now = cx.now;
         let req = self.apply(cx, actor, |tx| {
-            let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id))?;
+            let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id, actor))?;
             policy::deny(&mut req, actor, reason, now)?;
             tx.put_request(&req)?;
             let event = AuditEvent::RequestDenied {
@@ -300,7 +303,7 @@ impl Broker {
                 )
                 .into());
             }
-            let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id))?;
+            let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id, actor))?;
             let host = tx.host(&req.resource)?;
             let grant = self
                 .policy
@@ -362,8 +365,14 @@ impl Broker {
     }
 }
 
-fn unknown_request(id: u64) -> Error {
-    Error::NotFound(format!(
-        "no request {id} that you can see; 'status' lists yours"
-    ))
+/// The error for a request `actor` cannot see: approvers see all, so for them it does not
+/// exist; others are pointed at their own (`status` is a command of every client).
+fn unknown_request(id: u64, actor: &Member) -> Error {
+    if actor.role.can_manage() {
+        Error::NotFound(format!("there is no request {id}"))
+    } else {
+        Error::NotFound(format!(
+            "no request {id} that you can see; 'status' lists yours"
+        ))
+    }
 }

@@ -18,18 +18,31 @@ use crate::error::{Error, Result};
 /// The broker's default port.
 pub const DEFAULT_PORT: u16 = 2222;
 
-/// Connection flags shared by `sshjit` and `sshjit-broker admin`.
+/// Connection flags shared by `sshjit` and `sshjit-broker admin`. They belong to the commands
+/// that talk to the broker (and may also come before the command), so the help of a local
+/// command shows none of them.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ConnectArgs {
     /// The broker, HOST[:PORT] (default port 2222). Also SSHJIT_BROKER or broker = in the config file.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub broker: Option<String>,
     /// Your identity: a private key file, `agent`, or `agent:SHA256:...`. Also SSHJIT_IDENTITY.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub identity: Option<String>,
     /// Pin the broker's host key on first contact without asking.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub accept_new_broker_key: bool,
+}
+
+impl ConnectArgs {
+    /// These flags, with `outer`'s (given before the command) where these have none.
+    pub fn or(&self, outer: &ConnectArgs) -> ConnectArgs {
+        ConnectArgs {
+            broker: self.broker.clone().or_else(|| outer.broker.clone()),
+            identity: self.identity.clone().or_else(|| outer.identity.clone()),
+            accept_new_broker_key: self.accept_new_broker_key || outer.accept_new_broker_key,
+        }
+    }
 }
 
 /// Which key proves who you are.
