@@ -232,27 +232,14 @@ async fn client_loop(
             close(conn).await;
         }
         Mode::DecisionWait | Mode::DecisionPoll => {
-            let Some(approver) = approver else {
-                t.record(
-                    Instant::now(),
-                    Err(anyhow::anyhow!("decision modes need --approver-identity")),
-                );
-                return t;
-            };
-            let conns = async {
-                anyhow::Ok((
-                    Arc::new(connect(args.addr, &args.user, &key).await?),
-                    connect(args.addr, &args.user, &approver).await?,
-                ))
-            }
-            .await;
-            let (me, boss) = match conns {
+            let (me, boss) = match requester_and_approver(&args, &key, approver).await {
                 Ok(c) => c,
                 Err(e) => {
                     t.record(Instant::now(), Err(e));
                     return t;
                 }
             };
+            let me = Arc::new(me);
             let request = format!(
                 "request {} --role viewer --for 10m --reason 'LOAD-2 decision latency' --json",
                 args.host
@@ -286,21 +273,7 @@ async fn client_loop(
             }
         }
         Mode::Cycle => {
-            let Some(approver) = approver else {
-                t.record(
-                    Instant::now(),
-                    Err(anyhow::anyhow!("cycle needs --approver-identity")),
-                );
-                return t;
-            };
-            let conns = async {
-                anyhow::Ok((
-                    connect(args.addr, &args.user, &key).await?,
-                    connect(args.addr, &args.user, &approver).await?,
-                ))
-            }
-            .await;
-            let (me, boss) = match conns {
+            let (me, boss) = match requester_and_approver(&args, &key, approver).await {
                 Ok(c) => c,
                 Err(e) => {
                     t.record(Instant::now(), Err(e));
@@ -331,6 +304,20 @@ async fn client_loop(
         }
     }
     t
+}
+
+/// Connections as the requester and as the approver (cycle and decision modes).
+async fn requester_and_approver(
+    args: &Args,
+    key: &Arc<russh::keys::PrivateKey>,
+    approver: Option<Arc<russh::keys::PrivateKey>>,
+) -> anyhow::Result<(Conn, Conn)> {
+    let approver = approver
+        .ok_or_else(|| anyhow::anyhow!("{:?} mode needs --approver-identity", args.mode))?;
+    Ok((
+        connect(args.addr, &args.user, key).await?,
+        connect(args.addr, &args.user, &approver).await?,
+    ))
 }
 
 /// Waits until request `id` is approved, by `wait` or by polling `status`; returns when.

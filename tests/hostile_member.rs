@@ -4,11 +4,23 @@
 
 mod util;
 
-use util::{Broker, keygen};
+use util::{Broker, Identity, keygen};
 
 fn fingerprint(public: &str) -> String {
     let k = sshjit::ca::parse_public_key(public).unwrap();
     sshjit::ca::fingerprint(k.key_data())
+}
+
+const ADD_WEB01: &str =
+    "host add web-01 --address 10.0.0.5 --login editor=deploy --login viewer=ro";
+
+/// A broker with adam (admin), alice (viewer) and the host web-01.
+fn team() -> (Broker, Identity, Identity) {
+    let b = Broker::start_new();
+    let adam = b.add_member("adam", "admin");
+    let alice = b.add_member("alice", "viewer");
+    b.ssh(&b.owner, ADD_WEB01).ok();
+    (b, adam, alice)
 }
 
 const REQUEST: &str = "request web-01 --role editor --for 1h --reason \"'INC-7 rotate the logs'\"";
@@ -121,14 +133,7 @@ fn one_admin_cannot_mint_or_take_over_an_approver() {
 
 #[test]
 fn a_removed_member_is_gone_and_their_name_starts_from_nothing() {
-    let b = Broker::start_new();
-    let adam = b.add_member("adam", "admin");
-    let alice = b.add_member("alice", "viewer");
-    b.ssh(
-        &b.owner,
-        "host add web-01 --address 10.0.0.5 --login editor=deploy --login viewer=ro",
-    )
-    .ok();
+    let (b, adam, alice) = team();
     let (granted, _, _) = b.granted_cert(&alice, &adam, &format!("{REQUEST} --json"), "k1");
     let pending = b.ssh(&alice, &format!("{REQUEST} --json")).ok().json()["id"]
         .as_u64()
@@ -185,11 +190,7 @@ fn a_removed_member_is_gone_and_their_name_starts_from_nothing() {
 
 #[test]
 fn a_removed_host_is_gone_and_its_name_starts_from_nothing() {
-    let b = Broker::start_new();
-    let adam = b.add_member("adam", "admin");
-    let alice = b.add_member("alice", "viewer");
-    let add = "host add web-01 --address 10.0.0.5 --login editor=deploy --login viewer=ro";
-    b.ssh(&b.owner, add).ok();
+    let (b, adam, alice) = team();
     let (granted, _, _) = b.granted_cert(&alice, &adam, &format!("{REQUEST} --json"), "k1");
     let pending = b.ssh(&alice, &format!("{REQUEST} --json")).ok().json()["id"]
         .as_u64()
@@ -202,7 +203,7 @@ fn a_removed_host_is_gone_and_its_name_starts_from_nothing() {
         out.stdout
     );
     // The same name, added again, is another host: the old grant does not reach it.
-    b.ssh(&b.owner, add).ok();
+    b.ssh(&b.owner, ADD_WEB01).ok();
     let key = keygen(b.tmp.path(), "k2");
     let out = b.ssh_stdin(
         &alice,
@@ -218,14 +219,7 @@ fn a_removed_host_is_gone_and_its_name_starts_from_nothing() {
 
 #[test]
 fn identity_keys_are_never_certified() {
-    let b = Broker::start_new();
-    let adam = b.add_member("adam", "admin");
-    let alice = b.add_member("alice", "viewer");
-    b.ssh(
-        &b.owner,
-        "host add web-01 --address 10.0.0.5 --login editor=deploy --login viewer=ro",
-    )
-    .ok();
+    let (b, adam, alice) = team();
     let (id, _, _) = b.granted_cert(&alice, &adam, &format!("{REQUEST} --json"), "k1");
     for key in [&alice.public, &b.owner.public, &adam.public] {
         let out = b.ssh_stdin(&alice, &format!("cert {id} --json"), key.as_bytes());
