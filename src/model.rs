@@ -536,14 +536,12 @@ pub enum Decision {
     },
 }
 
-/// A request that still matters to an identity (its requester or its host): pending until
-/// its deadline, or granted until its window ends. Removing the identity cancels or ends
-/// exactly these, and a member's pending ones count against their cap.
+/// A member's pending request, until its deadline: these count against the member's cap, and
+/// removing the member cancels them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenEntry {
     pub id: u64,
     pub until: Timestamp,
-    pub pending: bool,
 }
 
 impl OpenEntry {

@@ -193,7 +193,7 @@ impl Policy {
     ) -> Result<Request> {
         let pending: Vec<u64> = open
             .iter()
-            .filter(|e| e.pending && e.is_open(now))
+            .filter(|e| e.is_open(now))
             .map(|e| e.id)
             .collect();
         if pending.len() >= self.max_pending_per_member as usize {

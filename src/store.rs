@@ -63,6 +63,7 @@ pub struct Store {
     pending: Tree,
     by_member: Tree,
     open: Tree,
+    grants: Tree,
     certs: Tree,
     audit: Tree,
 }
@@ -80,6 +81,7 @@ pub struct Tx<'a> {
     pending: &'a TransactionalTree,
     by_member: &'a TransactionalTree,
     open: &'a TransactionalTree,
+    grants: &'a TransactionalTree,
     certs: &'a TransactionalTree,
     audit: &'a TransactionalTree,
 }
@@ -113,7 +115,8 @@ impl Store {
             requests: tree("requests")?,
             pending: tree("pending_by_deadline")?,
             by_member: tree("requests_by_member")?,
-            open: tree("open_by_identity")?,
+            open: tree("pending_by_requester")?,
+            grants: tree("grants_by_identity")?,
             certs: tree("certs")?,
             audit: tree("audit")?,
             flusher: GroupFlush::start(db.clone())?,
@@ -156,12 +159,25 @@ impl Store {
             &self.pending,
             &self.by_member,
             &self.open,
+            &self.grants,
             &self.certs,
             &self.audit,
         );
         let touched = RefCell::new(Vec::new());
         let out = trees.transaction(
-            |(meta, members, keys, hosts, requests, pending, by_member, open, certs, audit)| {
+            |(
+                meta,
+                members,
+                keys,
+                hosts,
+                requests,
+                pending,
+                by_member,
+                open,
+                grants,
+                certs,
+                audit,
+            )| {
                 touched.borrow_mut().clear();
                 let tx = Tx {
                     now,
@@ -174,6 +190,7 @@ impl Store {
                     pending,
                     by_member,
                     open,
+                    grants,
                     certs,
                     audit,
                 };
@@ -305,6 +322,33 @@ impl Store {
         }
         out.reverse();
         Ok(out)
+    }
+
+    /// Requests of `identity` (as requester or as host) that are open at `now`: pending, or
+    /// granted with a window not over and not ended. Read outside any transaction, for a
+    /// removal to close them (it checks each again inside its own).
+    pub fn open_requests_of(&self, identity: IdentityId, now: Timestamp) -> Result<Vec<u64>> {
+        let mine = |r: &Request| r.requester_id == identity || r.resource_id == identity;
+        let mut ids = Vec::new();
+        for kv in self.pending.range(pending_key(now, 0).to_vec()..) {
+            let (k, _) = kv?;
+            let id = u64_at(&k, 8)?;
+            if self.request(id)?.is_some_and(|r| mine(&r)) {
+                ids.push(id);
+            }
+        }
+        for kv in self.grants.scan_prefix(identity.0.to_be_bytes()) {
+            let (k, _) = kv?;
+            let id = u64_at(&k, 8)?;
+            let open = self.request(id)?.is_some_and(|r| {
+                r.grant()
+                    .is_some_and(|g| g.ended.is_none() && now < g.end && mine(&r))
+            });
+            if open {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
     }
 
     /// Certificates issued for a request.
@@ -471,21 +515,18 @@ impl Tx<'_> {
         let mut mk = r.requester_id.0.to_be_bytes().to_vec();
         mk.extend_from_slice(&r.id.to_be_bytes());
         self.by_member.insert(mk, &[][..])?;
-        let entry = match &r.decision {
-            Decision::Pending => Some(OpenEntry {
-                id: r.id,
-                until: r.pending_until,
-                pending: true,
-            }),
-            Decision::Approved { grant } if grant.ended.is_none() => Some(OpenEntry {
-                id: r.id,
-                until: grant.end,
-                pending: false,
-            }),
-            _ => None,
-        };
-        for identity in [r.requester_id, r.resource_id] {
-            self.track_open(identity, r.id, entry)?;
+        // The requester's pending requests, in one small record (at most the pending cap).
+        let entry = matches!(r.decision, Decision::Pending).then_some(OpenEntry {
+            id: r.id,
+            until: r.pending_until,
+        });
+        self.track_open(r.requester_id, r.id, entry)?;
+        if matches!(r.decision, Decision::Approved { .. }) {
+            for identity in [r.requester_id, r.resource_id] {
+                let mut k = identity.0.to_be_bytes().to_vec();
+                k.extend_from_slice(&r.id.to_be_bytes());
+                self.grants.insert(k, &[][..])?;
+            }
         }
         self.put_request_record(r)
     }
@@ -496,8 +537,8 @@ impl Tx<'_> {
         tx_put(self.requests, &r.id.to_be_bytes(), r)
     }
 
-    /// The requests still open for an identity (member or host), as of the last change that
-    /// touched them; entries whose `until` has passed are no longer open.
+    /// A member's pending requests, as of the last change that touched them; entries whose
+    /// `until` has passed are no longer pending.
     pub fn open_of(&self, identity: IdentityId) -> TxResult<Vec<OpenEntry>> {
         Ok(tx_get(self.open, &identity.0.to_be_bytes())?.unwrap_or_default())
     }
@@ -523,7 +564,7 @@ impl Tx<'_> {
         tx_put(self.open, &key, &after)
     }
 
-    /// Forgets an identity's open list (it was removed, and everything open was closed).
+    /// Forgets a member's pending list (they were removed, and everything open was closed).
     pub fn drop_open(&self, identity: IdentityId) -> TxResult<()> {
         self.open.remove(&identity.0.to_be_bytes()[..])?;
         Ok(())

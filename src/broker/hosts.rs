@@ -85,9 +85,12 @@ impl Broker {
             HostCommand::Remove { name } => {
                 require_manager(actor, "remove hosts")?;
                 let name: Name = name.parse()?;
-                if self.store.host(&name)?.is_none() {
+                let Some(before) = self.store.host(&name)? else {
                     return Err(self.unknown_host(&name)?);
-                }
+                };
+                // What is open on it, found outside the transaction (it cannot scan); each
+                // one is checked again inside it.
+                let open = self.store.open_requests_of(before.id, now)?;
                 let (host, closed) = self.apply(cx, actor, |tx| {
                     let h = tx
                         .host(&name)?
@@ -96,7 +99,8 @@ impl Broker {
                     let mut events = vec![AuditEvent::HostRemoved {
                         name: name.to_string(),
                     }];
-                    let closed = close_open(tx, h.id, actor, &why, now, &mut events)?;
+                    let ids: &[u64] = if h.id == before.id { &open } else { &[] };
+                    let closed = close_open(tx, h.id, ids, actor, &why, now, &mut events)?;
                     tx.remove_host(&name)?;
                     Ok(((h, closed), events))
                 })?;

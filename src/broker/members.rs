@@ -146,6 +146,12 @@ impl Broker {
             MemberCommand::Remove { name } => {
                 let name: Name = name.parse()?;
                 let now = cx.now;
+                // What is open for them, found outside the transaction (it cannot scan);
+                // each one is checked again inside it.
+                let found = match self.store.member(&name)? {
+                    Some(m) => (m.id, self.store.open_requests_of(m.id, now)?),
+                    None => (IdentityId(0), vec![]),
+                };
                 let (removed, closed) = self.apply(cx, actor, |tx| {
                     let m = tx.member(&name)?.ok_or_else(|| no_member(&name))?;
                     policy::check_team_change(
@@ -157,7 +163,12 @@ impl Broker {
                     let mut events = vec![AuditEvent::MemberRemoved {
                         name: name.to_string(),
                     }];
-                    let closed = close_open(tx, m.id, actor, &why, now, &mut events)?;
+                    let mut ids: Vec<u64> = tx.open_of(m.id)?.iter().map(|e| e.id).collect();
+                    if found.0 == m.id {
+                        ids.extend(&found.1);
+                    }
+                    let closed = close_open(tx, m.id, &ids, actor, &why, now, &mut events)?;
+                    tx.drop_open(m.id)?;
                     tx.remove_member(&m)?;
                     Ok(((m, closed), events))
                 })?;
@@ -207,21 +218,28 @@ impl Broker {
     }
 }
 
-/// Closes everything still open for a removed identity (member or host): pending requests
-/// are cancelled and grants ended, each with its audit event. Returns (cancelled, ended).
+/// Closes the requests `ids` of a removed identity (member or host): pending ones are
+/// cancelled and grants ended, each with its audit event; a request that is not the
+/// identity's, or no longer open, is left alone. Returns (cancelled, ended).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn close_open(
     tx: &Tx<'_>,
     identity: IdentityId,
+    ids: &[u64],
     actor: &Member,
     why: &str,
     now: Timestamp,
     events: &mut Vec<AuditEvent>,
 ) -> TxResult<(usize, usize)> {
     let (mut cancelled, mut ended) = (0, 0);
-    for entry in tx.open_of(identity)?.iter().filter(|e| e.is_open(now)) {
-        let Some(mut req) = tx.request(entry.id)? else {
+    let mut seen = std::collections::BTreeSet::new();
+    for &id in ids.iter().filter(|id| seen.insert(**id)) {
+        let Some(mut req) = tx.request(id)? else {
             continue;
         };
+        if req.requester_id != identity && req.resource_id != identity {
+            continue;
+        }
         match policy::close_for_removal(&mut req, &actor.name, why, now) {
             Closed::Cancelled => {
                 cancelled += 1;
@@ -242,7 +260,6 @@ pub(super) fn close_open(
         }
         tx.put_request(&req)?;
     }
-    tx.drop_open(identity)?;
     Ok((cancelled, ended))
 }
 
