@@ -14,6 +14,7 @@ use sshjit::ca::{self, Ca};
 use sshjit::model::{GrantRole, Host, IdentityId, Member, Role, Timestamp};
 use sshjit::policy::{self, Ask, Policy};
 use sshjit::store::Store;
+use sshjit::target::Found;
 
 const T0: Timestamp = Timestamp::from_unix(1_900_000_000);
 
@@ -29,8 +30,8 @@ fn member(name: &str, role: Role) -> Member {
     }
 }
 
-fn host() -> Host {
-    Host {
+fn host() -> Found {
+    Found::host(&Host {
         id: IdentityId(100),
         name: "web-01".parse().unwrap(),
         address: "10.0.0.5".into(),
@@ -43,7 +44,7 @@ fn host() -> Host {
         approvals_required: 1,
         added_at: T0,
         added_by: "bench".into(),
-    }
+    })
 }
 
 fn approved_request() -> sshjit::model::Request {
@@ -73,7 +74,7 @@ fn approved_request() -> sshjit::model::Request {
 
 fn ask() -> Ask<'static> {
     Ask {
-        role: GrantRole::Editor,
+        role: Some(GrantRole::Editor),
         duration_secs: 7200,
         reason: "INC-42 restart the stuck worker",
         start: None,
@@ -89,7 +90,8 @@ fn issuance(c: &mut Criterion) {
         .clone();
     let req = approved_request();
     let grant = req.grant().unwrap().clone();
-    let profile = ca::profile(&req, &grant, 7);
+    let hosts: Vec<_> = grant.scope.hosts.iter().collect();
+    let profile = ca::profile(&req, &grant, &hosts, 7);
     let ca = Ca::new(ca_key.clone());
     // What the CA signs: the certificate's to-be-signed bytes are about this long.
     let tbs_len = ca
@@ -134,6 +136,7 @@ fn chain(n: u64) -> Vec<Vec<u8>> {
                 valid_after: T0,
                 valid_before: T0.plus(7200),
                 key_fingerprint: "SHA256:3q2+7w5zTZm9hL1JgMnJx1zG7bDgB8bQ2jQfYk0c8aA".into(),
+                force_command: None,
             };
             let (raw, h) = seal(seq, T0, "alice", &ev, &prev).unwrap();
             prev = h;
@@ -196,7 +199,7 @@ fn policy_eval(c: &mut Criterion) {
         b.iter(|| {
             let mut r = p.open(1, &alice, &h, &ask(), &[], 1, T0).unwrap();
             policy::approve(&mut r, &olga, Some(&alice), Some(&h), None, T0).unwrap();
-            black_box(p.authorize_cert(&r, &alice, Some(&h), T0.plus(60)).is_ok())
+            black_box(p.authorize_cert(&r, &alice, |_| true, T0.plus(60)).is_ok())
         })
     });
     g.finish();

@@ -15,6 +15,7 @@ use sshjit::audit::AuditEvent;
 use sshjit::datadir::{self, DataDir};
 use sshjit::model::{GrantRole, Host, IdentityId, Member, Role, Timestamp};
 use sshjit::policy::{self, Ask};
+use sshjit::target::Found;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -117,6 +118,7 @@ fn main() -> anyhow::Result<()> {
     let approver = members[1].clone();
     let policy = opened.config.policy.clone();
     let mut made = 0u64;
+    let found: Vec<Found> = hosts.iter().map(Found::host).collect();
     while made < a.requests {
         let n = BATCH.min(a.requests - made);
         store.apply(now, "seed", |tx| {
@@ -129,7 +131,7 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     requester
                 };
-                let host = &hosts[i as usize % hosts.len()];
+                let host = &found[i as usize % found.len()];
                 let recent = i + RECENT_PENDING >= a.requests;
                 // Older requests were made over the past weeks, a few seconds apart.
                 let at = if recent {
@@ -138,7 +140,7 @@ fn main() -> anyhow::Result<()> {
                     Timestamp::from_unix(now.unix() - ((a.requests - i) as i64) * 20)
                 };
                 let ask = Ask {
-                    role: GrantRole::Viewer,
+                    role: Some(GrantRole::Viewer),
                     duration_secs: 3600,
                     reason: "SEED-1 routine maintenance window",
                     start: None,
@@ -148,6 +150,7 @@ fn main() -> anyhow::Result<()> {
                 events.push(AuditEvent::RequestCreated {
                     id,
                     requester: r.requester.to_string(),
+                    kind: r.kind,
                     resource: r.resource.to_string(),
                     role: r.role,
                     duration_secs: r.duration_secs,
@@ -213,6 +216,7 @@ fn main() -> anyhow::Result<()> {
                     valid_after: now,
                     valid_before: now.plus(3600),
                     key_fingerprint: "SHA256:seedseedseedseedseedseedseedseedseedseedsee".into(),
+                    force_command: None,
                 })
                 .collect();
             Ok(((), events))

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::model::{GrantRole, Host, Member, Role, Timestamp};
+use crate::target::TargetKind;
 
 /// The `prev` of the first entry.
 pub const GENESIS: [u8; 32] = [0; 32];
@@ -55,11 +56,34 @@ pub enum AuditEvent {
     HostRemoved {
         name: String,
     },
+    FleetAdded {
+        name: String,
+        tags: Vec<String>,
+        approvals_required: u32,
+        max_hosts: u32,
+    },
+    FleetRemoved {
+        name: String,
+    },
+    CommandAdded {
+        name: String,
+        /// `fleet web` or `host web-01`.
+        on: String,
+        run: String,
+        login: String,
+        approvals_required: u32,
+    },
+    CommandRemoved {
+        name: String,
+    },
     RequestCreated {
         id: u64,
         requester: String,
+        #[serde(default = "host_kind")]
+        kind: TargetKind,
         resource: String,
-        role: GrantRole,
+        /// None for a fleet command.
+        role: Option<GrantRole>,
         duration_secs: u64,
         reason: String,
         requested_start: Option<Timestamp>,
@@ -85,12 +109,19 @@ pub enum AuditEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// The final approval: the window and the scope, fixed from now on. `principals` name
+    /// each host and the login there; a fleet command's grant also names its command.
     GrantStarted {
         id: u64,
         start: Timestamp,
         end: Timestamp,
-        effective_role: GrantRole,
-        login: String,
+        effective_role: Option<GrantRole>,
+        #[serde(default)]
+        principals: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        force_command: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        left_out: Vec<String>,
     },
     /// A grant stopped issuing certificates before its window closed (a removal).
     GrantEnded {
@@ -105,7 +136,14 @@ pub enum AuditEvent {
         valid_after: Timestamp,
         valid_before: Timestamp,
         key_fingerprint: String,
+        /// What sshd runs with this certificate, for a fleet command.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        force_command: Option<String>,
     },
+}
+
+fn host_kind() -> TargetKind {
+    TargetKind::Host
 }
 
 impl AuditEvent {

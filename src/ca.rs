@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::model::{
     Grant, GrantRole, Host, IdentityId, Member, Name, Request, Role, Timestamp, printable,
 };
+use crate::target::ScopeHost;
 
 /// The smallest RSA key the broker will certify, in bits.
 pub const MIN_RSA_BITS: u32 = 2048;
@@ -150,7 +151,8 @@ pub fn openssh_without_comment(key: &PublicKey) -> Result<String> {
 }
 
 /// Everything that goes into one certificate, decided before signing: host-scoped principals,
-/// key id `sshjit:<id>:<member>`, the serial, the exact window, and extensions by role.
+/// key id `sshjit:<id>:<member>`, the serial, the exact window, extensions by role, and for a
+/// fleet command its `force-command` and no extensions at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
     pub serial: u64,
@@ -159,21 +161,31 @@ pub struct Profile {
     pub valid_after: u64,
     pub valid_before: u64,
     pub extensions: Vec<&'static str>,
+    /// The `force-command` critical option: sshd runs only this, whatever the client asks.
+    pub force_command: Option<String>,
 }
 
-/// The profile for a grant: host-scoped principal, key id, the exact window, role extensions.
-pub fn profile(req: &Request, grant: &Grant, serial: u64) -> Profile {
-    let mut extensions = vec!["permit-pty"];
-    if grant.effective_role == GrantRole::Editor {
-        extensions.push("permit-port-forwarding");
-    }
+/// The profile for a grant, naming `hosts` (the scope's hosts still there): one principal
+/// `<login>@<host>` each, the key id, the exact window, and the rights: a fleet command's
+/// forced command with no extensions, or the role's extensions (VIEWER `permit-pty`, EDITOR
+/// also `permit-port-forwarding`).
+pub fn profile(req: &Request, grant: &Grant, hosts: &[&ScopeHost], serial: u64) -> Profile {
+    let extensions = match (&grant.scope.command, grant.effective_role) {
+        (Some(_), _) | (None, None) => vec![],
+        (None, Some(GrantRole::Viewer)) => vec!["permit-pty"],
+        (None, Some(GrantRole::Editor)) => vec!["permit-pty", "permit-port-forwarding"],
+    };
     Profile {
         serial,
         key_id: format!("sshjit:{}:{}", req.id, req.requester),
-        principals: vec![principal(&grant.login, req.resource.as_str())],
+        principals: hosts
+            .iter()
+            .map(|h| principal(&h.login, h.name.as_str()))
+            .collect(),
         valid_after: grant.start.unix().max(0) as u64,
         valid_before: grant.end.unix().max(0) as u64,
         extensions,
+        force_command: grant.scope.command.clone(),
     }
 }
 
@@ -252,6 +264,10 @@ impl Ca {
         for p in &profile.principals {
             b.valid_principal(p.clone()).map_err(sign_err)?;
         }
+        if let Some(run) = &profile.force_command {
+            b.critical_option("force-command", run.clone())
+                .map_err(sign_err)?;
+        }
         for e in &profile.extensions {
             b.extension(*e, "").map_err(sign_err)?;
         }
@@ -277,8 +293,14 @@ pub struct HostConfig {
     pub files: Vec<HostFile>,
 }
 
-/// Builds the host setup for `host` under `dir` (normally `/etc/ssh`).
-pub fn host_config(host: &Host, ca_public_key: &str, dir: &str) -> HostConfig {
+/// Builds the host setup for `host` under `dir` (normally `/etc/ssh`): a principals file for
+/// each of its logins and for `command_logins`, the logins of fleet commands that run on it.
+pub fn host_config(
+    host: &Host,
+    command_logins: &[String],
+    ca_public_key: &str,
+    dir: &str,
+) -> HostConfig {
     let dir = dir.trim_end_matches('/');
     let ca_path = format!("{dir}/sshjit_ca.pub");
     let principals_dir = format!("{dir}/sshjit_principals");
@@ -290,7 +312,7 @@ pub fn host_config(host: &Host, ca_public_key: &str, dir: &str) -> HostConfig {
         path: ca_path,
         content: format!("{}\n", ca_public_key.trim()),
     }];
-    let mut logins: Vec<&String> = host.logins.values().collect();
+    let mut logins: Vec<&String> = host.logins.values().chain(command_logins).collect();
     logins.sort();
     logins.dedup();
     for login in logins {
@@ -411,6 +433,7 @@ mod tests {
             valid_after: 1_900_000_000,
             valid_before: 1_900_003_600,
             extensions: vec!["permit-pty"],
+            force_command: None,
         };
         let cert = ca.sign(subject.public_key().key_data(), &p).unwrap();
         let fp = key.public_key().fingerprint(HashAlg::Sha256);

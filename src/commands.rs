@@ -32,7 +32,7 @@ pub enum Command {
     Whoami,
     /// Print the CA public key that hosts trust.
     CaPubkey,
-    /// Ask for time-boxed access to a host.
+    /// Ask for time-boxed access to a host or fleet, or to run a fleet command.
     Request(RequestArgs),
     /// Show your requests and grants, or one of them.
     Status {
@@ -103,6 +103,13 @@ pub enum Command {
     /// Manage hosts (owners and admins; any member may list them).
     #[command(subcommand)]
     Host(HostCommand),
+    /// Manage fleets, named sets of hosts by tag (owners and admins; any member may list them).
+    #[command(subcommand)]
+    Fleet(FleetOp),
+    /// Manage fleet commands, one command line run on a fleet or host (owners and admins; any
+    /// member may list them).
+    #[command(subcommand)]
+    Command(CommandOp),
     /// Print what makes a host trust the broker (owners and admins).
     HostConfig {
         name: String,
@@ -121,12 +128,12 @@ pub enum Command {
 /// `request` arguments.
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct RequestArgs {
-    /// The host to access (its name, as the host list shows it).
-    #[arg(value_name = "HOST")]
-    pub host: String,
-    /// viewer or editor.
+    /// What to access: a host, a fleet or a fleet command, by name.
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+    /// viewer or editor (for a host or fleet; a fleet command takes none).
     #[arg(long)]
-    pub role: String,
+    pub role: Option<String>,
     /// How long, such as 30m, 2h or 1h30m (5m to 24h).
     #[arg(long = "for", visible_alias = "duration", value_name = "DURATION")]
     pub duration: String,
@@ -144,7 +151,7 @@ impl RequestArgs {
     /// round-trip test).
     pub fn to_words(&self) -> Vec<String> {
         let RequestArgs {
-            host,
+            target,
             role,
             duration,
             reason,
@@ -153,11 +160,13 @@ impl RequestArgs {
         // `--flag=value`, so a value that starts with a dash stays a value.
         let mut w = vec![
             "request".to_string(),
-            host.clone(),
-            format!("--role={role}"),
+            target.clone(),
             format!("--for={duration}"),
             format!("--reason={reason}"),
         ];
+        if let Some(r) = role {
+            w.push(format!("--role={r}"));
+        }
         if let Some(s) = start {
             w.push(format!("--start={s}"));
         }
@@ -226,6 +235,59 @@ pub enum HostCommand {
     /// List hosts.
     List,
     /// Remove a host: its pending requests are cancelled and its grants ended.
+    Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetOp {
+    /// Add a fleet: the hosts carrying all of its tags, as of the moment of use.
+    Add {
+        name: String,
+        /// A tag the fleet's hosts carry; repeat for more (a host needs them all).
+        #[arg(long = "tag", required = true)]
+        tags: Vec<String>,
+        /// Distinct approvals needed (1-5); a host that needs more raises it.
+        #[arg(long, default_value_t = 1)]
+        approvals: u32,
+        /// The most hosts one grant may hold (1-256; OpenSSH accepts 256 principals).
+        #[arg(long, default_value_t = 256)]
+        max_hosts: u32,
+    },
+    /// List fleets, with how many hosts each covers now.
+    List,
+    /// Show a fleet and the hosts it covers right now.
+    Show { name: String },
+    /// Remove a fleet: its pending requests are cancelled and its grants ended.
+    Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CommandOp {
+    /// Add a fleet command: COMMAND LINE run as USER on a fleet or a host, and nothing else.
+    #[command(group(clap::ArgGroup::new("on").required(true).args(["fleet", "host"])))]
+    Add {
+        name: String,
+        /// The fleet it runs on.
+        #[arg(long)]
+        fleet: Option<String>,
+        /// The host it runs on.
+        #[arg(long)]
+        host: Option<String>,
+        /// The command line sshd runs (the certificate's force-command).
+        #[arg(long, value_name = "COMMAND LINE")]
+        run: String,
+        /// The unix login it runs as on every host.
+        #[arg(long, value_name = "USER")]
+        login: String,
+        /// Distinct approvals needed (1-5); its fleet or hosts may need more.
+        #[arg(long, default_value_t = 1)]
+        approvals: u32,
+    },
+    /// List fleet commands.
+    List,
+    /// Show a fleet command and the hosts it runs on right now.
+    Show { name: String },
+    /// Remove a fleet command: its pending requests are cancelled and its grants ended.
     Remove { name: String },
 }
 
@@ -477,17 +539,24 @@ mod tests {
     fn request_args_round_trip_through_words() {
         let cases = [
             RequestArgs {
-                host: "web-01".into(),
-                role: "editor".into(),
+                target: "web-01".into(),
+                role: Some("editor".into()),
                 duration: "2h".into(),
                 reason: "INC-1 it's \"quoted\" --role admin; $(rm -rf /)".into(),
                 start: Some("+30m".into()),
             },
             RequestArgs {
-                host: "db".into(),
-                role: "viewer".into(),
+                target: "db".into(),
+                role: Some("viewer".into()),
                 duration: "5m".into(),
                 reason: "-- leading dashes".into(),
+                start: None,
+            },
+            RequestArgs {
+                target: "restart-worker".into(),
+                role: None,
+                duration: "30m".into(),
+                reason: "INC-9 stuck queue".into(),
                 start: None,
             },
         ];

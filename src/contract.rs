@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::model::{GrantRole, IdentityId, Justification, Name, RequestState, Role, Timestamp};
+use crate::target::{ScopeHost, TargetKind};
 
 /// Reads an `Option` field that must be present in the answer, possibly as `null`.
 fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
@@ -25,8 +26,12 @@ pub struct RequestView {
     pub id: u64,
     pub state: RequestState,
     pub requester: Name,
+    /// What `resource` is: `host`, `fleet` or `command`.
+    pub kind: TargetKind,
     pub resource: Name,
-    pub role: GrantRole,
+    /// The role asked for; `null` for a fleet command.
+    #[serde(deserialize_with = "present")]
+    pub role: Option<GrantRole>,
     pub duration_secs: u64,
     pub reason: String,
     #[serde(deserialize_with = "present")]
@@ -88,8 +93,19 @@ pub enum GrantStatus {
 pub struct GrantView {
     pub start: Timestamp,
     pub end: Timestamp,
-    pub effective_role: GrantRole,
+    /// `null` for a fleet command, which carries `command` instead.
+    #[serde(deserialize_with = "present")]
+    pub effective_role: Option<GrantRole>,
+    /// The distinct logins of `hosts`.
     pub logins: Vec<String>,
+    /// The hosts of the grant, each with its login: fixed at final approval.
+    pub hosts: Vec<ScopeHost>,
+    /// The forced command of a fleet command's grant.
+    #[serde(deserialize_with = "present")]
+    pub command: Option<String>,
+    /// Hosts the target matched that have no login for the role.
+    #[serde(default)]
+    pub left_out: Vec<Name>,
     pub status: GrantStatus,
     pub seconds_left: u64,
     pub certificates: u32,
@@ -125,9 +141,17 @@ pub struct CertSummary {
 /// What approving a pending request now would grant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WouldGrant {
-    pub effective_role: GrantRole,
-    pub login: String,
+    #[serde(deserialize_with = "present")]
+    pub effective_role: Option<GrantRole>,
+    /// The login, when every host shares one.
+    #[serde(deserialize_with = "present")]
+    pub login: Option<String>,
     pub principals: Vec<String>,
+    pub hosts: Vec<ScopeHost>,
+    #[serde(deserialize_with = "present")]
+    pub command: Option<String>,
+    pub left_out: Vec<Name>,
+    pub approvals_required: u32,
     pub start_if_approved_now: Timestamp,
     pub end_if_approved_now: Timestamp,
 }
@@ -141,10 +165,22 @@ pub struct CertView {
     pub principals: Vec<String>,
     pub valid_after: Timestamp,
     pub valid_before: Timestamp,
-    pub login: String,
+    /// The target the grant is for, and its kind.
+    pub target: Name,
+    pub kind: TargetKind,
+    /// The login, when every host shares one.
+    #[serde(deserialize_with = "present")]
+    pub login: Option<String>,
     /// Seconds left in the window by the broker's clock when it signed.
     pub seconds_left: u64,
-    pub host: HostAddress,
+    /// The host, when the certificate names exactly one.
+    #[serde(deserialize_with = "present")]
+    pub host: Option<HostAddress>,
+    /// Every host the certificate names, with the login there.
+    pub hosts: Vec<ScopeHost>,
+    /// What sshd runs with it, for a fleet command (`force-command`).
+    #[serde(deserialize_with = "present")]
+    pub command: Option<String>,
     /// The fingerprint of the CA that signed it (what the host must trust).
     pub ca_fingerprint: String,
 }
@@ -180,6 +216,37 @@ pub struct HostView {
     pub logins: BTreeMap<GrantRole, String>,
     pub approvals_required: u32,
     pub added_at: Timestamp,
+}
+
+/// A fleet, as `fleet` commands print them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetView {
+    pub id: IdentityId,
+    pub name: Name,
+    pub tags: Vec<Name>,
+    pub approvals_required: u32,
+    pub max_hosts: u32,
+    /// The hosts it covers right now.
+    pub hosts: Vec<Name>,
+    pub added_at: Timestamp,
+    pub added_by: String,
+}
+
+/// A fleet command, as `command` commands print them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandView {
+    pub id: IdentityId,
+    pub name: Name,
+    /// `fleet` or `host`.
+    pub on_kind: TargetKind,
+    pub on: Name,
+    pub run: String,
+    pub login: String,
+    pub approvals_required: u32,
+    /// The hosts it runs on right now (empty if its fleet or host was removed).
+    pub hosts: Vec<Name>,
+    pub added_at: Timestamp,
+    pub added_by: String,
 }
 
 /// The answer to `whoami`.
@@ -225,8 +292,9 @@ mod tests {
             id: 7,
             state: RequestState::Pending,
             requester: "alice".parse().unwrap(),
+            kind: TargetKind::Host,
             resource: "web-01".parse().unwrap(),
-            role: GrantRole::Editor,
+            role: Some(GrantRole::Editor),
             duration_secs: 3600,
             reason: "INC-1 x".into(),
             requested_start: None,
@@ -282,7 +350,7 @@ mod tests {
         let mut v = serde_json::to_value(request()).unwrap();
         v["added_later"] = serde_json::json!(1);
         assert!(serde_json::from_value::<RequestView>(v.clone()).is_ok());
-        for field in ["grant", "requested_start", "state"] {
+        for field in ["grant", "requested_start", "state", "role", "kind"] {
             let mut w = v.clone();
             w.as_object_mut().unwrap().remove(field);
             let err = serde_json::from_value::<RequestView>(w).unwrap_err();

@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+use crate::model::GrantRole;
+use crate::target::TargetKind;
+
 /// A library result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -33,12 +36,55 @@ pub enum Error {
     /// Something named does not exist.
     #[error("{0}")]
     NotFound(String),
-    /// No host by that name: says the closest name, and the names there are.
-    #[error("no host named {name}{}", host_hint(.did_you_mean, .known))]
-    UnknownHost {
+    /// No target by that name: says the closest name, and the names there are. `what` is
+    /// what was looked for (`host`, or `host, fleet or command`).
+    #[error("no {what} named {name}{}", name_hint(.what, .did_you_mean, .known))]
+    UnknownTarget {
+        what: &'static str,
         name: String,
         did_you_mean: Option<String>,
         known: Vec<String>,
+    },
+    /// A name taken by a target of any kind (they share one namespace).
+    #[error(
+        "{name} is already a {kind}; hosts, fleets and commands share one namespace, so pick another name (or remove the {kind} first)"
+    )]
+    NameTaken { name: String, kind: TargetKind },
+    /// `--role` given for a fleet command.
+    #[error(
+        "{name} is a fleet command: it runs its own command as its own login, so it takes no --role; ask again without --role"
+    )]
+    RoleForCommand { name: String },
+    /// No `--role` for a host or fleet.
+    #[error("{kind} {name} needs a role; add --role viewer or --role editor")]
+    RoleMissing { kind: TargetKind, name: String },
+    /// A target that covers no host now.
+    #[error(
+        "{kind} {name} covers no host right now ({why}), so there is nothing to grant; tag hosts to match it, or ask for a host by name"
+    )]
+    EmptyTarget {
+        kind: TargetKind,
+        name: String,
+        why: String,
+    },
+    /// A target with more hosts than one grant may hold.
+    #[error(
+        "{kind} {name} covers {hosts} hosts, more than the {max} one grant may hold (OpenSSH accepts at most 256 principals in a certificate); narrow it with more tags, or ask for a smaller fleet"
+    )]
+    TooManyHosts {
+        kind: TargetKind,
+        name: String,
+        hosts: usize,
+        max: u32,
+    },
+    /// No host of the target has a login for the role.
+    #[error(
+        "no host of {kind} {name} has a login for role {role}; ask for the other role, or ask an admin to add hosts with a {role} login"
+    )]
+    NoLoginForRole {
+        kind: TargetKind,
+        name: String,
+        role: GrantRole,
     },
     /// Something with that name or key already exists.
     #[error("{0}")]
@@ -135,8 +181,11 @@ impl Error {
             Error::UnknownCommand { .. } => "unknown_command",
             Error::ExecLineTooLong { .. } => "command_too_long",
             Error::RoleNotGrantable(_) => "role_not_grantable",
-            Error::NotFound(_) | Error::UnknownHost { .. } => "not_found",
-            Error::AlreadyExists(_) => "already_exists",
+            Error::RoleForCommand { .. } | Error::RoleMissing { .. } => "invalid_argument",
+            Error::NotFound(_) | Error::UnknownTarget { .. } => "not_found",
+            Error::AlreadyExists(_) | Error::NameTaken { .. } => "already_exists",
+            Error::EmptyTarget { .. } | Error::NoLoginForRole { .. } => "invalid_state",
+            Error::TooManyHosts { .. } => "limit_reached",
             Error::PermissionDenied(_) | Error::MembershipChanged => "permission_denied",
             Error::InvalidState(_) => "invalid_state",
             Error::GrantNotCurrent(_) => "grant_not_current",
@@ -181,12 +230,13 @@ impl Error {
 
 /// "; did you mean X? The hosts are: a, b" (at most ten names), without naming a command, so
 /// it reads right in every client.
-fn host_hint(did_you_mean: &Option<String>, known: &[String]) -> String {
+fn name_hint(what: &str, did_you_mean: &Option<String>, known: &[String]) -> String {
+    let plural = if what == "host" { "hosts" } else { "names" };
     let list = match known.len() {
-        0 => "there are no hosts yet (an owner or admin adds them)".to_string(),
-        n if n <= 10 => format!("the hosts are: {}", known.join(", ")),
+        0 => format!("there are no {plural} yet (an owner or admin adds them)"),
+        n if n <= 10 => format!("the {plural} are: {}", known.join(", ")),
         n => format!(
-            "the hosts include: {} and {} more",
+            "the {plural} include: {} and {} more",
             known[..10].join(", "),
             n - 10
         ),

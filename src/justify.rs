@@ -1,7 +1,8 @@
 //! The deterministic justification: restates a request's scope and flags a reason too thin for it.
 
-use crate::model::{Host, Justification, JustificationSource, Member, format_duration};
-use crate::policy::Ask;
+use crate::model::{GrantRole, Justification, JustificationSource, Member, format_duration};
+use crate::policy::{Ask, Resolved};
+use crate::target::{Found, Scope, TargetKind, name_list};
 
 /// Windows longer than this are flagged as long.
 pub const LONG_WINDOW_SECS: u64 = 8 * 3600;
@@ -38,9 +39,19 @@ const GENERIC: &[&str] = &[
     "tbd",
 ];
 
-/// Writes the justification for `ask` by `requester` on `host`, without any model.
-pub fn deterministic(requester: &Member, host: &Host, ask: &Ask<'_>) -> Justification {
+/// How many host names a justification lists before it says "and N more".
+const LISTED_HOSTS: usize = 10;
+
+/// Writes the justification for `ask` by `requester` on the target `found`, whose scope if
+/// approved now is `preview`, without any model.
+pub fn deterministic(
+    requester: &Member,
+    found: &Found,
+    preview: &Resolved,
+    ask: &Ask<'_>,
+) -> Justification {
     let reason = ask.reason.trim();
+    let scope = &preview.scope;
     let mut flags = Vec::new();
     let words = reason.split_whitespace().count();
     if words < MIN_REASON_WORDS {
@@ -52,32 +63,56 @@ pub fn deterministic(requester: &Member, host: &Host, ask: &Ask<'_>) -> Justific
     if is_generic(reason) {
         flags.push("generic_reason".to_string());
     }
-    if ask.role == crate::model::GrantRole::Editor && host.is_production() {
+    let production = scope.production();
+    if ask.role == Some(GrantRole::Editor) && !production.is_empty() {
         flags.push("editor_on_production".to_string());
+    }
+    if found.kind != TargetKind::Host && !production.is_empty() {
+        flags.push("production_in_scope".to_string());
     }
     if ask.duration_secs > LONG_WINDOW_SECS {
         flags.push("long_window".to_string());
     }
 
-    let tags = if host.tags.is_empty() {
-        "no tags".to_string()
-    } else {
-        let t: Vec<&str> = host.tags.iter().map(|t| t.as_str()).collect();
-        format!("tags: {}", t.join(", "))
+    let role = ask
+        .role
+        .map(|r| r.as_str().to_uppercase())
+        .unwrap_or_default();
+    let what = match (found.kind, found.hosts.as_slice(), &scope.command) {
+        (TargetKind::Host, [host], _) => {
+            let tags = if host.tags.is_empty() {
+                "no tags".to_string()
+            } else {
+                let t: Vec<&str> = host.tags.iter().map(|t| t.as_str()).collect();
+                format!("tags: {}", t.join(", "))
+            };
+            format!(
+                "{role} access to {} ({}:{}, {tags})",
+                host.name, host.address, host.port
+            )
+        }
+        (_, _, Some(run)) => format!(
+            "to run the command {} ({} as {}) on {}",
+            found.name,
+            quote(&summarize(run, 160)),
+            scope.single_login().unwrap_or_default(),
+            hosts_phrase(scope)
+        ),
+        _ => format!(
+            "{role} access to {} {} ({})",
+            found.kind,
+            found.name,
+            hosts_phrase(scope)
+        ),
     };
     let start = match ask.start {
         Some(t) => format!("from {t} or approval, whichever is later"),
         None => "from approval".to_string(),
     };
     let mut text = format!(
-        "{} ({}) asks for {} access to {} ({}:{}, {}) for {}, {}. Stated reason: {}.",
+        "{} ({}) asks for {what} for {}, {}. Stated reason: {}.",
         requester.name,
         requester.role,
-        ask.role.as_str().to_uppercase(),
-        host.name,
-        host.address,
-        host.port,
-        tags,
         format_duration(ask.duration_secs),
         start,
         quote(&summarize(reason, 160)),
@@ -97,6 +132,31 @@ pub fn deterministic(requester: &Member, host: &Host, ask: &Ask<'_>) -> Justific
     }
 }
 
+/// `3 hosts: web-01, web-02, web-03; production: web-03; left out (no login for the role): db-01`.
+fn hosts_phrase(scope: &Scope) -> String {
+    let n = scope.hosts.len();
+    let mut s = format!(
+        "{n} host{}: {}",
+        if n == 1 { "" } else { "s" },
+        scope.host_list(LISTED_HOSTS)
+    );
+    let production: Vec<&str> = scope.production().iter().map(|n| n.as_str()).collect();
+    if !production.is_empty() {
+        s.push_str(&format!(
+            "; production: {}",
+            name_list(&production, LISTED_HOSTS)
+        ));
+    }
+    if !scope.left_out.is_empty() {
+        let left: Vec<&str> = scope.left_out.iter().map(|n| n.as_str()).collect();
+        s.push_str(&format!(
+            "; left out, with no login for the role: {}",
+            name_list(&left, LISTED_HOSTS)
+        ));
+    }
+    s
+}
+
 /// One line of explanation per flag, for people.
 pub fn describe(flag: &str) -> &'static str {
     match flag {
@@ -104,6 +164,7 @@ pub fn describe(flag: &str) -> &'static str {
         "no_ticket_reference" => "no ticket, incident or change reference",
         "generic_reason" => "the reason is a generic phrase",
         "editor_on_production" => "EDITOR access on a production-tagged host",
+        "production_in_scope" => "production-tagged hosts are among the hosts",
         "long_window" => "the window is longer than 8h",
         _ => "see the request",
     }

@@ -2,6 +2,7 @@
 //!
 //! The components, from the inside out:
 //! - [`model`]: the nouns (members, hosts, requests, grants, times), parsed so bad values cannot exist;
+//! - [`target`]: what a request names (host, fleet, fleet command) and the scope it resolves to;
 //! - [`policy`]: the access rules, pure, with `now` as an argument;
 //! - [`justify`]: the deterministic justification written for each request;
 //! - [`audit`]: typed audit events and the SHA-256 hash chain;
@@ -34,6 +35,7 @@ pub mod model;
 pub mod policy;
 pub mod server;
 pub mod store;
+pub mod target;
 pub mod views;
 
 pub use error::{Error, Result};

@@ -1,4 +1,5 @@
 //! The nouns of sshjit (members, roles, hosts, requests, grants, times), parsed so bad values cannot exist.
+//! Fleets, fleet commands and scopes are in [`crate::target`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,6 +9,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
+use crate::target::{Scope, TargetKind};
 
 /// A point in time: whole UTC seconds since the Unix epoch. Serialized as RFC 3339.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -487,8 +489,10 @@ pub struct Approval {
 pub struct Grant {
     pub start: Timestamp,
     pub end: Timestamp,
-    pub effective_role: GrantRole,
-    pub login: String,
+    /// The role the certificates carry; `None` for a fleet command, which carries its command.
+    pub effective_role: Option<GrantRole>,
+    /// The hosts, logins and forced command, fixed at final approval.
+    pub scope: Scope,
     /// Certificates issued for this grant so far (capped by policy).
     #[serde(default)]
     pub certificates: u32,
@@ -620,10 +624,13 @@ pub struct Request {
     pub requester: Name,
     /// The requester's identity when the request was made; only that identity may use it.
     pub requester_id: IdentityId,
+    /// What the request names: a host, a fleet or a fleet command.
+    pub kind: TargetKind,
     pub resource: Name,
-    /// The host's identity when the request was made; a host added again is not this one.
+    /// The target's identity when the request was made; one added again is not this one.
     pub resource_id: IdentityId,
-    pub role: GrantRole,
+    /// The role asked for; `None` for a fleet command.
+    pub role: Option<GrantRole>,
     pub duration_secs: u64,
     pub reason: String,
     pub requested_start: Option<Timestamp>,
@@ -632,8 +639,6 @@ pub struct Request {
     pub pending_until: Timestamp,
     pub approvals: Vec<Approval>,
     pub approvals_required: u32,
-    /// The host's login per role when the request was made.
-    pub logins: BTreeMap<GrantRole, String>,
     pub decision: Decision,
 }
 

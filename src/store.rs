@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::model::{
     Decision, Host, IdentityId, Member, Name, OpenEntry, Request, RequestState, Timestamp,
 };
+use crate::target::{Target, TargetKind};
 
 /// A result inside a transaction: aborts carry our error, conflicts are retried by sled.
 pub type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
@@ -41,6 +42,9 @@ pub struct CertRecord {
     pub valid_before: Timestamp,
     pub key_fingerprint: String,
     pub issued_at: Timestamp,
+    /// The forced command, for a fleet command's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_command: Option<String>,
 }
 
 const HEAD: &[u8] = b"audit_head";
@@ -59,6 +63,7 @@ pub struct Store {
     members: Tree,
     keys: Tree,
     hosts: Tree,
+    targets: Tree,
     requests: Tree,
     pending: Tree,
     by_member: Tree,
@@ -77,6 +82,7 @@ pub struct Tx<'a> {
     members: &'a TransactionalTree,
     keys: &'a TransactionalTree,
     hosts: &'a TransactionalTree,
+    targets: &'a TransactionalTree,
     requests: &'a TransactionalTree,
     pending: &'a TransactionalTree,
     by_member: &'a TransactionalTree,
@@ -112,6 +118,7 @@ impl Store {
             members: tree("members")?,
             keys: tree("member_keys")?,
             hosts: tree("hosts")?,
+            targets: tree("fleets_and_commands")?,
             requests: tree("requests")?,
             pending: tree("pending_by_deadline")?,
             by_member: tree("requests_by_member")?,
@@ -155,6 +162,7 @@ impl Store {
             &self.members,
             &self.keys,
             &self.hosts,
+            &self.targets,
             &self.requests,
             &self.pending,
             &self.by_member,
@@ -170,6 +178,7 @@ impl Store {
                 members,
                 keys,
                 hosts,
+                targets,
                 requests,
                 pending,
                 by_member,
@@ -186,6 +195,7 @@ impl Store {
                     members,
                     keys,
                     hosts,
+                    targets,
                     requests,
                     pending,
                     by_member,
@@ -262,6 +272,24 @@ impl Store {
 
     pub fn hosts(&self) -> Result<Vec<Host>> {
         scan_json(&self.hosts)
+    }
+
+    /// The fleet or command with this name (hosts are [`Store::host`]).
+    pub fn target(&self, name: &Name) -> Result<Option<Target>> {
+        get_json(&self.targets, name.as_str().as_bytes())
+    }
+
+    /// Every fleet and command, by name.
+    pub fn targets(&self) -> Result<Vec<Target>> {
+        scan_json(&self.targets)
+    }
+
+    /// What kind of target carries `name`, if any (hosts, fleets and commands share names).
+    pub fn kind_of(&self, name: &Name) -> Result<Option<TargetKind>> {
+        if self.hosts.contains_key(name.as_str().as_bytes())? {
+            return Ok(Some(TargetKind::Host));
+        }
+        Ok(self.target(name)?.map(|t| t.kind()))
     }
 
     pub fn request(&self, id: u64) -> Result<Option<Request>> {
@@ -400,6 +428,35 @@ impl Store {
     }
 }
 
+/// Reading hosts and targets by name, the same way from the store and inside a transaction,
+/// so finding a target is written once. A transaction's errors keep sled's conflicts (which
+/// it retries) apart from ours.
+pub trait Lookup {
+    type Err: From<Error>;
+    fn host(&self, name: &Name) -> std::result::Result<Option<Host>, Self::Err>;
+    fn target(&self, name: &Name) -> std::result::Result<Option<Target>, Self::Err>;
+}
+
+impl Lookup for Store {
+    type Err = Error;
+    fn host(&self, name: &Name) -> Result<Option<Host>> {
+        Store::host(self, name)
+    }
+    fn target(&self, name: &Name) -> Result<Option<Target>> {
+        Store::target(self, name)
+    }
+}
+
+impl Lookup for Tx<'_> {
+    type Err = ConflictableTransactionError<Error>;
+    fn host(&self, name: &Name) -> TxResult<Option<Host>> {
+        Tx::host(self, name)
+    }
+    fn target(&self, name: &Name) -> TxResult<Option<Target>> {
+        Tx::target(self, name)
+    }
+}
+
 impl Tx<'_> {
     pub fn member(&self, name: &Name) -> TxResult<Option<Member>> {
         tx_get(self.members, name.as_str().as_bytes())
@@ -495,6 +552,32 @@ impl Tx<'_> {
 
     pub fn remove_host(&self, name: &Name) -> TxResult<()> {
         self.hosts.remove(name.as_str().as_bytes())?;
+        Ok(())
+    }
+
+    /// The fleet or command with this name.
+    pub fn target(&self, name: &Name) -> TxResult<Option<Target>> {
+        tx_get(self.targets, name.as_str().as_bytes())
+    }
+
+    /// What kind of target carries `name`, if any.
+    pub fn kind_of(&self, name: &Name) -> TxResult<Option<TargetKind>> {
+        if self.hosts.get(name.as_str().as_bytes())?.is_some() {
+            return Ok(Some(TargetKind::Host));
+        }
+        Ok(self.target(name)?.map(|t| t.kind()))
+    }
+
+    /// Stores a new fleet or command under a new identity (never reused); returns it as stored.
+    pub fn add_target(&self, t: &Target) -> TxResult<Target> {
+        let mut t = t.clone();
+        t.set_id(self.next_identity()?);
+        tx_put(self.targets, t.name().as_str().as_bytes(), &t)?;
+        Ok(t)
+    }
+
+    pub fn remove_target(&self, name: &Name) -> TxResult<()> {
+        self.targets.remove(name.as_str().as_bytes())?;
         Ok(())
     }
 

@@ -2,12 +2,14 @@
 //! records, and their text forms for people.
 
 use crate::contract::{
-    ApprovalView, DenialView, EndedView, GrantStatus, GrantView, HostView, MemberView, RequestView,
+    ApprovalView, CommandView, DenialView, EndedView, FleetView, GrantStatus, GrantView, HostView,
+    MemberView, RequestView,
 };
 use crate::justify;
 use crate::model::{
     Decision, Grant, Host, Member, Request, RequestState, Timestamp, format_duration,
 };
+use crate::target::{Fleet, FleetCommand, Scope};
 
 /// Where a grant's window stands at `now`.
 pub fn grant_status(g: &Grant, now: Timestamp) -> GrantStatus {
@@ -29,7 +31,10 @@ pub fn request_view(r: &Request, now: Timestamp) -> RequestView {
         start: g.start,
         end: g.end,
         effective_role: g.effective_role,
-        logins: vec![g.login.clone()],
+        logins: g.scope.logins(),
+        hosts: g.scope.hosts.clone(),
+        command: g.scope.command.clone(),
+        left_out: g.scope.left_out.clone(),
         status: grant_status(g, now),
         seconds_left: now.until(g.end).max(0) as u64,
         certificates: g.certificates,
@@ -43,6 +48,7 @@ pub fn request_view(r: &Request, now: Timestamp) -> RequestView {
         id: r.id,
         state,
         requester: r.requester.clone(),
+        kind: r.kind,
         resource: r.resource.clone(),
         role: r.role,
         duration_secs: r.duration_secs,
@@ -95,10 +101,11 @@ pub fn request_text(r: &Request, now: Timestamp) -> String {
     let state = r.state_at(now);
     let mut s = format!("request {}: {}\n", r.id, state);
     s.push_str(&format!("  requester      {}\n", r.requester));
-    s.push_str(&format!("  host           {}\n", r.resource));
+    s.push_str(&format!("  {:<14} {}\n", r.kind.as_str(), r.resource));
     s.push_str(&format!(
-        "  role           {} for {}\n",
-        r.role,
+        "  {:<14} {} for {}\n",
+        if r.role.is_some() { "role" } else { "access" },
+        role_label(r),
         format_duration(r.duration_secs)
     ));
     if let Some(t) = r.requested_start {
@@ -137,14 +144,16 @@ pub fn request_text(r: &Request, now: Timestamp) -> String {
             format_duration(now.until(r.pending_until).max(0) as u64)
         )),
         Decision::Pending => s.push_str(&format!("  expired at     {}\n", r.pending_until)),
-        Decision::Approved { grant } => s.push_str(&format!(
-            "  grant          {} to {} as {} ({}, {})\n",
-            grant.start,
-            grant.end,
-            grant.login,
-            grant.effective_role,
-            window_note(grant, now)
-        )),
+        Decision::Approved { grant } => {
+            s.push_str(&format!(
+                "  grant          {} to {} ({}, {})\n",
+                grant.start,
+                grant.end,
+                grant.effective_role.map_or("command", |r| r.as_str()),
+                window_note(grant, now)
+            ));
+            s.push_str(&scope_text(&grant.scope));
+        }
         Decision::Denied { by, at, reason } => {
             s.push_str(&format!("  denied         by {by} at {at}: {reason}\n"))
         }
@@ -158,6 +167,45 @@ pub fn request_text(r: &Request, now: Timestamp) -> String {
             }
             s.push('\n');
         }
+    }
+    s
+}
+
+/// The role a request asks for, or `command` for a fleet command.
+pub fn role_label(r: &Request) -> &'static str {
+    r.role.map_or("command", |r| r.as_str())
+}
+
+/// The lines of `show` that spell out a scope: every host with its login, the forced
+/// command, and the hosts left out.
+pub fn scope_text(scope: &Scope) -> String {
+    let mut s = String::new();
+    let hosts: Vec<String> = scope
+        .hosts
+        .iter()
+        .map(|h| {
+            format!(
+                "{}@{}{}",
+                h.login,
+                h.name,
+                if h.production { " (production)" } else { "" }
+            )
+        })
+        .collect();
+    s.push_str(&format!(
+        "  hosts          {} ({})\n",
+        hosts.len(),
+        hosts.join(", ")
+    ));
+    if let Some(run) = &scope.command {
+        s.push_str(&format!("  runs only      {run}\n"));
+    }
+    if !scope.left_out.is_empty() {
+        let left: Vec<&str> = scope.left_out.iter().map(|n| n.as_str()).collect();
+        s.push_str(&format!(
+            "  left out       {} (no login for the role)\n",
+            left.join(", ")
+        ));
     }
     s
 }
@@ -181,7 +229,7 @@ pub fn requests_table(rs: &[Request], now: Timestamp) -> String {
     }
     let mut s = format!(
         "{:<6} {:<9} {:<12} {:<14} {:<7} {:<8} {:<9} {}\n",
-        "ID", "STATE", "REQUESTER", "HOST", "ROLE", "FOR", "APPROVALS", "NOTE"
+        "ID", "STATE", "REQUESTER", "TARGET", "ROLE", "FOR", "APPROVALS", "NOTE"
     );
     for r in rs {
         let note = match (r.state_at(now), r.grant()) {
@@ -194,7 +242,12 @@ pub fn requests_table(rs: &[Request], now: Timestamp) -> String {
                     r.justification.flags.join(",")
                 }
             ),
-            (_, Some(g)) => format!("{} as {}", window_note(g, now), g.login),
+            (_, Some(g)) => format!(
+                "{} on {} host(s) as {}",
+                window_note(g, now),
+                g.scope.hosts.len(),
+                g.scope.logins().join(",")
+            ),
             _ => String::new(),
         };
         s.push_str(&format!(
@@ -203,7 +256,7 @@ pub fn requests_table(rs: &[Request], now: Timestamp) -> String {
             r.state_at(now).as_str(),
             r.requester.as_str(),
             r.resource.as_str(),
-            r.role.as_str(),
+            role_label(r),
             format_duration(r.duration_secs),
             format!("{}/{}", r.approvals.len(), r.approvals_required),
             note
@@ -270,6 +323,80 @@ pub fn hosts_table(hs: &[Host]) -> String {
             },
             logins.join(","),
             h.approvals_required
+        ));
+    }
+    s
+}
+
+/// The fleet object of the contract, with the hosts it covers now.
+pub fn fleet_view(f: &Fleet, hosts: Vec<crate::model::Name>) -> FleetView {
+    FleetView {
+        id: f.id,
+        name: f.name.clone(),
+        tags: f.tags.clone(),
+        approvals_required: f.approvals_required,
+        max_hosts: f.max_hosts,
+        hosts,
+        added_at: f.added_at,
+        added_by: f.added_by.clone(),
+    }
+}
+
+pub fn fleets_table(fs: &[FleetView]) -> String {
+    if fs.is_empty() {
+        return "no fleets yet; an owner or admin adds them with 'fleet add NAME --tag T'\n".into();
+    }
+    let mut s = format!(
+        "{:<16} {:<20} {:<6} {:<10} {}\n",
+        "NAME", "TAGS", "HOSTS", "APPROVALS", "MAX HOSTS"
+    );
+    for f in fs {
+        let tags: Vec<&str> = f.tags.iter().map(|t| t.as_str()).collect();
+        s.push_str(&format!(
+            "{:<16} {:<20} {:<6} {:<10} {}\n",
+            f.name.as_str(),
+            tags.join(","),
+            f.hosts.len(),
+            f.approvals_required,
+            f.max_hosts
+        ));
+    }
+    s
+}
+
+/// The command object of the contract, with the hosts it runs on now.
+pub fn command_view(c: &FleetCommand, hosts: Vec<crate::model::Name>) -> CommandView {
+    CommandView {
+        id: c.id,
+        name: c.name.clone(),
+        on_kind: c.on_kind,
+        on: c.on.clone(),
+        run: c.run.clone(),
+        login: c.login.clone(),
+        approvals_required: c.approvals_required,
+        hosts,
+        added_at: c.added_at,
+        added_by: c.added_by.clone(),
+    }
+}
+
+pub fn commands_table(cs: &[CommandView]) -> String {
+    if cs.is_empty() {
+        return "no commands yet; an owner or admin adds them with 'command add NAME --fleet F --run LINE --login USER'\n".into();
+    }
+    let mut s = format!(
+        "{:<16} {:<18} {:<10} {:<6} {:<10} {}\n",
+        "NAME", "ON", "LOGIN", "HOSTS", "APPROVALS", "RUNS"
+    );
+    for c in cs {
+        s.push_str(&format!(
+            "{:<16} {:<18} {:<10} {:<6} {:<10} {}\n",
+            c.name.as_str(),
+            format!("{} {}", c.on_kind, c.on),
+            c.login,
+            c.hosts.len(),
+            c.approvals_required,
+            c.run
         ));
     }
     s

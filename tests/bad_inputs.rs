@@ -65,6 +65,18 @@ fn setup(keys: &HashMap<&str, Identity>) -> Vec<(&'static str, String)> {
             "olga",
             "host add vault --address 10.0.0.9 --login viewer=ro --approvals 3".into(),
         ),
+        ("olga", "fleet add prodfleet --tag prod".into()),
+        ("olga", "fleet add ghost --tag nosuchtag".into()),
+        (
+            "olga",
+            "command add restart --host web-01 --run 'systemctl restart worker' --login deploy"
+                .into(),
+        ),
+        (
+            "olga",
+            "command add restart-all --fleet prodfleet --run 'systemctl restart worker' --login deploy"
+                .into(),
+        ),
         ("alice", format!("request web-01 {r}")), // 1: pending
         ("alice", format!("request web-01 {r}")), // 2: denied
         ("adam", "deny 2 --reason 'use the runbook instead'".into()),
@@ -171,7 +183,7 @@ fn table(keys: &HashMap<&str, Identity>) -> Vec<Row> {
             "alice",
             "request web-99 --role editor --for 1h --reason 'INC-1 fix'",
             "not_found",
-            "no host named web-99",
+            "no host, fleet or command named web-99",
         ),
         row(
             "alice",
@@ -397,7 +409,135 @@ fn table(keys: &HashMap<&str, Identity>) -> Vec<Row> {
             "alice",
             "request web-1 --role viewer --for 1h --reason 'INC-1 x y z'",
             "not_found",
-            "no host named web-1; did you mean web-01? The hosts are: vault, web-01",
+            "no host, fleet or command named web-1; did you mean web-01? The names are: ghost, prodfleet, restart, restart-all, vault, web-01",
+        ),
+        // Fleets and fleet commands.
+        row(
+            "alice",
+            "fleet show nofleet",
+            "not_found",
+            "there is no fleet named nofleet",
+        ),
+        row(
+            "alice",
+            "command show nocmd",
+            "not_found",
+            "there is no command named nocmd",
+        ),
+        row(
+            "alice",
+            "command show prodfleet",
+            "not_found",
+            "prodfleet is a fleet, not a command",
+        ),
+        row(
+            "alice",
+            "request ghost --role viewer --for 1h --reason 'INC-1 look at the ghosts'",
+            "invalid_state",
+            "fleet ghost covers no host right now (no host carries all of tag(s) nosuchtag)",
+        ),
+        row(
+            "olga",
+            "fleet add web-01 --tag prod",
+            "already_exists",
+            "web-01 is already a host; hosts, fleets and commands share one namespace",
+        ),
+        row(
+            "olga",
+            "host add prodfleet --address 10.0.0.7 --login viewer=ro",
+            "already_exists",
+            "prodfleet is already a fleet",
+        ),
+        row(
+            "olga",
+            "command add prodfleet --host web-01 --run 'uptime' --login deploy",
+            "already_exists",
+            "prodfleet is already a fleet",
+        ),
+        row(
+            "olga",
+            "command add restart --fleet prodfleet --run 'uptime' --login deploy",
+            "already_exists",
+            "restart is already a command",
+        ),
+        row(
+            "olga",
+            "command add bell --host web-01 --run 'uptime\u{7}' --login deploy",
+            "invalid_argument",
+            "contains the control or invisible character U+0007",
+        ),
+        row(
+            "olga",
+            "command add rtl --host web-01 --run 'rm -rf /tmp/x \u{202E}' --login deploy",
+            "invalid_argument",
+            "U+202E",
+        ),
+        row(
+            "olga",
+            "command add empty --host web-01 --run ' ' --login deploy",
+            "invalid_argument",
+            "--run is empty",
+        ),
+        row(
+            "olga",
+            "command add both --host web-01 --fleet prodfleet --run 'uptime' --login deploy",
+            "usage",
+            "cannot be used with",
+        ),
+        row(
+            "olga",
+            "command add onhost --fleet web-01 --run 'uptime' --login deploy",
+            "invalid_argument",
+            "web-01 is a host, not a fleet; use --host web-01",
+        ),
+        row(
+            "olga",
+            "command add badlogin --host web-01 --run 'uptime' --login -oProxy",
+            "usage",
+            "unexpected argument",
+        ),
+        row(
+            "olga",
+            "command add badlogin --host web-01 --run 'uptime' --login=-oProxy",
+            "invalid_argument",
+            "is not a valid unix login",
+        ),
+        row(
+            "alice",
+            "request restart --role viewer --for 1h --reason 'INC-1 restart the worker'",
+            "invalid_argument",
+            "restart is a fleet command: it runs its own command as its own login, so it takes no --role",
+        ),
+        row(
+            "alice",
+            "request prodfleet --for 1h --reason 'INC-1 look at the fleet'",
+            "invalid_argument",
+            "fleet prodfleet needs a role; add --role viewer or --role editor",
+        ),
+        row(
+            "olga",
+            "fleet add big --tag prod --max-hosts 257",
+            "invalid_argument",
+            "--max-hosts 257 is out of range; use 1 to 256",
+        ),
+        row("olga", "fleet add notags", "usage", "--tag <TAGS>"),
+        row(
+            "alice",
+            "fleet add mine --tag prod",
+            "permission_denied",
+            "only owners and admins can add fleets",
+        ),
+        row(
+            "alice",
+            "command remove restart",
+            "permission_denied",
+            "only owners and admins can remove fleet commands",
+        ),
+        row(
+            "olga",
+            "fleet remove prodfleet",
+            "invalid_state",
+            "fleet prodfleet is used by command(s) restart-all; remove them first",
         ),
         row(
             "olga",

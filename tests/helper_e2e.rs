@@ -157,7 +157,9 @@ fn request_wait_approve_login_and_ssh() {
         "{approved:?}"
     );
     assert!(
-        approved.stderr.contains(&format!("as login {me}")),
+        approved
+            .stderr
+            .contains(&format!("editor on 1 host(s): {me}@web-01")),
         "the approver was not shown the grant: {approved:?}"
     );
 
@@ -174,7 +176,8 @@ fn request_wait_approve_login_and_ssh() {
         "{stdout}"
     );
     assert!(
-        stdout.contains(&format!("certificate for web-01 as {me}")),
+        stdout.contains("certificate for web-01 (serial")
+            && stdout.contains(&format!("logins       {me}@web-01")),
         "{stdout}"
     );
     let dir = alice.certs_dir().join("web-01");

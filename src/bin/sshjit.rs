@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use sshjit::client::local::Want;
 use sshjit::client::{self, ConnectArgs, Settings, helper, local};
 use sshjit::commands::RequestArgs;
 use sshjit::model::Timestamp;
@@ -28,7 +29,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Ask for access to a host; with --wait, follow it to a certificate.
+    /// Ask for access to a host or fleet, or to run a fleet command; with --wait, follow it to
+    /// a certificate.
     Request {
         #[command(flatten)]
         args: RequestArgs,
@@ -59,7 +61,8 @@ enum Cmd {
         #[command(flatten)]
         connect: ConnectArgs,
     },
-    /// Run ssh to HOST with the current grant's login, key and certificate.
+    /// Run ssh to HOST with the current grant's login, key and certificate (a host grant, or a
+    /// fleet grant that holds HOST).
     Ssh {
         #[command(flatten)]
         connect: ConnectArgs,
@@ -69,11 +72,24 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run an approved fleet command on every host of its grant, and sum up how each went.
+    Run {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        /// The fleet command's name.
+        name: String,
+        /// How many hosts at once.
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
+        /// Options for ssh, given before each destination (such as -o ConnectTimeout=5).
+        #[arg(last = true)]
+        ssh_args: Vec<String>,
+    },
     /// Print an ~/.ssh/config block so plain ssh, scp, rsync and git use your certificates.
     SshConfig,
     /// List the certificates stored in ~/.ssh/sshjit.
     Certs,
-    /// List the hosts you can request, with the login for each role.
+    /// List what you can request: hosts (with the login for each role), fleets and commands.
     Ls {
         #[command(flatten)]
         connect: ConnectArgs,
@@ -163,20 +179,48 @@ async fn run(cli: &Cli) -> Result<(), Error> {
         Cmd::Status { id, connect } => helper::status(&settings(cli, connect)?, *id).await?,
         Cmd::Cancel { id, connect } => helper::cancel(&settings(cli, connect)?, *id).await?,
         Cmd::Login { id, connect } => helper::login(&settings(cli, connect)?, *id).await?,
+        Cmd::Run {
+            connect,
+            name,
+            parallel,
+            ssh_args,
+        } => {
+            let settings = optional_settings(cli, connect)?;
+            let (printed, ok) = client::run::run(
+                settings.as_ref(),
+                &client::certs_dir()?,
+                name,
+                *parallel,
+                ssh_args,
+                cli.json,
+            )
+            .await?;
+            if ok {
+                printed
+            } else {
+                if cli.json {
+                    println!("{}", printed.json);
+                } else {
+                    print!("{}", printed.text);
+                }
+                return Err(Error::Client(format!(
+                    "{name} did not succeed on every host; see the summary above"
+                )));
+            }
+        }
         Cmd::Ssh {
             host,
             args,
             connect,
         } => {
-            // A stored certificate serves without broker settings; with them, it is checked.
-            let settings = match settings(cli, connect) {
-                Ok(s) => Some(s),
-                Err(Error::Config(_)) => None,
-                Err(e) => return Err(e),
-            };
+            let settings = optional_settings(cli, connect)?;
             let certs_dir = client::certs_dir()?;
-            let cert = helper::certificate_for(settings.as_ref(), &certs_dir, host).await?;
-            let err = exec(helper::ssh_command(&cert, args));
+            let cert =
+                helper::certificate_for(settings.as_ref(), &certs_dir, Want::Host(host)).await?;
+            let target = cert.host(host).ok_or_else(|| {
+                Error::Internal(format!("the certificate for {host} does not name it"))
+            })?;
+            let err = exec(helper::ssh_command(&cert, target, args));
             return Err(Error::Client(format!(
                 "cannot run ssh: {err}; install openssh-client"
             )));
@@ -199,6 +243,16 @@ fn settings(cli: &Cli, connect: &ConnectArgs) -> Result<Settings, Error> {
         eprintln!("sshjit: removed {} expired certificate(s)", pruned.len());
     }
     Ok(settings)
+}
+
+/// Settings when there are any: a stored certificate serves without them (`ssh`, `run`), and
+/// with them it is checked against the broker.
+fn optional_settings(cli: &Cli, connect: &ConnectArgs) -> Result<Option<Settings>, Error> {
+    match settings(cli, connect) {
+        Ok(s) => Ok(Some(s)),
+        Err(Error::Config(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Replaces this process with `cmd`; returns only on failure.

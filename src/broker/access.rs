@@ -1,5 +1,8 @@
 //! The access flow: request, decide (approve, deny, cancel), read, and sign certificates.
 
+use std::collections::BTreeSet;
+
+use super::targets::find;
 use super::{Broker, Call, Reply, require_manager};
 use crate::audit::AuditEvent;
 use crate::ca;
@@ -11,13 +14,14 @@ use crate::model::{
 };
 use crate::policy::{self, Approved, Ask};
 use crate::store::CertRecord;
+use crate::target::ScopeHost;
 use crate::views;
 
 impl Broker {
     pub(super) fn request(&self, actor: &Member, a: &RequestArgs, cx: &Call) -> Result<Reply> {
         let now = cx.now;
-        let host_name: Name = a.host.parse()?;
-        let role: GrantRole = a.role.parse()?;
+        let name: Name = a.target.parse()?;
+        let role = a.role.as_deref().map(str::parse::<GrantRole>).transpose()?;
         let duration_secs = parse_duration(&a.duration)?;
         let start = a
             .start
@@ -30,25 +34,26 @@ impl Broker {
             reason: &a.reason,
             start,
         };
-        if self.store.host(&host_name)?.is_none() {
-            return Err(self.unknown_host(&host_name)?);
+        if self.store.kind_of(&name)?.is_none() {
+            return Err(self.unknown_target(&name, "host, fleet or command")?);
         }
+        let candidates = self.hosts_for(&name)?;
         let approvers = self.approvers_other_than(actor)?;
         let rate = self.policy.request_rate;
         let req = self.metered(actor, "request", rate, now, || {
             self.apply(cx, actor, |tx| {
-                let host = tx
-                    .host(&host_name)?
-                    .ok_or_else(|| Error::NotFound(format!("host {host_name} was just removed")))?;
+                let found = find(tx, &name, &candidates)?
+                    .ok_or_else(|| Error::NotFound(format!("{name} was just removed")))?;
                 let open = tx.open_of(actor.id)?;
                 let id = tx.next_request_id()?;
                 let req = self
                     .policy
-                    .open(id, actor, &host, &ask, &open, approvers.len(), now)?;
+                    .open(id, actor, &found, &ask, &open, approvers.len(), now)?;
                 tx.put_request(&req)?;
                 let event = AuditEvent::RequestCreated {
                     id,
                     requester: req.requester.to_string(),
+                    kind: req.kind,
                     resource: req.resource.to_string(),
                     role: req.role,
                     duration_secs: req.duration_secs,
@@ -60,12 +65,12 @@ impl Broker {
                 Ok((req, vec![event]))
             })
         })?;
-        tracing::info!(id = req.id, requester = %req.requester, host = %req.resource, role = %req.role, "request created");
+        tracing::info!(id = req.id, requester = %req.requester, target = %req.resource, role = views::role_label(&req), "request created");
         let mut view = views::request_view(&req, now);
         view.approvers = Some(approvers.iter().map(|m| m.name.clone()).collect());
         let names: Vec<&str> = approvers.iter().map(|m| m.name.as_str()).collect();
         let text = format!(
-            "{}\ncan approve: {}\nwait for approval, then fetch a certificate with: cert {} < KEY.pub\n",
+            "{}can approve: {}\nwait for approval, then fetch a certificate with: cert {} < KEY.pub\n",
             views::request_text(&req, now),
             if names.is_empty() {
                 "nobody yet (add another owner or admin)".to_string()
@@ -126,21 +131,40 @@ impl Broker {
                 })
                 .collect(),
         );
+        let mut would = String::new();
         if r.state_at(now) == RequestState::Pending
             && let Some(m) = self.store.member(&r.requester)?
             && m.id == r.requester_id
         {
-            let (role, login) = policy::grant_shape(&r, m.role)?;
-            let start = r.requested_start.map_or(now, |s| s.max(now));
-            view.would_grant = Some(WouldGrant {
-                effective_role: role,
-                principals: vec![ca::principal(&login, r.resource.as_str())],
-                login,
-                start_if_approved_now: start,
-                end_if_approved_now: start.plus(r.duration_secs),
-            });
+            let found = self
+                .find_now(&r.resource)?
+                .filter(|f| f.id == r.resource_id);
+            match found.map(|f| policy::resolve(&f, r.role, m.role)) {
+                Some(Ok(res)) => {
+                    let start = r.requested_start.map_or(now, |s| s.max(now));
+                    would = format!(
+                        "if approved now ({} approval(s) needed):\n{}",
+                        res.approvals_required,
+                        views::scope_text(&res.scope)
+                    );
+                    view.would_grant = Some(WouldGrant {
+                        effective_role: res.effective_role,
+                        login: res.scope.single_login(),
+                        principals: res.scope.principals(),
+                        hosts: res.scope.hosts.clone(),
+                        command: res.scope.command.clone(),
+                        left_out: res.scope.left_out.clone(),
+                        approvals_required: res.approvals_required,
+                        start_if_approved_now: start,
+                        end_if_approved_now: start.plus(r.duration_secs),
+                    });
+                }
+                Some(Err(e)) => would = format!("if approved now: it cannot be granted: {e}\n"),
+                None => would = format!("if approved now: {} {} was removed\n", r.kind, r.resource),
+            }
         }
         let mut text = views::request_text(&r, now);
+        text.push_str(&would);
         for c in &certs {
             text.push_str(&format!(
                 "  certificate    serial {} for {} issued {}\n",
@@ -209,15 +233,19 @@ impl Broker {
         cx: &Call,
     ) -> Result<Reply> {
         let now = cx.now;
+        let candidates = match self.store.request(id)? {
+            Some(r) => self.hosts_for(&r.resource)?,
+            None => vec![],
+        };
         let (req, outcome) = self.apply(cx, actor, |tx| {
             let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id, actor))?;
             let requester = tx.member(&req.requester)?;
-            let host = tx.host(&req.resource)?;
+            let found = find(tx, &req.resource, &candidates)?;
             let outcome = policy::approve(
                 &mut req,
                 actor,
                 requester.as_ref(),
-                host.as_ref(),
+                found.as_ref(),
                 comment,
                 now,
             )?;
@@ -235,7 +263,9 @@ impl Broker {
                     start: g.start,
                     end: g.end,
                     effective_role: g.effective_role,
-                    login: g.login.clone(),
+                    principals: g.scope.principals(),
+                    force_command: g.scope.command.clone(),
+                    left_out: g.scope.left_out.iter().map(Name::to_string).collect(),
                 });
             }
             Ok(((req, outcome), events))
@@ -248,10 +278,17 @@ impl Broker {
                 )
             }
             Approved::Granted(g) => format!(
-                "request {id} approved: {} may log in to {} as {} from {} to {} ({})\n",
+                "request {id} approved: {} may {} {} {} ({} host(s)) as {} from {} to {} ({})\n",
                 req.requester,
+                if g.scope.command.is_some() {
+                    "run"
+                } else {
+                    "log in to"
+                },
+                req.kind,
                 req.resource,
-                g.login,
+                g.scope.hosts.len(),
+                g.scope.logins().join(","),
                 g.start,
                 g.end,
                 format_duration(g.start.until(g.end) as u64)
@@ -295,56 +332,69 @@ impl Broker {
         }
         let key_fingerprint = ca::fingerprint(key.key_data());
         let rate = self.policy.cert_rate;
-        let (cert, record, host, login) = self.metered(actor, "cert", rate, now, || {
+        let (cert, record, req, hosts) = self.metered(actor, "cert", rate, now, || {
             self.apply(cx, actor, |tx| {
-            if tx.key_owner(&key_fingerprint)?.is_some() {
-                return Err(Error::InvalidKey(
-                    "that key is a member's identity key for the broker; certify a fresh key (sshjit login makes one)".into(),
-                )
-                .into());
-            }
-            let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id, actor))?;
-            let host = tx.host(&req.resource)?;
-            let grant = self
-                .policy
-                .authorize_cert(&req, actor, host.as_ref(), now)?
-                .clone();
-            let host = host.ok_or_else(|| Error::Internal("authorized without a host".into()))?;
-            let serial = tx.next_serial()?;
-            let profile = ca::profile(&req, &grant, serial);
-            let cert = self.ca.sign(key.key_data(), &profile)?;
-            let record = CertRecord {
-                serial,
-                request_id: id,
-                member: actor.name.clone(),
-                key_id: profile.key_id.clone(),
-                principals: profile.principals.clone(),
-                valid_after: grant.start,
-                valid_before: grant.end,
-                key_fingerprint: key_fingerprint.clone(),
-                issued_at: now,
-            };
-            tx.put_cert(&record)?;
-            if let crate::model::Decision::Approved { grant } = &mut req.decision {
-                grant.certificates += 1;
-            }
-            tx.put_request_record(&req)?;
-            let event = AuditEvent::CertificateIssued {
-                id,
-                serial,
-                key_id: record.key_id.clone(),
-                principals: record.principals.clone(),
-                valid_after: record.valid_after,
-                valid_before: record.valid_before,
-                key_fingerprint: key_fingerprint.clone(),
-            };
-            Ok(((cert, record, host, grant.login.clone()), vec![event]))
-        })
+                if tx.key_owner(&key_fingerprint)?.is_some() {
+                    return Err(Error::InvalidKey(
+                        "that key is a member's identity key for the broker; certify a fresh key (sshjit login makes one)".into(),
+                    )
+                    .into());
+                }
+                let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id, actor))?;
+                // The scope's hosts that are still the hosts it was fixed with.
+                let mut live = BTreeSet::new();
+                for h in req.grant().map_or(&[][..], |g| &g.scope.hosts) {
+                    if tx.host(&h.name)?.is_some_and(|now| now.id == h.id) {
+                        live.insert(h.id);
+                    }
+                }
+                let (grant, hosts) =
+                    self.policy
+                        .authorize_cert(&req, actor, |h| live.contains(&h.id), now)?;
+                let hosts: Vec<ScopeHost> = hosts.into_iter().cloned().collect();
+                let grant = grant.clone();
+                let serial = tx.next_serial()?;
+                let profile = ca::profile(&req, &grant, &hosts.iter().collect::<Vec<_>>(), serial);
+                let cert = self.ca.sign(key.key_data(), &profile)?;
+                let record = CertRecord {
+                    serial,
+                    request_id: id,
+                    member: actor.name.clone(),
+                    key_id: profile.key_id.clone(),
+                    principals: profile.principals.clone(),
+                    valid_after: grant.start,
+                    valid_before: grant.end,
+                    key_fingerprint: key_fingerprint.clone(),
+                    issued_at: now,
+                    force_command: profile.force_command.clone(),
+                };
+                tx.put_cert(&record)?;
+                if let crate::model::Decision::Approved { grant } = &mut req.decision {
+                    grant.certificates += 1;
+                }
+                tx.put_request_record(&req)?;
+                let event = AuditEvent::CertificateIssued {
+                    id,
+                    serial,
+                    key_id: record.key_id.clone(),
+                    principals: record.principals.clone(),
+                    valid_after: record.valid_after,
+                    valid_before: record.valid_before,
+                    key_fingerprint: key_fingerprint.clone(),
+                    force_command: record.force_command.clone(),
+                };
+                Ok(((cert, record, req, hosts), vec![event]))
+            })
         })?;
         tracing::info!(id, serial = record.serial, key_id = %record.key_id, "certificate issued");
         let line = cert
             .to_openssh()
             .map_err(|e| Error::Internal(format!("cannot encode a certificate: {e}")))?;
+        let scope = crate::target::Scope {
+            hosts,
+            command: record.force_command.clone(),
+            left_out: vec![],
+        };
         let view = CertView {
             certificate: line.clone(),
             serial: record.serial,
@@ -352,13 +402,20 @@ impl Broker {
             principals: record.principals,
             valid_after: record.valid_after,
             valid_before: record.valid_before,
-            login,
+            target: req.resource.clone(),
+            kind: req.kind,
+            login: scope.single_login(),
             seconds_left: now.until(record.valid_before).max(0) as u64,
-            host: HostAddress {
-                name: host.name,
-                address: host.address,
-                port: host.port,
+            host: match scope.hosts.as_slice() {
+                [h] => Some(HostAddress {
+                    name: h.name.clone(),
+                    address: h.address.clone(),
+                    port: h.port,
+                }),
+                _ => None,
             },
+            hosts: scope.hosts.clone(),
+            command: scope.command,
             ca_fingerprint: self.ca.fingerprint(),
         };
         Reply::of(&view, format!("{line}\n"))

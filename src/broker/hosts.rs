@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::members::{close_open, closed_note};
+use super::targets::check_approvals;
 use super::{Broker, Call, Reply, require_manager};
 use crate::audit::AuditEvent;
 use crate::ca;
@@ -13,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::model::{
     GrantRole, Host, IdentityId, Member, Name, Role, Timestamp, validate_address, validate_login,
 };
+use crate::target::TargetKind;
 use crate::views;
 
 /// Most approvals a host may require.
@@ -47,12 +49,22 @@ impl Broker {
                 require_manager(actor, "add hosts")?;
                 let host = new_host(name, address, *port, tags, logins, *approvals, actor, now)?;
                 let host = self.apply(cx, actor, |tx| {
-                    if tx.host(&host.name)?.is_some() {
-                        return Err(Error::AlreadyExists(format!(
-                            "host {} already exists; remove it first to change it",
-                            host.name
-                        ))
-                        .into());
+                    match tx.kind_of(&host.name)? {
+                        Some(TargetKind::Host) => {
+                            return Err(Error::AlreadyExists(format!(
+                                "host {} already exists; remove it first to change it",
+                                host.name
+                            ))
+                            .into());
+                        }
+                        Some(kind) => {
+                            return Err(Error::NameTaken {
+                                name: host.name.to_string(),
+                                kind,
+                            }
+                            .into());
+                        }
+                        None => {}
                     }
                     let h = tx.add_host(&host)?;
                     Ok((h.clone(), vec![AuditEvent::host_added(&h)]))
@@ -86,7 +98,7 @@ impl Broker {
                 require_manager(actor, "remove hosts")?;
                 let name: Name = name.parse()?;
                 let Some(before) = self.store.host(&name)? else {
-                    return Err(self.unknown_host(&name)?);
+                    return Err(self.unknown_target(&name, "host")?);
                 };
                 // What is open on it, found outside the transaction (it cannot scan); each
                 // one is checked again inside it.
@@ -124,9 +136,10 @@ impl Broker {
         let name: Name = name.parse()?;
         ca::validate_host_dir(dir)?;
         let Some(host) = self.store.host(&name)? else {
-            return Err(self.unknown_host(&name)?);
+            return Err(self.unknown_target(&name, "host")?);
         };
-        let cfg = ca::host_config(&host, &self.ca.public_key()?, dir);
+        let command_logins = self.command_logins(&host)?;
+        let cfg = ca::host_config(&host, &command_logins, &self.ca.public_key()?, dir);
         let json = serde_json::to_value(&cfg)?;
         let text = if script {
             cfg.script()
@@ -175,11 +188,7 @@ fn new_host(
             "port 0 is not a port; use the host's sshd port, such as 22",
         ));
     }
-    if !(1..=MAX_APPROVALS).contains(&approvals) {
-        return Err(Error::invalid(format!(
-            "--approvals {approvals} is out of range; use 1 to {MAX_APPROVALS}"
-        )));
-    }
+    check_approvals(approvals)?;
     let tags = tags
         .iter()
         .map(|t| t.parse())
@@ -221,22 +230,4 @@ fn new_host(
         added_at: now,
         added_by: actor.name.to_string(),
     })
-}
-
-impl Broker {
-    /// The error for a host name that is not there, with the closest name and the names there are.
-    pub(super) fn unknown_host(&self, name: &Name) -> Result<Error> {
-        let known: Vec<String> = self
-            .store
-            .hosts()?
-            .into_iter()
-            .map(|h| h.name.to_string())
-            .collect();
-        Ok(Error::UnknownHost {
-            name: name.to_string(),
-            did_you_mean: crate::model::closest(name.as_str(), known.iter().map(String::as_str))
-                .map(str::to_string),
-            known,
-        })
-    }
 }

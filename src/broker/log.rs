@@ -99,17 +99,36 @@ fn describe_event(e: &AuditEvent) -> String {
             ..
         } => format!("host {name} added ({address}:{port})"),
         AuditEvent::HostRemoved { name } => format!("host {name} removed"),
+        AuditEvent::FleetAdded { name, tags, .. } => {
+            format!("fleet {name} added (tags {})", tags.join(", "))
+        }
+        AuditEvent::FleetRemoved { name } => format!("fleet {name} removed"),
+        AuditEvent::CommandAdded {
+            name,
+            on,
+            run,
+            login,
+            ..
+        } => format!("command {name} added: runs {run:?} as {login} on {on}"),
+        AuditEvent::CommandRemoved { name } => format!("command {name} removed"),
         AuditEvent::RequestCreated {
             id,
             requester,
+            kind,
             resource,
             role,
             duration_secs,
             ..
-        } => format!(
-            "request {id} created: {requester} asks {role} on {resource} for {}",
-            crate::model::format_duration(*duration_secs)
-        ),
+        } => {
+            let what = match role {
+                Some(role) => format!("{role} on {kind} {resource}"),
+                None => format!("to run {kind} {resource}"),
+            };
+            format!(
+                "request {id} created: {requester} asks {what} for {}",
+                crate::model::format_duration(*duration_secs)
+            )
+        }
         AuditEvent::RequestApproved {
             id,
             by,
@@ -131,10 +150,15 @@ fn describe_event(e: &AuditEvent) -> String {
             id,
             start,
             end,
-            login,
+            principals,
+            force_command,
             ..
         } => {
-            format!("grant {id}: {start} to {end} as {login}")
+            let mut s = format!("grant {id}: {start} to {end} for {}", principals.join(" "));
+            if let Some(run) = force_command {
+                s.push_str(&format!(", forced command {run:?}"));
+            }
+            s
         }
         AuditEvent::CertificateIssued {
             id,

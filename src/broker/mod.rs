@@ -7,6 +7,7 @@ mod access;
 mod hosts;
 mod log;
 mod members;
+mod targets;
 mod wait;
 
 pub use log::verify_reply;
@@ -304,6 +305,8 @@ impl Broker {
             }
             Command::Member(cmd) => self.member(actor, cmd, cx),
             Command::Host(cmd) => self.host(actor, cmd, cx),
+            Command::Fleet(op) => self.fleet(actor, op, cx),
+            Command::Command(op) => self.command(actor, op, cx),
             Command::HostConfig { name, dir, script } => {
                 self.host_config(actor, name, dir, *script)
             }

@@ -62,7 +62,7 @@ async fn pending_table(conn: &Connection, args: &[&str]) -> Result<AdminOutput> 
     }
     let mut s = format!(
         "{:<6} {:<12} {:<14} {:<7} {:<7} {:<10} {:<12} {}\n",
-        "ID", "REQUESTER", "HOST", "ROLE", "FOR", "APPROVALS", "DECIDE IN", "FLAGS"
+        "ID", "REQUESTER", "TARGET", "ROLE", "FOR", "APPROVALS", "DECIDE IN", "FLAGS"
     );
     for r in &rows {
         let decide = match r.pending_seconds_left {
@@ -74,7 +74,7 @@ async fn pending_table(conn: &Connection, args: &[&str]) -> Result<AdminOutput> 
             r.id,
             r.requester.as_str(),
             r.resource.as_str(),
-            r.role.as_str(),
+            r.role.map_or("command", |r| r.as_str()),
             format_duration(r.duration_secs),
             format!("{}/{}", r.approvals.len(), r.approvals_required),
             decide,
@@ -139,23 +139,40 @@ async fn approve(conn: &Connection, args: &[&str], json: bool, yes: bool) -> Res
 
 fn grant_summary(r: &RequestView) -> String {
     let mut s = format!(
-        "request {}: {} asks for {} on {} for {}\n  reason          {}\n",
+        "request {}: {} asks for {} on {} {} for {}\n  reason          {}\n",
         r.id,
         r.requester,
-        r.role,
+        r.role.map_or("a command", |r| r.as_str()),
+        r.kind,
         r.resource,
         format_duration(r.duration_secs),
         r.reason,
     );
     if let Some(w) = &r.would_grant {
+        let production = w.hosts.iter().filter(|h| h.production).count();
         s.push_str(&format!(
-            "  grants          {} as login {} (principal {})\n  window          {} to {} if approved now\n",
-            w.effective_role,
-            w.login,
+            "  grants          {} on {} host(s){}: {}\n  window          {} to {} if approved now\n",
+            w.effective_role.map_or("command", |r| r.as_str()),
+            w.hosts.len(),
+            if production > 0 {
+                format!(", {production} of them production")
+            } else {
+                String::new()
+            },
             w.principals.join(", "),
             w.start_if_approved_now,
             w.end_if_approved_now,
         ));
+        if let Some(run) = &w.command {
+            s.push_str(&format!("  runs only       {run}\n"));
+        }
+        if !w.left_out.is_empty() {
+            let left: Vec<&str> = w.left_out.iter().map(|n| n.as_str()).collect();
+            s.push_str(&format!(
+                "  left out        {} (no login for the role)\n",
+                left.join(", ")
+            ));
+        }
     }
     s.push_str(&format!(
         "  approvals       {}/{}\n",

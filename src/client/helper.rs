@@ -1,4 +1,5 @@
-//! The engineer's commands (`sshjit request|status|cancel|login|ssh|ssh-config|certs`).
+//! The engineer's commands (`sshjit request|status|cancel|login|ssh|ssh-config|certs|ls`);
+//! `sshjit run` is in [`super::run`].
 
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
@@ -8,13 +9,16 @@ use serde_json::{Value, json};
 
 use super::Settings;
 use super::conn::Connection;
-use super::local::{self, LocalCert};
+use super::local::{self, LocalCert, Want};
 use crate::ca;
 use crate::commands::RequestArgs;
-use crate::contract::{CaPubkeyView, CertView, GrantStatus, HostView, RequestView, WhoamiView};
+use crate::contract::{
+    CaPubkeyView, CertView, CommandView, FleetView, GrantStatus, HostView, RequestView, WhoamiView,
+};
 use crate::error::{Error, Result};
 use crate::justify;
 use crate::model::{RequestState, Timestamp, format_duration};
+use crate::target::{ScopeHost, TargetKind};
 
 /// What a helper command prints: text for people, JSON with `--json`.
 pub struct Printed {
@@ -30,15 +34,29 @@ pub async fn request(
     json_out: bool,
 ) -> Result<Printed> {
     let conn = Connection::open(settings).await?;
+    let mut a = a.clone();
+    if a.role.is_none()
+        && let Some(role) = &settings.default_role
+    {
+        // The config's role is for hosts and fleets: a fleet command takes none.
+        let commands: Vec<CommandView> = conn.call(&["command", "list"]).await?;
+        if !commands.iter().any(|c| c.name.as_str() == a.target) {
+            a.role = Some(role.clone());
+        }
+    }
     let words = a.to_words();
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     let req: RequestView = conn.call(&words).await?;
     let id = req.id;
     let mut text = describe_request(&req);
     if !wait {
+        let next = match req.kind {
+            TargetKind::Command => format!("sshjit run {}", a.target),
+            TargetKind::Fleet => "sshjit ssh HOST, for any host of the fleet".to_string(),
+            TargetKind::Host => format!("sshjit ssh {}", a.target),
+        };
         text.push_str(&format!(
-            "\nFollow it with: sshjit status {id}\nOnce approved, fetch your certificate with: sshjit login {id} (or just: sshjit ssh {})\n",
-            a.host
+            "\nFollow it with: sshjit status {id}\nOnce approved, fetch your certificate with: sshjit login {id} (or just: {next})\n",
         ));
         conn.close().await;
         return Ok(Printed {
@@ -140,9 +158,10 @@ async fn follow(conn: &Connection, id: u64, quiet: bool) -> Result<RequestView> 
 
 fn describe_request(r: &RequestView) -> String {
     let mut s = format!(
-        "request {}: {} access to {} for {} ({})\n",
+        "request {}: {} access to {} {} for {} ({})\n",
         r.id,
-        r.role,
+        r.role.map_or("command", |r| r.as_str()),
+        r.kind,
         r.resource,
         format_duration(r.duration_secs),
         r.state,
@@ -179,7 +198,7 @@ pub async fn status(settings: &Settings, id: Option<u64>) -> Result<Printed> {
     conn.close().await;
     let mut text = format!(
         "{:<6} {:<9} {:<14} {:<7} {:<8} {}\n",
-        "ID", "STATE", "HOST", "ROLE", "FOR", "WHEN"
+        "ID", "STATE", "TARGET", "ROLE", "FOR", "WHEN"
     );
     for r in &list {
         let when = match (r.state, &r.grant) {
@@ -189,9 +208,10 @@ pub async fn status(settings: &Settings, id: Option<u64>) -> Result<Printed> {
             ),
             (RequestState::Approved, Some(g)) => match g.status {
                 GrantStatus::Active => format!(
-                    "active, {} left as {}",
+                    "active, {} left as {} on {} host(s)",
                     format_duration(g.seconds_left),
-                    g.logins.first().map(String::as_str).unwrap_or_default()
+                    g.logins.join(","),
+                    g.hosts.len()
                 ),
                 GrantStatus::Scheduled => format!("starts {}", g.start),
                 GrantStatus::Ended => match &g.ended {
@@ -216,7 +236,7 @@ pub async fn status(settings: &Settings, id: Option<u64>) -> Result<Printed> {
             r.id,
             r.state.as_str(),
             r.resource.as_str(),
-            r.role.as_str(),
+            r.role.map_or("command", |r| r.as_str()),
             format_duration(r.duration_secs),
             when
         ));
@@ -249,7 +269,7 @@ pub async fn login(settings: &Settings, id: u64) -> Result<Printed> {
     })
 }
 
-async fn login_on(
+pub(super) async fn login_on(
     conn: &Connection,
     settings: &Settings,
     id: u64,
@@ -284,16 +304,24 @@ async fn login_on(
 }
 
 fn login_text(c: &LocalCert, agent: Option<u64>) -> String {
+    let logins: Vec<String> = c
+        .hosts
+        .iter()
+        .map(|h| format!("{}@{}", h.login, h.name))
+        .collect();
     let mut s = format!(
-        "certificate for {} as {} (serial {}), valid {} to {}\n  key          {}\n  certificate  {}\n",
-        c.host,
-        c.login,
+        "certificate for {} (serial {}), valid {} to {}\n  logins       {}\n  key          {}\n  certificate  {}\n",
+        c.describe(),
         c.serial,
         c.valid_after,
         c.valid_before,
+        crate::target::name_list(&logins.iter().map(String::as_str).collect::<Vec<_>>(), 10),
         c.key.display(),
         c.certificate.display()
     );
+    if let Some(run) = &c.command {
+        s.push_str(&format!("  runs only    {run}\n"));
+    }
     match agent {
         Some(secs) => s.push_str(&format!(
             "  ssh-agent    added for {} (until the window ends)\n",
@@ -301,11 +329,16 @@ fn login_text(c: &LocalCert, agent: Option<u64>) -> String {
         )),
         None => s.push_str("  ssh-agent    not running; 'sshjit ssh' uses the files directly\n"),
     }
-    s.push_str(&format!("connect with: sshjit ssh {}\n", c.host));
+    match (&c.command, c.hosts.first()) {
+        (Some(_), _) => s.push_str(&format!("run it with: sshjit run {}\n", c.target)),
+        (None, Some(h)) => s.push_str(&format!("connect with: sshjit ssh {}\n", h.name)),
+        (None, None) => {}
+    }
     s
 }
 
-/// Finds (or fetches) the current certificate for `host`, or says which request to make.
+/// Finds (or fetches) the current certificate that serves `want` (a login on a host, or a
+/// fleet command), or says which request to make.
 ///
 /// A stored certificate serves without any broker settings. With settings, the broker is
 /// asked which CA it signs with, and a certificate from another CA (a broker that was
@@ -313,14 +346,15 @@ fn login_text(c: &LocalCert, agent: Option<u64>) -> String {
 pub async fn certificate_for(
     settings: Option<&Settings>,
     certs_dir: &std::path::Path,
-    host: &str,
+    want: Want<'_>,
 ) -> Result<LocalCert> {
     let now = Timestamp::now();
-    let stored = local::current_for(certs_dir, host, now)?;
+    let name = want.name();
+    let stored = local::current_for(certs_dir, want, now)?;
     let Some(settings) = settings else {
         return stored.ok_or_else(|| {
             Error::Client(format!(
-                "no current certificate for {host} is stored here, and no broker is configured to ask for one; set SSHJIT_BROKER and SSHJIT_IDENTITY (or --broker and --identity), then run: sshjit ssh {host}"
+                "no current certificate for {name} is stored here, and no broker is configured to ask for one; set SSHJIT_BROKER and SSHJIT_IDENTITY (or --broker and --identity), then try again"
             ))
         });
     };
@@ -343,7 +377,7 @@ pub async fn certificate_for(
             return Ok(c);
         }
         eprintln!(
-            "sshjit: the stored certificate for {host} (request {}) was signed by CA {}, but the broker at {} now signs with {}: it was replaced, so that certificate cannot work; looking for a current grant",
+            "sshjit: the stored certificate for {name} (request {}) was signed by CA {}, but the broker at {} now signs with {}: it was replaced, so that certificate cannot work; looking for a current grant",
             c.request_id,
             if c.ca_fingerprint.is_empty() {
                 "unknown"
@@ -356,9 +390,10 @@ pub async fn certificate_for(
     }
     let mine: Vec<RequestView> = conn.call(&["status"]).await?;
     let grant_in = |status: GrantStatus| {
-        mine.iter().find_map(|r| {
+        mine.iter().rev().find_map(|r| {
             let g = r.grant.as_ref()?;
-            (r.resource.as_str() == host && g.status == status).then_some((r.id, g))
+            (g.status == status && want.served_by(r.resource.as_str(), r.kind, &g.hosts))
+                .then_some((r.id, g))
         })
     };
     if let Some((id, _)) = grant_in(GrantStatus::Active) {
@@ -369,40 +404,63 @@ pub async fn certificate_for(
     conn.close().await;
     if let Some((id, g)) = grant_in(GrantStatus::Scheduled) {
         return Err(Error::Client(format!(
-            "your grant for {host} (request {id}) starts at {}; connect then",
+            "your grant for {name} (request {id}) starts at {}; connect then",
             g.start
         )));
     }
+    let ask = match want {
+        Want::Host(_) => format!(
+            "sshjit request {name} --role viewer --for 1h --reason 'TICKET-123 what you need to do'"
+        ),
+        Want::Command(_) => {
+            format!("sshjit request {name} --for 30m --reason 'TICKET-123 why it must run'")
+        }
+    };
     Err(Error::Client(format!(
-        "you have no current grant for {host}; ask for one with:\n  sshjit request {host} --role viewer --for 1h --reason 'TICKET-123 what you need to do'"
+        "you have no current grant for {name}; ask for one with:\n  {ask}"
     )))
 }
 
-/// The `ssh` command line for a certificate, with `extra` after the destination.
-pub fn ssh_command(c: &LocalCert, extra: &[String]) -> std::process::Command {
+/// The `ssh` options that make it use exactly this certificate and its key.
+pub fn cert_options(c: &LocalCert) -> Vec<String> {
+    vec![
+        "-i".into(),
+        c.key.display().to_string(),
+        "-o".into(),
+        format!("CertificateFile={}", c.certificate.display()),
+        "-o".into(),
+        "IdentitiesOnly=yes".into(),
+    ]
+}
+
+/// The `ssh` command line for `host` with a certificate, with `extra` after the destination.
+pub fn ssh_command(c: &LocalCert, host: &ScopeHost, extra: &[String]) -> std::process::Command {
     let mut cmd = std::process::Command::new("ssh");
-    cmd.arg("-i")
-        .arg(&c.key)
-        .arg("-o")
-        .arg(format!("CertificateFile={}", c.certificate.display()))
-        .args(["-o", "IdentitiesOnly=yes", "-p", &c.port.to_string()])
-        .arg(format!("{}@{}", c.login, c.address))
+    cmd.args(cert_options(c))
+        .args(["-p", &host.port.to_string()])
+        .arg(format!("{}@{}", host.login, host.address))
         .args(extra);
     cmd
 }
 
-/// `sshjit ssh-config`: blocks for `~/.ssh/config` using the stable `current` links.
+/// `sshjit ssh-config`: blocks for `~/.ssh/config` using the stable `current` links, one per
+/// host (a fleet's certificate serves each of its hosts).
 pub fn ssh_config(certs_dir: &std::path::Path) -> Result<Printed> {
     let now = Timestamp::now();
     local::prune(certs_dir, now)?;
-    let mut latest: std::collections::BTreeMap<String, LocalCert> = Default::default();
+    let mut latest: std::collections::BTreeMap<String, (LocalCert, ScopeHost)> = Default::default();
     for c in local::list(certs_dir)? {
-        latest.insert(c.host.clone(), c);
+        if c.command.is_some() {
+            continue;
+        }
+        for h in &c.hosts {
+            latest.insert(h.name.to_string(), (c.clone(), h.clone()));
+        }
     }
     let mut text = String::from(
         "# sshjit: paste into ~/.ssh/config (or Include it). Plain ssh, scp, rsync and git then use\n# the current certificate for each host. Run 'sshjit login ID' to renew; rerun this for new hosts.\n",
     );
-    for (host, c) in &latest {
+    for (host, (c, h)) in &latest {
         let dir = c
             .key
             .parent()
@@ -410,7 +468,7 @@ pub fn ssh_config(certs_dir: &std::path::Path) -> Result<Printed> {
             .unwrap_or_default();
         text.push_str(&format!(
             "\nHost {host}\n    HostName {}\n    Port {}\n    User {}\n    IdentityFile {dir}/current\n    CertificateFile {dir}/current-cert.pub\n    IdentitiesOnly yes\n",
-            c.address, c.port, c.login
+            h.address, h.port, h.login
         ));
     }
     if latest.is_empty() {
@@ -428,8 +486,8 @@ pub fn certs(certs_dir: &std::path::Path) -> Result<Printed> {
     local::prune(certs_dir, now)?;
     let all = local::list(certs_dir)?;
     let mut text = format!(
-        "{:<14} {:<10} {:<6} {:<21} {:<21} {}\n",
-        "HOST", "LOGIN", "ID", "FROM", "UNTIL", "LEFT"
+        "{:<16} {:<8} {:<6} {:<12} {:<6} {:<21} {:<21} {}\n",
+        "TARGET", "KIND", "HOSTS", "LOGIN", "ID", "FROM", "UNTIL", "LEFT"
     );
     for c in &all {
         let left = if now < c.valid_after {
@@ -437,10 +495,16 @@ pub fn certs(certs_dir: &std::path::Path) -> Result<Printed> {
         } else {
             format_duration(c.seconds_left(now))
         };
+        let logins: Vec<&str> = c.hosts.iter().map(|h| h.login.as_str()).collect();
+        let mut logins = logins;
+        logins.sort();
+        logins.dedup();
         text.push_str(&format!(
-            "{:<14} {:<10} {:<6} {:<21} {:<21} {}\n",
-            c.host,
-            c.login,
+            "{:<16} {:<8} {:<6} {:<12} {:<6} {:<21} {:<21} {}\n",
+            c.target,
+            c.kind.as_str(),
+            c.hosts.len(),
+            logins.join(","),
             c.request_id,
             c.valid_after.to_string(),
             c.valid_before.to_string(),
@@ -456,10 +520,13 @@ pub fn certs(certs_dir: &std::path::Path) -> Result<Printed> {
     })
 }
 
-/// `sshjit ls`: the hosts you can request, with the login for each role and the approvals needed.
+/// `sshjit ls`: what you can request (hosts with the login for each role, fleets with their
+/// hosts now, and fleet commands), with the approvals each needs.
 pub async fn ls(settings: &Settings) -> Result<Printed> {
     let conn = Connection::open(settings).await?;
     let hosts: Vec<HostView> = conn.call(&["host", "list"]).await?;
+    let fleets: Vec<FleetView> = conn.call(&["fleet", "list"]).await?;
+    let commands: Vec<CommandView> = conn.call(&["command", "list"]).await?;
     conn.close().await;
     let mut text = format!(
         "{:<16} {:<12} {:<12} {:<10} {}\n",
@@ -483,12 +550,24 @@ pub async fn ls(settings: &Settings) -> Result<Printed> {
     }
     if hosts.is_empty() {
         text = "no hosts yet; an owner or admin adds them with 'host add'\n".into();
-    } else {
-        text.push_str("\nask for one with: sshjit request HOST --role viewer|editor --for 1h --reason 'TICKET-123 why'\n");
+    }
+    if !fleets.is_empty() {
+        text.push('\n');
+        text.push_str(&crate::views::fleets_table(&fleets));
+    }
+    if !commands.is_empty() {
+        text.push('\n');
+        text.push_str(&crate::views::commands_table(&commands));
+    }
+    if !hosts.is_empty() {
+        text.push_str("\nask for a host or fleet with: sshjit request NAME --role viewer|editor --for 1h --reason 'TICKET-123 why'\n");
+    }
+    if !commands.is_empty() {
+        text.push_str("ask to run a command with: sshjit request NAME --for 30m --reason 'TICKET-123 why', then: sshjit run NAME\n");
     }
     Ok(Printed {
         text,
-        json: serde_json::to_value(&hosts)?,
+        json: json!({"hosts": hosts, "fleets": fleets, "commands": commands}),
     })
 }
 
@@ -533,7 +612,7 @@ pub fn logout(certs_dir: &std::path::Path, id: Option<u64>) -> Result<Printed> {
         local::remove(c);
         text.push_str(&format!(
             "removed the key and certificate for {} (request {}){}\n",
-            c.host,
+            c.describe(),
             c.request_id,
             if agent {
                 " and its ssh-agent entry"

@@ -1,8 +1,9 @@
-//! The helper's certificate store under `~/.ssh/sshjit/<host>/`, and handing keys to ssh-agent.
+//! The helper's certificate store under `~/.ssh/sshjit/<target>/`, and handing keys to ssh-agent.
 //!
 //! Per grant: `<id>` (private key), `<id>.pub`, `<id>-cert.pub` and `<id>.json` (what the broker
-//! said), all 0600, in a 0700 directory; `current` and `current-cert.pub` link to the newest grant
-//! so an ssh_config block can name stable paths.
+//! said), all 0600, in a 0700 directory named after the target (a host, fleet or command);
+//! `current` and `current-cert.pub` link to the newest grant so an ssh_config block can name
+//! stable paths. One certificate may name many hosts (a fleet).
 
 use std::fs::{self, DirBuilder};
 use std::os::unix::fs::DirBuilderExt;
@@ -14,22 +15,24 @@ use serde::{Deserialize, Serialize};
 use crate::contract::CertView;
 use crate::error::{Error, Result};
 use crate::model::{Name, Timestamp};
+use crate::target::{ScopeHost, TargetKind};
 
 /// One certificate on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalCert {
     /// The broker (`host:port`) that issued it.
-    #[serde(default)]
     pub broker: String,
     /// The CA that signed it: a certificate is offered only while its broker's CA is this one.
-    #[serde(default)]
     pub ca_fingerprint: String,
     pub request_id: u64,
     pub serial: u64,
-    pub host: String,
-    pub address: String,
-    pub port: u16,
-    pub login: String,
+    /// The target of the grant (a host, fleet or command), and its kind.
+    pub target: String,
+    pub kind: TargetKind,
+    /// Every host the certificate names, with the login there.
+    pub hosts: Vec<ScopeHost>,
+    /// For a fleet command: what sshd runs with it.
+    pub command: Option<String>,
     pub valid_after: Timestamp,
     pub valid_before: Timestamp,
     pub key: PathBuf,
@@ -41,11 +44,28 @@ impl LocalCert {
     pub fn seconds_left(&self, now: Timestamp) -> u64 {
         now.until(self.valid_before).max(0) as u64
     }
+
+    /// The host called `name` among those it names.
+    pub fn host(&self, name: &str) -> Option<&ScopeHost> {
+        self.hosts.iter().find(|h| h.name.as_str() == name)
+    }
+
+    /// `web-01`, or `fleet web (3 hosts)`.
+    pub fn describe(&self) -> String {
+        match (self.kind, self.hosts.len()) {
+            (TargetKind::Host, _) => self.target.clone(),
+            (kind, n) => format!(
+                "{kind} {} ({n} host{})",
+                self.target,
+                if n == 1 { "" } else { "s" }
+            ),
+        }
+    }
 }
 
-/// The directory for one host's certificates.
-pub fn host_dir(root: &Path, host: &str) -> Result<PathBuf> {
-    let name: Name = host.parse()?;
+/// The directory for one target's certificates.
+pub fn target_dir(root: &Path, target: &str) -> Result<PathBuf> {
+    let name: Name = target.parse()?;
     Ok(root.join(name.as_str()))
 }
 
@@ -58,8 +78,7 @@ pub fn save(
     private_key: &str,
     public_key: &str,
 ) -> Result<LocalCert> {
-    let host = cert.host.name.to_string();
-    let dir = host_dir(root, &host)?;
+    let dir = target_dir(root, cert.target.as_str())?;
     for d in [root, dir.as_path()] {
         DirBuilder::new()
             .recursive(true)
@@ -74,10 +93,10 @@ pub fn save(
         ca_fingerprint: cert.ca_fingerprint.clone(),
         request_id,
         serial: cert.serial,
-        host,
-        address: cert.host.address.clone(),
-        port: cert.host.port,
-        login: cert.login.clone(),
+        target: cert.target.to_string(),
+        kind: cert.kind,
+        hosts: cert.hosts.clone(),
+        command: cert.command.clone(),
         valid_after: cert.valid_after,
         valid_before: cert.valid_before,
         key: key.clone(),
@@ -85,8 +104,10 @@ pub fn save(
     };
     // These reach ssh's command line and ssh_config: refuse anything that could be read as an
     // option, even from the broker.
-    crate::model::validate_login(&local.login)?;
-    crate::model::validate_address(&local.address)?;
+    for h in &local.hosts {
+        crate::model::validate_login(&h.login)?;
+        crate::model::validate_address(&h.address)?;
+    }
     write_private(&key, private_key)?;
     write_private(
         &dir.join(format!("{request_id}.pub")),
@@ -191,11 +212,40 @@ pub fn remove_from_agent(c: &LocalCert) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The current certificate for `host` with the most time left, if any.
-pub fn current_for(root: &Path, host: &str, now: Timestamp) -> Result<Option<LocalCert>> {
+/// What a stored certificate is looked up for.
+#[derive(Debug, Clone, Copy)]
+pub enum Want<'a> {
+    /// A login on this host: a host or fleet grant that names it.
+    Host(&'a str),
+    /// This fleet command.
+    Command(&'a str),
+}
+
+impl Want<'_> {
+    /// Whether a grant for `target` of `kind`, naming `hosts`, serves this.
+    pub fn served_by(&self, target: &str, kind: TargetKind, hosts: &[ScopeHost]) -> bool {
+        match *self {
+            Want::Host(h) => {
+                kind != TargetKind::Command && hosts.iter().any(|s| s.name.as_str() == h)
+            }
+            Want::Command(c) => kind == TargetKind::Command && target == c,
+        }
+    }
+
+    /// The name asked for.
+    pub fn name(&self) -> &str {
+        match *self {
+            Want::Host(n) | Want::Command(n) => n,
+        }
+    }
+}
+
+/// The current certificate that serves `want`, with the most time left, if any.
+pub fn current_for(root: &Path, want: Want<'_>, now: Timestamp) -> Result<Option<LocalCert>> {
     Ok(list(root)?
         .into_iter()
-        .filter(|c| c.host == host && c.valid_after <= now && now < c.valid_before)
+        .filter(|c| want.served_by(&c.target, c.kind, &c.hosts))
+        .filter(|c| c.valid_after <= now && now < c.valid_before)
         .max_by_key(|c| c.valid_before))
 }
 

@@ -6,6 +6,7 @@ pub mod conn;
 pub mod helper;
 pub mod known;
 pub mod local;
+pub mod run;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -90,9 +91,10 @@ impl FileConfig {
     }
 }
 
-/// `sshjit request` arguments with the config file's `role` and `duration` filled in where
-/// the command line has none: `--role=R` and `--for=D` go right after `request`, so the one
-/// shared definition of `request`'s arguments still parses them.
+/// `sshjit request` arguments with the config file's `duration` filled in where the command
+/// line has none: `--for=D` goes right after `request`, so the one shared definition of
+/// `request`'s arguments still parses it. The default role is applied later
+/// ([`Settings::default_role`]), once the target is known to take one.
 pub fn with_request_defaults(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>> {
     // The first word that is neither a flag nor a global flag's value is the command.
     let takes_value = ["--broker", "--identity"];
@@ -123,13 +125,8 @@ pub fn with_request_defaults(args: Vec<std::ffi::OsString>) -> Result<Vec<std::f
         Err(_) => return Ok(args),
     };
     let mut out = args.clone();
-    let mut at = i + 1;
-    if let (Some(role), false) = (&file.role, has(&["--role"])) {
-        out.insert(at, format!("--role={role}").into());
-        at += 1;
-    }
     if let (Some(d), false) = (&file.duration, has(&["--for", "--duration"])) {
-        out.insert(at, format!("--for={d}").into());
+        out.insert(i + 1, format!("--for={d}").into());
     }
     Ok(out)
 }
@@ -145,6 +142,9 @@ pub struct Settings {
     pub fingerprint: Option<String>,
     /// Where certificates and their keys live (`~/.ssh/sshjit`).
     pub certs_dir: PathBuf,
+    /// The config file's `role`: what `request` asks for on a host or fleet without `--role`
+    /// (a fleet command takes none).
+    pub default_role: Option<String>,
 }
 
 /// The user's home directory, from HOME.
@@ -208,6 +208,7 @@ impl Settings {
             accept_new: flags.accept_new_broker_key,
             fingerprint: file.broker_fingerprint,
             certs_dir: certs_dir()?,
+            default_role: file.role,
         })
     }
 

@@ -1,15 +1,21 @@
 //! The access rules, pure: given a request, the people involved and the time, what is allowed.
 //!
-//! Nothing here does I/O or reads the clock; `now` is always an argument.
+//! Nothing here does I/O or reads the clock; `now` is always an argument. What a target
+//! grants (its scope) is decided in [`scope`].
+
+mod scope;
+
+pub use scope::{Resolved, check_role, resolve};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::justify;
 use crate::model::{
-    Approval, Decision, Ended, Grant, GrantRole, Host, Member, Name, OpenEntry, Request,
-    RequestState, Role, Timestamp, format_duration, is_hidden_char,
+    Approval, Decision, Ended, Grant, GrantRole, Member, Name, OpenEntry, Request, RequestState,
+    Role, Timestamp, format_duration, is_hidden_char,
 };
+use crate::target::{Found, ScopeHost};
 
 /// The hard floor on a grant's duration (5 minutes).
 pub const MIN_DURATION_FLOOR: u64 = 5 * 60;
@@ -119,7 +125,8 @@ impl RateLimit {
 /// What a new request asks for, after parsing.
 #[derive(Debug, Clone)]
 pub struct Ask<'a> {
-    pub role: GrantRole,
+    /// The role asked for; none for a fleet command.
+    pub role: Option<GrantRole>,
     pub duration_secs: u64,
     pub reason: &'a str,
     pub start: Option<Timestamp>,
@@ -176,7 +183,8 @@ impl Policy {
         Ok(())
     }
 
-    /// Opens a request: validates it and returns it, pending, with its justification.
+    /// Opens a request for the target `found`: validates it and returns it, pending, with its
+    /// justification and the approvals its scope needs now.
     ///
     /// `open` is what is still open for the requester (their pending requests count against
     /// the cap) and `approvers` how many owners and admins other than them exist.
@@ -185,7 +193,7 @@ impl Policy {
         &self,
         id: u64,
         requester: &Member,
-        host: &Host,
+        found: &Found,
         ask: &Ask<'_>,
         open: &[OpenEntry],
         approvers: usize,
@@ -202,12 +210,7 @@ impl Policy {
                 max: self.max_pending_per_member,
             });
         }
-        if approvers < host.approvals_required as usize {
-            return Err(Error::InvalidState(format!(
-                "{} needs {} approvals but only {approvers} owner(s) or admin(s) other than you can approve; ask an owner to add approvers",
-                host.name, host.approvals_required
-            )));
-        }
+        check_role(found, ask.role)?;
         self.check_duration(ask.duration_secs)?;
         check_reason(ask.reason)?;
         if let Some(start) = ask.start {
@@ -223,19 +226,21 @@ impl Policy {
                 )));
             }
         }
-        if !host.logins.contains_key(&ask.role) {
-            return Err(Error::invalid(format!(
-                "host {} has no login for role {}; ask an admin to add one with 'host add {} ... --login {}=USER'",
-                host.name, ask.role, host.name, ask.role
+        let preview = resolve(found, ask.role, requester.role)?;
+        if approvers < preview.approvals_required as usize {
+            return Err(Error::InvalidState(format!(
+                "{} {} needs {} approvals but only {approvers} owner(s) or admin(s) other than you can approve; ask an owner to add approvers",
+                found.kind, found.name, preview.approvals_required
             )));
         }
-        let justification = justify::deterministic(requester, host, ask);
+        let justification = justify::deterministic(requester, found, &preview, ask);
         Ok(Request {
             id,
             requester: requester.name.clone(),
             requester_id: requester.id,
-            resource: host.name.clone(),
-            resource_id: host.id,
+            kind: found.kind,
+            resource: found.name.clone(),
+            resource_id: found.id,
             role: ask.role,
             duration_secs: ask.duration_secs,
             reason: ask.reason.trim().to_string(),
@@ -244,8 +249,7 @@ impl Policy {
             created_at: now,
             pending_until: now.plus(self.pending_ttl_secs),
             approvals: Vec::new(),
-            approvals_required: host.approvals_required.max(1),
-            logins: host.logins.clone(),
+            approvals_required: preview.approvals_required,
             decision: Decision::Pending,
         })
     }
@@ -277,31 +281,18 @@ pub fn effective_role(base: Role, granted: GrantRole) -> GrantRole {
     }
 }
 
-/// The role and login a grant for `req` carries when its requester's base role is `base`.
+/// Records `approver`'s approval of `req` at `now`; the last one needed turns it into a grant,
+/// whose scope is resolved from `found` then and fixed from then on.
 ///
-/// The certificate's rights must match the login it opens: if the host has no login for the
-/// elevated role, the grant stays at the requested role.
-pub fn grant_shape(req: &Request, base: Role) -> Result<(GrantRole, String)> {
-    let mut effective = effective_role(base, req.role);
-    if !req.logins.contains_key(&effective) {
-        effective = req.role;
-    }
-    let login =
-        req.logins.get(&effective).cloned().ok_or_else(|| {
-            Error::Internal(format!("request {} has no login for its role", req.id))
-        })?;
-    Ok((effective, login))
-}
-
-/// Records `approver`'s approval of `req` at `now`; the last one needed turns it into a grant.
-///
-/// `requester` and `host` are the member and host that now carry the request's names, if
-/// any: the request is approved only while both are the very identities it was made for.
+/// `requester` and `found` are the member and target that now carry the request's names, if
+/// any: the request is approved only while both are the very identities it was made for. If
+/// the target now needs more approvals (a host that needs more joined the fleet), the
+/// approval is recorded and the request waits for them.
 pub fn approve(
     req: &mut Request,
     approver: &Member,
     requester: Option<&Member>,
-    host: Option<&Host>,
+    found: Option<&Found>,
     comment: Option<&str>,
     now: Timestamp,
 ) -> Result<Approved> {
@@ -330,12 +321,12 @@ pub fn approve(
                 req.requester, req.id
             ))
         })?;
-    if host.is_none_or(|h| h.id != req.resource_id) {
+    let Some(found) = found.filter(|f| f.id == req.resource_id) else {
         return Err(Error::InvalidState(format!(
-            "host {} was removed, so request {} cannot be approved",
-            req.resource, req.id
+            "{} {} was removed, so request {} cannot be approved",
+            req.kind, req.resource, req.id
         )));
-    }
+    };
     req.approvals.push(Approval {
         by: approver.name.clone(),
         by_id: approver.id,
@@ -349,13 +340,20 @@ pub fn approve(
             need: req.approvals_required,
         });
     }
+    let resolved = resolve(found, req.role, requester.role)?;
+    if resolved.approvals_required > have {
+        req.approvals_required = resolved.approvals_required;
+        return Ok(Approved::Recorded {
+            have,
+            need: req.approvals_required,
+        });
+    }
     let start = req.requested_start.map_or(now, |s| s.max(now));
-    let (effective, login) = grant_shape(req, requester.role)?;
     let grant = Grant {
         start,
         end: start.plus(req.duration_secs),
-        effective_role: effective,
-        login,
+        effective_role: resolved.effective_role,
+        scope: resolved.scope,
         certificates: 0,
         ended: None,
     };
@@ -401,15 +399,16 @@ pub fn may_read(req: &Request, actor: &Member) -> bool {
 }
 
 impl Policy {
-    /// Checks that `actor` may have a certificate for `req` at `now`, on `host` (the host that
-    /// now carries the request's host name, if any); returns the grant.
+    /// Checks that `actor` may have a certificate for `req` at `now`; returns the grant and
+    /// the hosts of its scope that are still there (`live`: the host with that name is still
+    /// the one the scope was fixed with). A removed host gets no new certificate.
     pub fn authorize_cert<'r>(
         &self,
         req: &'r Request,
         actor: &Member,
-        host: Option<&Host>,
+        live: impl Fn(&ScopeHost) -> bool,
         now: Timestamp,
-    ) -> Result<&'r Grant> {
+    ) -> Result<(&'r Grant, Vec<&'r ScopeHost>)> {
         if req.requester_id != actor.id {
             return Err(Error::PermissionDenied(format!(
                 "request {} belongs to {}; certificates are issued only to the requester",
@@ -435,11 +434,18 @@ impl Policy {
                 req.id, e.at, e.by, e.reason, grant.end
             )));
         }
-        if host.is_none_or(|h| h.id != req.resource_id) {
-            return Err(Error::GrantNotCurrent(format!(
-                "host {} was removed; no certificates are issued for it",
-                req.resource
-            )));
+        let hosts: Vec<&ScopeHost> = grant.scope.hosts.iter().filter(|h| live(h)).collect();
+        if hosts.is_empty() {
+            return Err(Error::GrantNotCurrent(match grant.scope.hosts.as_slice() {
+                [one] => format!(
+                    "host {} was removed; no certificates are issued for it",
+                    one.name
+                ),
+                _ => format!(
+                    "every host of the grant for request {} was removed; no certificates are issued for it",
+                    req.id
+                ),
+            }));
         }
         if now < grant.start {
             return Err(Error::GrantNotCurrent(format!(
@@ -461,7 +467,7 @@ impl Policy {
                 max: self.max_certs_per_grant,
             });
         }
-        Ok(grant)
+        Ok((grant, hosts))
     }
 }
 
@@ -620,7 +626,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::model::IdentityId;
+    use crate::model::{Host, IdentityId};
 
     pub(crate) fn member(name: &str, role: Role) -> Member {
         Member {
@@ -634,8 +640,8 @@ mod tests {
         }
     }
 
-    fn host(approvals: u32, tags: &[&str]) -> Host {
-        Host {
+    fn host(approvals: u32, tags: &[&str]) -> Found {
+        Found::host(&Host {
             id: IdentityId(1),
             name: "web-01".parse().unwrap(),
             address: "10.0.0.5".into(),
@@ -648,7 +654,7 @@ mod tests {
             approvals_required: approvals,
             added_at: Timestamp::from_unix(0),
             added_by: "test".into(),
-        }
+        })
     }
 
     /// Approves as `approver`, the requester (same identity) having base role `base`.
@@ -669,7 +675,7 @@ mod tests {
 
     fn ask(role: GrantRole, secs: u64) -> Ask<'static> {
         Ask {
-            role,
+            role: Some(role),
             duration_secs: secs,
             reason: "INC-42 restart the stuck worker",
             start: None,
@@ -763,7 +769,7 @@ mod tests {
             panic!("not granted")
         };
         assert_eq!((g.start, g.end), (now, now.plus(7200)));
-        assert_eq!(g.login, "deploy");
+        assert_eq!(g.scope.principals(), ["deploy@web-01".to_string()]);
         assert_eq!(r.state_at(now), RequestState::Approved);
     }
 
@@ -881,7 +887,7 @@ mod tests {
     #[test]
     fn elevation_never_lends_editor_rights_to_a_viewer_login() {
         let mut h = host(1, &[]);
-        h.logins.remove(&GrantRole::Editor);
+        h.hosts[0].logins.remove(&GrantRole::Editor);
         let p = Policy::default();
         let mut r = p
             .open(
@@ -894,21 +900,28 @@ mod tests {
                 T0,
             )
             .unwrap();
-        yes(&mut r, &member("olga", Role::Owner), Role::Editor, T0).unwrap();
+        let mut ed = member("ed", Role::Editor);
+        ed.id = r.requester_id;
+        approve(
+            &mut r,
+            &member("olga", Role::Owner),
+            Some(&ed),
+            Some(&h),
+            None,
+            T0,
+        )
+        .unwrap();
         let g = r.grant().unwrap();
-        assert_eq!(
-            (g.effective_role, g.login.as_str()),
-            (GrantRole::Viewer, "readonly")
-        );
+        assert_eq!(g.effective_role, Some(GrantRole::Viewer));
+        assert_eq!(g.scope.principals(), ["readonly@web-01".to_string()]);
     }
 
     #[test]
     fn certificates_only_for_the_requester_inside_the_window() {
         let mut r = open(1);
         let p = Policy::default();
-        let h = host(1, &[]);
         let cert =
-            |r: &Request, who: &Member, at| p.authorize_cert(r, who, Some(&h), at).map(|_| ());
+            |r: &Request, who: &Member, at| p.authorize_cert(r, who, |_| true, at).map(|_| ());
         let alice = member("alice", Role::Viewer);
         assert!(matches!(cert(&r, &alice, T0), Err(Error::InvalidState(_))));
         yes(&mut r, &member("olga", Role::Owner), Role::Viewer, T0).unwrap();
@@ -1058,9 +1071,8 @@ mod tests {
         );
         let p = Policy::default();
         let alice = member("alice", Role::Viewer);
-        let h = host(1, &[]);
         assert!(matches!(
-            p.authorize_cert(&granted, &alice, Some(&h), T0.plus(20)),
+            p.authorize_cert(&granted, &alice, |_| true, T0.plus(20)),
             Err(Error::GrantNotCurrent(m)) if m.contains("was ended")
         ));
         assert_eq!(
@@ -1094,6 +1106,7 @@ mod tests {
         assert!(matches!(out, Err(Error::InvalidState(m)) if m.contains("no longer a member")));
         let mut other_host = host(1, &[]);
         other_host.id = IdentityId(2);
+        other_host.hosts[0].id = IdentityId(2);
         let out = approve(
             &mut r,
             &member("olga", Role::Owner),
@@ -1103,6 +1116,66 @@ mod tests {
             T0,
         );
         assert!(matches!(out, Err(Error::InvalidState(m)) if m.contains("was removed")));
+    }
+
+    #[test]
+    fn the_scope_is_fixed_at_final_approval_and_needs_what_its_hosts_need() {
+        let fleet = |hosts: Vec<Host>| Found {
+            kind: crate::target::TargetKind::Fleet,
+            name: "web".parse().unwrap(),
+            id: IdentityId(50),
+            approvals_required: 1,
+            max_hosts: 256,
+            hosts,
+            command: None,
+            why_empty: "none".into(),
+        };
+        let web = |id: u64, name: &str, approvals: u32| {
+            let mut h = host(approvals, &["web"]).hosts.remove(0);
+            h.id = IdentityId(id);
+            h.name = name.parse().unwrap();
+            h
+        };
+        let alice = member("alice", Role::Viewer);
+        let p = Policy::default();
+        let mut r = p
+            .open(
+                1,
+                &alice,
+                &fleet(vec![web(1, "web-01", 1)]),
+                &ask(GrantRole::Viewer, 600),
+                &[],
+                5,
+                T0,
+            )
+            .unwrap();
+        assert_eq!(r.approvals_required, 1);
+        // A host needing two approvals joined the fleet before approval: one is not enough.
+        let now_fleet = fleet(vec![web(1, "web-01", 1), web(2, "web-02", 2)]);
+        let olga = member("olga", Role::Owner);
+        let out = approve(&mut r, &olga, Some(&alice), Some(&now_fleet), None, T0).unwrap();
+        assert_eq!(out, Approved::Recorded { have: 1, need: 2 });
+        let out = approve(
+            &mut r,
+            &member("adam", Role::Admin),
+            Some(&alice),
+            Some(&now_fleet),
+            None,
+            T0,
+        );
+        let Ok(Approved::Granted(g)) = out else {
+            panic!("not granted: {out:?}")
+        };
+        assert_eq!(g.scope.host_list(10), "web-01, web-02");
+        // A removed host gets no certificate; with all gone, none is issued.
+        let (_, hosts) = p
+            .authorize_cert(&r, &alice, |h| h.name.as_str() != "web-02", T0)
+            .unwrap();
+        assert_eq!(hosts.len(), 1);
+        assert!(matches!(
+            p.authorize_cert(&r, &alice, |_| false, T0),
+            Err(Error::GrantNotCurrent(m)) if m.contains("every host")
+        ));
     }
 
     #[test]

@@ -1,0 +1,469 @@
+//! Fleets and fleet commands over SSH (`fleet`, `command`), and finding any target by name:
+//! the one place a name becomes a [`Found`], the target with the hosts it covers now.
+
+use super::members::{close_open, closed_note};
+use super::{Broker, Call, Reply, require_manager};
+use crate::audit::AuditEvent;
+use crate::commands::{CommandOp, FleetOp};
+use crate::error::{Error, Result};
+use crate::model::{Host, Member, Name, validate_login};
+use crate::store::Lookup;
+use crate::target::{
+    Fleet, FleetCommand, Found, MAX_PRINCIPALS, Target, TargetKind, check_command_line,
+};
+use crate::views;
+
+use super::hosts::MAX_APPROVALS;
+
+/// Finds the target called `name` through `l` (the store, or a transaction): a host, a fleet
+/// with the hosts that carry all its tags, or a command with the hosts of its fleet or host.
+///
+/// `candidates` are the hosts as read before (a transaction cannot scan): a fleet's hosts are
+/// those among them that carry its tags and are still there, read again through `l`, so a
+/// host removed in between is not in it.
+pub(super) fn find<L: Lookup>(
+    l: &L,
+    name: &Name,
+    candidates: &[Host],
+) -> std::result::Result<Option<Found>, L::Err> {
+    if let Some(h) = l.host(name)? {
+        return Ok(Some(Found::host(&h)));
+    }
+    let c = match l.target(name)? {
+        None => return Ok(None),
+        Some(Target::Fleet(f)) => return Ok(Some(fleet_found(l, &f, candidates)?)),
+        Some(Target::Command(c)) => c,
+    };
+    let on = match c.on_kind {
+        TargetKind::Host => match l.host(&c.on)? {
+            Some(h) if h.id == c.on_id => Some(Found::host(&h)),
+            _ => None,
+        },
+        _ => match l.target(&c.on)? {
+            Some(Target::Fleet(f)) if f.id == c.on_id => Some(fleet_found(l, &f, candidates)?),
+            _ => None,
+        },
+    };
+    let (hosts, approvals, max_hosts, why_empty) = match on {
+        Some(f) => (f.hosts, f.approvals_required, f.max_hosts, f.why_empty),
+        None => (
+            vec![],
+            1,
+            1,
+            format!("its {} {} was removed", c.on_kind, c.on),
+        ),
+    };
+    Ok(Some(Found {
+        kind: TargetKind::Command,
+        name: c.name.clone(),
+        id: c.id,
+        approvals_required: c.approvals_required.max(approvals),
+        max_hosts,
+        hosts,
+        command: Some((c.run.clone(), c.login.clone())),
+        why_empty,
+    }))
+}
+
+fn fleet_found<L: Lookup>(
+    l: &L,
+    f: &Fleet,
+    candidates: &[Host],
+) -> std::result::Result<Found, L::Err> {
+    let mut hosts = Vec::new();
+    for c in candidates.iter().filter(|h| f.covers(h)) {
+        if let Some(h) = l.host(&c.name)?.filter(|h| h.id == c.id) {
+            hosts.push(h);
+        }
+    }
+    Ok(Found {
+        kind: TargetKind::Fleet,
+        name: f.name.clone(),
+        id: f.id,
+        approvals_required: f.approvals_required,
+        max_hosts: f.max_hosts,
+        hosts,
+        command: None,
+        why_empty: format!("no host carries all of {}", f.selector()),
+    })
+}
+
+impl Broker {
+    /// The hosts `find` may need for `name`, read now: all of them for a fleet or command,
+    /// none for a host (or an unknown name).
+    pub(super) fn hosts_for(&self, name: &Name) -> Result<Vec<Host>> {
+        match self.store.kind_of(name)? {
+            Some(TargetKind::Fleet | TargetKind::Command) => self.store.hosts(),
+            _ => Ok(vec![]),
+        }
+    }
+
+    /// The target called `name` as it is now.
+    pub(super) fn find_now(&self, name: &Name) -> Result<Option<Found>> {
+        find(&self.store, name, &self.hosts_for(name)?)
+    }
+
+    /// The error for a name that is not there (`what`: a host, or any target), with the
+    /// closest name and the names there are.
+    pub(super) fn unknown_target(&self, name: &Name, what: &'static str) -> Result<Error> {
+        let mut known: Vec<String> = self
+            .store
+            .hosts()?
+            .into_iter()
+            .map(|h| h.name.to_string())
+            .collect();
+        if what != "host" {
+            known.extend(self.store.targets()?.iter().map(|t| t.name().to_string()));
+            known.sort();
+        }
+        Ok(Error::UnknownTarget {
+            what,
+            name: name.to_string(),
+            did_you_mean: crate::model::closest(name.as_str(), known.iter().map(String::as_str))
+                .map(str::to_string),
+            known,
+        })
+    }
+
+    /// The fleet or command called `name`, or the error for a name of another kind.
+    fn named(&self, name: &str, kind: TargetKind) -> Result<(Name, Target)> {
+        let name: Name = name.parse()?;
+        match self.store.target(&name)? {
+            Some(t) if t.kind() == kind => Ok((name, t)),
+            Some(t) => Err(Error::NotFound(format!(
+                "{name} is a {}, not a {kind}; use '{} show {name}'",
+                t.kind(),
+                t.kind()
+            ))),
+            None => Err(Error::NotFound(format!(
+                "there is no {kind} named {name}; '{kind} list' shows them"
+            ))),
+        }
+    }
+
+    /// The names of the hosts `found` covers now.
+    fn host_names(found: Option<Found>) -> Vec<Name> {
+        found
+            .map(|f| f.hosts.into_iter().map(|h| h.name).collect())
+            .unwrap_or_default()
+    }
+
+    pub(super) fn fleet(&self, actor: &Member, op: &FleetOp, cx: &Call) -> Result<Reply> {
+        match op {
+            FleetOp::List => {
+                let hosts = self.store.hosts()?;
+                let mut views = Vec::new();
+                for t in self.store.targets()? {
+                    if let Target::Fleet(f) = t {
+                        let found = fleet_found(&self.store, &f, &hosts)?;
+                        views.push(views::fleet_view(&f, Self::host_names(Some(found))));
+                    }
+                }
+                Reply::of(&views, views::fleets_table(&views))
+            }
+            FleetOp::Show { name } => {
+                let (name, t) = self.named(name, TargetKind::Fleet)?;
+                let Target::Fleet(f) = t else {
+                    return Err(Error::Internal("named returned another kind".into()));
+                };
+                let v = views::fleet_view(&f, Self::host_names(self.find_now(&name)?));
+                let text = format!(
+                    "{}hosts now: {}\n",
+                    views::fleets_table(std::slice::from_ref(&v)),
+                    hosts_now(&v.hosts)
+                );
+                Reply::of(&v, text)
+            }
+            FleetOp::Add {
+                name,
+                tags,
+                approvals,
+                max_hosts,
+            } => {
+                require_manager(actor, "add fleets")?;
+                let mut tags = tags
+                    .iter()
+                    .map(|t| t.parse())
+                    .collect::<Result<Vec<Name>>>()?;
+                tags.sort();
+                tags.dedup();
+                check_approvals(*approvals)?;
+                if !(1..=MAX_PRINCIPALS).contains(max_hosts) {
+                    return Err(Error::invalid(format!(
+                        "--max-hosts {max_hosts} is out of range; use 1 to {MAX_PRINCIPALS} (OpenSSH accepts at most {MAX_PRINCIPALS} principals in a certificate)"
+                    )));
+                }
+                let fleet = Target::Fleet(Fleet {
+                    id: crate::model::IdentityId(0),
+                    name: name.parse()?,
+                    tags,
+                    approvals_required: *approvals,
+                    max_hosts: *max_hosts,
+                    added_at: cx.now,
+                    added_by: actor.name.to_string(),
+                });
+                let Target::Fleet(f) = self.add_target(actor, fleet, cx)? else {
+                    return Err(Error::Internal("added another kind".into()));
+                };
+                let hosts = Self::host_names(self.find_now(&f.name)?);
+                let text = format!(
+                    "added fleet {}: {} host(s) carry {} now{}",
+                    f.name,
+                    hosts.len(),
+                    f.selector(),
+                    if hosts.is_empty() {
+                        "; requests for it are refused until hosts are tagged".to_string()
+                    } else {
+                        format!(
+                            " ({})",
+                            hosts
+                                .iter()
+                                .map(Name::as_str)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                );
+                Reply::of(&views::fleet_view(&f, hosts), text)
+            }
+            FleetOp::Remove { name } => {
+                require_manager(actor, "remove fleets")?;
+                let (name, _) = self.named(name, TargetKind::Fleet)?;
+                let users: Vec<String> = self
+                    .store
+                    .targets()?
+                    .into_iter()
+                    .filter_map(|t| match t {
+                        Target::Command(c) if c.on_kind == TargetKind::Fleet && c.on == name => {
+                            Some(c.name.to_string())
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                if !users.is_empty() {
+                    return Err(Error::InvalidState(format!(
+                        "fleet {name} is used by command(s) {}; remove them first",
+                        users.join(", ")
+                    )));
+                }
+                self.remove_target(actor, &name, TargetKind::Fleet, cx)
+            }
+        }
+    }
+
+    pub(super) fn command(&self, actor: &Member, op: &CommandOp, cx: &Call) -> Result<Reply> {
+        match op {
+            CommandOp::List => {
+                let hosts = self.store.hosts()?;
+                let mut views = Vec::new();
+                for t in self.store.targets()? {
+                    if let Target::Command(c) = t {
+                        let found = find(&self.store, &c.name, &hosts)?;
+                        views.push(views::command_view(&c, Self::host_names(found)));
+                    }
+                }
+                Reply::of(&views, views::commands_table(&views))
+            }
+            CommandOp::Show { name } => {
+                let (name, t) = self.named(name, TargetKind::Command)?;
+                let Target::Command(c) = t else {
+                    return Err(Error::Internal("named returned another kind".into()));
+                };
+                let v = views::command_view(&c, Self::host_names(self.find_now(&name)?));
+                let text = format!(
+                    "{}hosts now: {}\n",
+                    views::commands_table(std::slice::from_ref(&v)),
+                    hosts_now(&v.hosts)
+                );
+                Reply::of(&v, text)
+            }
+            CommandOp::Add {
+                name,
+                fleet,
+                host,
+                run,
+                login,
+                approvals,
+            } => {
+                require_manager(actor, "add fleet commands")?;
+                let name: Name = name.parse()?;
+                check_command_line(run)?;
+                validate_login(login)?;
+                check_approvals(*approvals)?;
+                let (on_kind, on) = match (fleet, host) {
+                    (Some(f), None) => (TargetKind::Fleet, f.parse::<Name>()?),
+                    (None, Some(h)) => (TargetKind::Host, h.parse::<Name>()?),
+                    _ => {
+                        return Err(Error::invalid(
+                            "give exactly one of --fleet F or --host H: where the command runs",
+                        ));
+                    }
+                };
+                let on_id = match (on_kind, self.store.kind_of(&on)?, self.find_now(&on)?) {
+                    (want, Some(got), Some(found)) if want == got => found.id,
+                    (want, Some(got), _) => {
+                        return Err(Error::invalid(format!(
+                            "{on} is a {got}, not a {want}; use --{got} {on}"
+                        )));
+                    }
+                    _ => return Err(self.unknown_target(&on, on_kind.as_str())?),
+                };
+                let cmd = Target::Command(FleetCommand {
+                    id: crate::model::IdentityId(0),
+                    name,
+                    on_kind,
+                    on,
+                    on_id,
+                    run: run.trim().to_string(),
+                    login: login.clone(),
+                    approvals_required: *approvals,
+                    added_at: cx.now,
+                    added_by: actor.name.to_string(),
+                });
+                let Target::Command(c) = self.add_target(actor, cmd, cx)? else {
+                    return Err(Error::Internal("added another kind".into()));
+                };
+                let found = self.find_now(&c.name)?;
+                let missing: Vec<String> = found
+                    .iter()
+                    .flat_map(|f| &f.hosts)
+                    .filter(|h| !h.logins.values().any(|l| *l == c.login))
+                    .map(|h| h.name.to_string())
+                    .collect();
+                let hosts = Self::host_names(found);
+                let mut text = format!(
+                    "added command {}: runs '{}' as {} on {} {} ({} host(s) now)",
+                    c.name,
+                    c.run,
+                    c.login,
+                    c.on_kind,
+                    c.on,
+                    hosts.len()
+                );
+                if !missing.is_empty() {
+                    text.push_str(&format!(
+                        "\nnote: {} has no login {} yet; run 'host-config HOST' again on {} so sshd accepts it",
+                        missing.join(", "),
+                        c.login,
+                        if missing.len() == 1 { "it" } else { "each" }
+                    ));
+                }
+                Reply::of(&views::command_view(&c, hosts), text)
+            }
+            CommandOp::Remove { name } => {
+                require_manager(actor, "remove fleet commands")?;
+                let (name, _) = self.named(name, TargetKind::Command)?;
+                self.remove_target(actor, &name, TargetKind::Command, cx)
+            }
+        }
+    }
+
+    /// Adds a fleet or command under a name no target has.
+    fn add_target(&self, actor: &Member, t: Target, cx: &Call) -> Result<Target> {
+        let added = self.apply(cx, actor, |tx| {
+            if let Some(kind) = tx.kind_of(t.name())? {
+                return Err(Error::NameTaken {
+                    name: t.name().to_string(),
+                    kind,
+                }
+                .into());
+            }
+            let t = tx.add_target(&t)?;
+            let event = match &t {
+                Target::Fleet(f) => AuditEvent::FleetAdded {
+                    name: f.name.to_string(),
+                    tags: f.tags.iter().map(Name::to_string).collect(),
+                    approvals_required: f.approvals_required,
+                    max_hosts: f.max_hosts,
+                },
+                Target::Command(c) => AuditEvent::CommandAdded {
+                    name: c.name.to_string(),
+                    on: format!("{} {}", c.on_kind, c.on),
+                    run: c.run.clone(),
+                    login: c.login.clone(),
+                    approvals_required: c.approvals_required,
+                },
+            };
+            Ok((t, vec![event]))
+        })?;
+        tracing::info!(kind = %added.kind(), name = %added.name(), by = %actor.name, "target added");
+        Ok(added)
+    }
+
+    /// Removes a fleet or command: removal is final, so what is open on it is closed.
+    fn remove_target(
+        &self,
+        actor: &Member,
+        name: &Name,
+        kind: TargetKind,
+        cx: &Call,
+    ) -> Result<Reply> {
+        let now = cx.now;
+        let Some(before) = self.store.target(name)? else {
+            return Err(Error::NotFound(format!("there is no {kind} named {name}")));
+        };
+        // What is open on it, found outside the transaction; each is checked again inside.
+        let open = self.store.open_requests_of(before.id(), now)?;
+        let closed = self.apply(cx, actor, |tx| {
+            let t = tx
+                .target(name)?
+                .filter(|t| t.kind() == kind)
+                .ok_or_else(|| Error::NotFound(format!("there is no {kind} named {name}")))?;
+            let why = format!("{kind} {name} was removed");
+            let mut events = vec![match kind {
+                TargetKind::Fleet => AuditEvent::FleetRemoved {
+                    name: name.to_string(),
+                },
+                _ => AuditEvent::CommandRemoved {
+                    name: name.to_string(),
+                },
+            }];
+            let ids: &[u64] = if t.id() == before.id() { &open } else { &[] };
+            let closed = close_open(tx, t.id(), ids, actor, &why, now, &mut events)?;
+            tx.remove_target(name)?;
+            Ok((closed, events))
+        })?;
+        tracing::info!(%kind, %name, by = %actor.name, "target removed");
+        Reply::of(
+            &serde_json::json!({"removed": name, "kind": kind}),
+            format!("removed {kind} {name}; {}", closed_note(closed)),
+        )
+    }
+
+    /// The logins of the fleet commands that run on `host` now: its principals files need them.
+    pub(super) fn command_logins(&self, host: &Host) -> Result<Vec<String>> {
+        let mut logins = Vec::new();
+        for t in self.store.targets()? {
+            if let Target::Command(c) = t
+                && find(&self.store, &c.name, std::slice::from_ref(host))?
+                    .is_some_and(|f| f.hosts.iter().any(|h| h.id == host.id))
+            {
+                logins.push(c.login);
+            }
+        }
+        Ok(logins)
+    }
+}
+
+/// `web-01, web-02`, or `none`.
+fn hosts_now(hosts: &[Name]) -> String {
+    if hosts.is_empty() {
+        return "none".into();
+    }
+    hosts
+        .iter()
+        .map(Name::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks `--approvals` for any target.
+pub(super) fn check_approvals(n: u32) -> Result<()> {
+    if (1..=MAX_APPROVALS).contains(&n) {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "--approvals {n} is out of range; use 1 to {MAX_APPROVALS}"
+        )))
+    }
+}
