@@ -583,6 +583,8 @@ fn bad_inputs_over_ssh_are_refused_and_change_nothing() {
             b.ssh(&b.owner, "audit export").ok().stdout,
             b.ssh(&b.owner, "member list --json").ok().stdout,
             b.ssh(&b.owner, "host list --json").ok().stdout,
+            b.ssh(&b.owner, "fleet list --json").ok().stdout,
+            b.ssh(&b.owner, "command list --json").ok().stdout,
         )
     };
     let before = snapshot(&b);
@@ -653,6 +655,7 @@ fn bad_inputs_in_process_including_the_passage_of_time() {
             s.requests_in(None, t0, usize::MAX).unwrap(),
             s.members().unwrap(),
             s.hosts().unwrap(),
+            s.targets().unwrap(),
         )
     };
     let before = snapshot();

@@ -5,59 +5,11 @@
 mod util;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use util::{Broker, Identity, Out, Sshd, free_port, require, ssh_opts};
-
-fn helper_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sshjit")
-}
-
-/// A person with their own HOME and identity, talking to `b` through the helper.
-struct Person {
-    home: tempfile::TempDir,
-    id: Identity,
-    broker: String,
-}
-
-impl Person {
-    fn new(b: &Broker, id: &Identity) -> Person {
-        Person {
-            home: tempfile::tempdir().unwrap(),
-            id: id.clone(),
-            broker: format!("127.0.0.1:{}", b.addr.port()),
-        }
-    }
-
-    fn cmd(&self, bin: &str) -> Command {
-        let mut c = Command::new(bin);
-        c.env("HOME", self.home.path())
-            .env_remove("XDG_CONFIG_HOME")
-            .env_remove("SSH_AUTH_SOCK")
-            .env("SSHJIT_BROKER", &self.broker)
-            .env("SSHJIT_IDENTITY", &self.id.key)
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn helper(&self, args: &[&str]) -> Out {
-        let mut c = self.cmd(helper_bin());
-        c.args(args);
-        util::run_with_stdin(c, b"")
-    }
-
-    fn admin(&self, args: &[&str]) -> Out {
-        let mut c = self.cmd(util::bin());
-        c.arg("admin").args(args);
-        util::run_with_stdin(c, b"")
-    }
-
-    fn certs_dir(&self) -> PathBuf {
-        self.home.path().join(".ssh/sshjit")
-    }
-}
+use util::{Broker, Identity, Person, Sshd, free_port, helper_bin, require, ssh_opts};
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777

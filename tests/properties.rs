@@ -1,5 +1,6 @@
-//! Property tests: random sequences of requests, decisions and certificate calls at random times,
-//! run through the real broker (sled in a temp dir, real signing), never break the product's access rules.
+//! Property tests: random sequences of requests (to hosts, a fleet and a fleet command),
+//! decisions, certificate calls and host changes at random times, run through the real broker
+//! (sled in a temp dir, real signing), never break the product's access rules.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -34,6 +35,23 @@ fn keys() -> &'static HashMap<&'static str, (String, String)> {
     })
 }
 
+/// What requests name: two hosts, a fleet (tag `web`) and a fleet command on it.
+const TARGETS: [&str; 4] = ["web-01", "db-01", "webs", "restart"];
+/// The fleet command's line and login.
+const RUN: &str = "systemctl restart worker";
+const RUN_LOGIN: &str = "ops";
+
+/// Each host's login per role, as added (hosts never change; removal is final).
+fn logins_of(host: &str) -> Option<(&'static str, Option<&'static str>)> {
+    match host {
+        "web-01" => Some(("ro", Some("deploy"))),
+        "db-01" => Some(("ro", Some("dba"))),
+        "web-02" => Some(("ro2", None)),
+        h if h.starts_with("web-") => Some(("ro", Some("deploy"))),
+        _ => None,
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Request {
@@ -63,13 +81,19 @@ enum Op {
     Wait {
         secs: u64,
     },
+    /// A new host tagged `web` joins the fleet.
+    AddWebHost,
+    /// `web-02` is removed.
+    RemoveWebHost,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let who = 0..PEOPLE.len();
     let id = any::<u64>();
     prop_oneof![
-        3 => (who.clone(), 0..2usize, prop::sample::select(vec!["viewer", "editor", "viewer", "editor", "admin", "owner"]),
+        1 => Just(Op::AddWebHost),
+        1 => Just(Op::RemoveWebHost),
+        5 => (who.clone(), 0..TARGETS.len(), prop::sample::select(vec!["viewer", "editor", "viewer", "editor", "admin", "owner", "none", "none"]),
               prop::sample::select(vec![1u64, 5, 30, 120, 1440, 1500]), prop::option::weighted(0.2, 0u64..7200))
             .prop_map(|(who, host, role, mins, start_in)| Op::Request { who, host, role, mins, start_in }),
         4 => (prop::sample::select(vec![0usize, 1, 0, 1, 2, 3, 4]), id).prop_map(|(who, id)| Op::Approve { who, id }),
@@ -99,8 +123,16 @@ fn setup() -> (tempfile::TempDir, Broker) {
     for (p, r) in PEOPLE.iter().zip(ROLES).skip(1) {
         run(format!("member add {p} --role {r} --key '{}'", k[p].1));
     }
-    run("host add web-01 --address 10.0.0.1 --login viewer=ro --login editor=deploy".into());
     run("host add db-01 --address 10.0.0.2 --login viewer=ro --login editor=dba --tag prod --approvals 2".into());
+    run(
+        "host add web-01 --address 10.0.0.1 --login viewer=ro --login editor=deploy --tag web"
+            .into(),
+    );
+    run("host add web-02 --address 10.0.0.3 --login viewer=ro2 --tag web".into());
+    run("fleet add webs --tag web".into());
+    run(format!(
+        "command add restart --fleet webs --run '{RUN}' --login {RUN_LOGIN}"
+    ));
     (tmp, broker)
 }
 
@@ -131,21 +163,34 @@ proptest! {
     fn random_histories_keep_every_rule(ops in prop::collection::vec(op(), 1..60)) {
         let (_tmp, broker) = setup();
         let mut now = Timestamp::from_unix(T0);
-        let hosts = ["web-01", "db-01"];
         let mut created = 0u64;
+        let mut added = 2u32;
         let mut issued = 0u64;
         for op in ops {
             // Ids pick among the requests made so far.
             let pick = |id: u64| if created == 0 { 1 } else { id % created + 1 };
             match op {
                 Op::Wait { secs } => now = now.plus(secs),
+                Op::AddWebHost => {
+                    added += 1;
+                    let line = format!("host add web-{added:02} --address 10.0.1.{added} --login viewer=ro --login editor=deploy --tag web");
+                    prop_assert!(json(&broker, "olga", &line, b"", now).is_ok());
+                }
+                Op::RemoveWebHost => {
+                    let _ = json(&broker, "olga", "host remove web-02", b"", now);
+                }
                 Op::Request { who, host, role, mins, start_in } => {
                     let start = start_in.map(|s| format!(" --start +{s}s")).unwrap_or_default();
-                    let line = format!("request {} --role {role} --for {mins}m --reason 'INC-1 property test'{start}", hosts[host]);
+                    let role_flag = if role == "none" { String::new() } else { format!(" --role {role}") };
+                    let line = format!("request {}{role_flag} --for {mins}m --reason 'INC-1 property test'{start}", TARGETS[host]);
                     let r = json(&broker, PEOPLE[who], &line, b"", now);
                     if r.is_ok() { created += 1; }
                     if role == "admin" || role == "owner" {
                         prop_assert!(r.is_err(), "granted a request for {role}");
+                    }
+                    // A fleet command takes no role; hosts and fleets need one.
+                    if (TARGETS[host] == "restart") != (role == "none") {
+                        prop_assert!(r.is_err(), "accepted {line}");
                     }
                     if !(5..=1440).contains(&mins) {
                         prop_assert!(r.is_err(), "accepted a duration of {mins}m");
@@ -194,8 +239,37 @@ proptest! {
                         prop_assert_eq!(cert.valid_after() as i64, start.unix());
                         prop_assert_eq!(cert.valid_before() as i64, end.unix());
                         prop_assert_eq!(cert.key_id(), format!("sshjit:{id}:{}", PEOPLE[who]));
-                        let role = g["effective_role"].as_str().unwrap();
-                        prop_assert!(role == "viewer" || role == "editor");
+                        // Rule 16: every principal names a host of the grant with that host's
+                        // login; a command's certificate carries its command and nothing else.
+                        let in_grant: Vec<String> = g["hosts"].as_array().unwrap().iter()
+                            .map(|h| format!("{}@{}", h["login"].as_str().unwrap(), h["name"].as_str().unwrap()))
+                            .collect();
+                        prop_assert!(!cert.valid_principals().is_empty());
+                        for p in cert.valid_principals() {
+                            prop_assert!(in_grant.contains(p), "{p} is not in the grant {in_grant:?}");
+                            let (login, host) = p.split_once('@').unwrap();
+                            let (viewer, editor) = logins_of(host).unwrap();
+                            match g["effective_role"].as_str() {
+                                None => prop_assert_eq!(login, RUN_LOGIN),
+                                Some("viewer") => prop_assert_eq!(login, viewer),
+                                Some("editor") => prop_assert_eq!(Some(login), editor),
+                                Some(other) => prop_assert!(false, "granted {other}"),
+                            }
+                        }
+                        let exts: Vec<&String> = cert.extensions().keys().collect();
+                        let forced = cert.critical_options().get("force-command");
+                        match g["effective_role"].as_str() {
+                            None => {
+                                prop_assert_eq!(forced.map(String::as_str), Some(RUN));
+                                prop_assert!(exts.is_empty(), "a command certificate has {exts:?}");
+                                prop_assert_eq!(req["kind"].as_str(), Some("command"));
+                            }
+                            Some(role) => {
+                                prop_assert!(forced.is_none());
+                                let want = if role == "editor" { 2 } else { 1 };
+                                prop_assert_eq!(exts.len(), want, "{:?}", exts);
+                            }
+                        }
                     }
                 }
             }
@@ -213,7 +287,10 @@ proptest! {
             distinct.sort();
             distinct.dedup();
             prop_assert_eq!(distinct.len(), approvers.len());
-            prop_assert!(["viewer", "editor"].contains(&r["role"].as_str().unwrap()));
+            match r["kind"].as_str() {
+                Some("command") => prop_assert!(r["role"].is_null()),
+                _ => prop_assert!(["viewer", "editor"].contains(&r["role"].as_str().unwrap())),
+            }
             if r["state"] == "approved" {
                 prop_assert!(distinct.len() as u64 >= r["approvals_required"].as_u64().unwrap(), "under-approved: {r}");
                 let g = &r["grant"];

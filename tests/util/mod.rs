@@ -98,6 +98,54 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_sshjit-broker")
 }
 
+pub fn helper_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sshjit")
+}
+
+/// A person with their own HOME and identity, talking to `b` through the helper.
+pub struct Person {
+    pub home: tempfile::TempDir,
+    pub id: Identity,
+    pub broker: String,
+}
+
+impl Person {
+    pub fn new(b: &Broker, id: &Identity) -> Person {
+        Person {
+            home: tempfile::tempdir().unwrap(),
+            id: id.clone(),
+            broker: format!("127.0.0.1:{}", b.addr.port()),
+        }
+    }
+
+    pub fn cmd(&self, bin: &str) -> Command {
+        let mut c = Command::new(bin);
+        c.env("HOME", self.home.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("SSH_AUTH_SOCK")
+            .env("SSHJIT_BROKER", &self.broker)
+            .env("SSHJIT_IDENTITY", &self.id.key)
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn helper(&self, args: &[&str]) -> Out {
+        let mut c = self.cmd(helper_bin());
+        c.args(args);
+        run_with_stdin(c, b"")
+    }
+
+    pub fn admin(&self, args: &[&str]) -> Out {
+        let mut c = self.cmd(bin());
+        c.arg("admin").args(args);
+        run_with_stdin(c, b"")
+    }
+
+    pub fn certs_dir(&self) -> PathBuf {
+        self.home.path().join(".ssh/sshjit")
+    }
+}
+
 /// A broker daemon process over a data dir in a temp dir.
 pub struct Broker {
     pub tmp: tempfile::TempDir,
@@ -266,13 +314,13 @@ impl Broker {
     /// A real sshd on `port` for host `name`, configured only from what `host-config --script`
     /// writes (under this broker's temp dir) plus a private base config.
     pub fn host_sshd(&self, name: &str, port: u16) -> Sshd {
-        let dir = self.tmp.path().join("host");
+        let dir = self.tmp.path().join(format!("host-{name}"));
         let line = format!("host-config {name} --dir {} --script", dir.display());
         let script = self.ssh(&self.owner, &line).ok().stdout;
         let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
         assert!(out.status.success(), "host-config script failed: {out:?}");
         let include = format!("Include {}/sshd_config.d/sshjit.conf", dir.display());
-        Sshd::start_on(self.tmp.path(), &include, port)
+        Sshd::start_on(&dir, &include, port)
     }
 
     /// JSON of a command run as the owner.
