@@ -374,3 +374,55 @@ fn a_fleet_larger_than_a_certificate_can_name_is_refused() {
         "{out:?}"
     );
 }
+
+#[test]
+fn host_config_names_the_logins_of_the_commands_that_run_on_the_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let owner = keygen(tmp.path(), "olga");
+    let dir = DataDir::new(tmp.path().join("data"));
+    let t0 = Timestamp::from_unix(1_900_000_000);
+    datadir::init(&dir, "olga", &owner.public, "127.0.0.1:0", t0).unwrap();
+    let opened = datadir::open(&dir).unwrap();
+    let fp = sshjit::ca::fingerprint(
+        sshjit::ca::parse_public_key(&owner.public)
+            .unwrap()
+            .key_data(),
+    );
+    let run = |line: &str| {
+        let out = opened.broker.run_line(&fp, line.as_bytes(), b"", t0);
+        assert_eq!(out.status, 0, "{line}: {out:?}");
+        out.stdout
+    };
+    run("host add q-01 --address 10.0.0.1 --login viewer=ro --tag queue");
+    run("host add q-02 --address 10.0.0.2 --login viewer=ro --tag other");
+    run("fleet add queue --tag queue");
+    let added = run("command add drain --fleet queue --run 'worker drain' --login ops");
+    assert!(
+        added.contains("note: q-01 has no login ops yet; run 'host-config HOST' again"),
+        "{added}"
+    );
+    let files = |host: &str| -> Vec<(String, String)> {
+        let v: serde_json::Value =
+            serde_json::from_str(&run(&format!("host-config {host} --json"))).unwrap();
+        v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["path"].as_str().unwrap().to_string(),
+                    f["content"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let q1 = files("q-01");
+    assert!(
+        q1.contains(&("/etc/ssh/sshjit_principals/ops".into(), "ops@q-01\n".into())),
+        "{q1:?}"
+    );
+    assert!(
+        !files("q-02").iter().any(|(p, _)| p.ends_with("/ops")),
+        "q-02 is not in the fleet"
+    );
+}

@@ -568,6 +568,21 @@ fn the_config_file_gives_request_a_default_role_and_duration() {
         .ok()
         .json();
     assert_eq!(r["duration_secs"], 3600);
+    // The default role is for hosts and fleets: a fleet command takes none.
+    b.ssh(
+        &b.owner,
+        "command add uptime --host web-01 --run uptime --login ro",
+    )
+    .ok();
+    let r = alice
+        .helper(&["--json", "request", "uptime", "--reason", "INC-8 is it up"])
+        .ok()
+        .json();
+    assert_eq!(
+        (r["kind"].as_str(), r["role"].is_null()),
+        (Some("command"), true),
+        "{r}"
+    );
     // An unknown key in the file is an error that names the file.
     std::fs::write(cfg.join("config.toml"), "rol = \"viewer\"\n").unwrap();
     let out = alice.helper(&["request", "web-01", "--reason", "x"]);

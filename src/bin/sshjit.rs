@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use sshjit::client::local::Want;
-use sshjit::client::{self, ConnectArgs, Settings, helper, local};
+use sshjit::client::{self, ConnectArgs, Settings, helper, listing, local};
 use sshjit::commands::RequestArgs;
 use sshjit::model::Timestamp;
 use sshjit::{Error, cli_docs};
@@ -158,9 +158,9 @@ fn main() -> ExitCode {
 async fn run(cli: &Cli) -> Result<(), Error> {
     let printed = match &cli.command {
         // Local-only commands need no broker.
-        Cmd::SshConfig => helper::ssh_config(&client::certs_dir()?)?,
-        Cmd::Certs => helper::certs(&client::certs_dir()?)?,
-        Cmd::Logout { id, .. } => helper::logout(&client::certs_dir()?, *id)?,
+        Cmd::SshConfig => listing::ssh_config(&client::certs_dir()?)?,
+        Cmd::Certs => listing::certs(&client::certs_dir()?)?,
+        Cmd::Logout { id, .. } => listing::logout(&client::certs_dir()?, *id)?,
         Cmd::Completions { shell } => {
             print!("{}", cli_docs::completions(Cli::command(), *shell));
             return Ok(());
@@ -169,8 +169,8 @@ async fn run(cli: &Cli) -> Result<(), Error> {
             print!("{}", cli_docs::man_page(Cli::command())?);
             return Ok(());
         }
-        Cmd::Ls { connect } => helper::ls(&settings(cli, connect)?).await?,
-        Cmd::Whoami { connect } => helper::whoami(&settings(cli, connect)?).await?,
+        Cmd::Ls { connect } => listing::ls(&settings(cli, connect)?).await?,
+        Cmd::Whoami { connect } => listing::whoami(&settings(cli, connect)?).await?,
         Cmd::Request {
             args,
             wait,

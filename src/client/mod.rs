@@ -5,6 +5,7 @@ pub mod admin;
 pub mod conn;
 pub mod helper;
 pub mod known;
+pub mod listing;
 pub mod local;
 pub mod run;
 
