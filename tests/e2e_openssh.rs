@@ -3,48 +3,7 @@
 
 mod util;
 
-use std::process::Command;
-
-use util::{Broker, keygen, require};
-
-/// Parses `ssh-keygen -L` output into (key id, serial, valid line, principals, extensions).
-fn inspect(cert: &std::path::Path) -> (String, String, String, Vec<String>, Vec<String>) {
-    let out = Command::new(require("ssh-keygen"))
-        .arg("-L")
-        .arg("-f")
-        .arg(cert)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
-            .unwrap_or_default()
-    };
-    let block = |name: &str| -> Vec<String> {
-        let mut lines = text
-            .lines()
-            .skip_while(|l| !l.trim().starts_with(name))
-            .skip(1);
-        let mut out = vec![];
-        for l in lines.by_ref() {
-            if l.starts_with("                ") {
-                out.push(l.trim().to_string());
-            } else {
-                break;
-            }
-        }
-        out
-    };
-    (
-        field("Key ID:"),
-        field("Serial:"),
-        field("Valid:"),
-        block("Principals:"),
-        block("Extensions:"),
-    )
-}
+use util::{Broker, CertInfo, inspect_cert, keygen};
 
 /// ssh-keygen prints validity in local time; run it with TZ=UTC and compare to the grant.
 fn utc_window(start: &str, end: &str) -> String {
@@ -102,7 +61,14 @@ fn stock_openssh_from_request_to_login_on_a_real_sshd() {
     assert_eq!(cert["host"]["name"], "web-01");
 
     // ssh-keygen sees exactly the grant window, the key id and the principals.
-    let (key_id, serial, valid, principals, extensions) = inspect(&cert_path);
+    let CertInfo {
+        key_id,
+        serial,
+        valid,
+        principals,
+        extensions,
+        ..
+    } = inspect_cert(&cert_path);
     assert_eq!(key_id, format!("\"sshjit:{id}:alice\""));
     assert_eq!(serial, cert["serial"].to_string());
     assert_eq!(
@@ -154,7 +120,7 @@ fn stock_openssh_from_request_to_login_on_a_real_sshd() {
         "alice-viewer",
     );
     assert_eq!(c3["principals"], serde_json::json!(["sshjit-ro@web-01"]));
-    let (_, _, _, _, ext) = inspect(&b.tmp.path().join("alice-viewer-cert.pub"));
+    let ext = inspect_cert(&b.tmp.path().join("alice-viewer-cert.pub")).extensions;
     assert_eq!(ext, vec!["permit-pty"]);
     let refused = sshd.login(b.tmp.path(), &viewer.key, &me, "true");
     assert_ne!(

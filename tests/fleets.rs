@@ -8,35 +8,10 @@ use std::process::Command;
 
 use sshjit::datadir::{self, DataDir};
 use sshjit::model::Timestamp;
-use util::{Broker, Person, current_user, free_port, keygen, require, run_with_stdin, ssh_opts};
-
-/// (principals, critical options, extensions) of a certificate, as `ssh-keygen -L` reads it.
-fn inspect(cert: &std::path::Path) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let out = Command::new(require("ssh-keygen"))
-        .arg("-L")
-        .arg("-f")
-        .arg(cert)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let block = |name: &str| -> Vec<String> {
-        let mut lines = text.lines().skip_while(|l| !l.trim().starts_with(name));
-        let head = lines.next().unwrap_or_default();
-        if head.contains("(none)") {
-            return vec![];
-        }
-        lines
-            .take_while(|l| l.starts_with("                "))
-            .map(|l| l.trim().to_string())
-            .collect()
-    };
-    (
-        block("Principals:"),
-        block("Critical Options:"),
-        block("Extensions:"),
-    )
-}
+use util::{
+    Broker, CertInfo, Person, current_user, free_port, inspect_cert, keygen, require,
+    run_with_stdin, ssh_opts,
+};
 
 #[test]
 fn fleets_and_fleet_commands_on_three_real_hosts() {
@@ -147,8 +122,12 @@ fn fleets_and_fleet_commands_on_three_real_hosts() {
     // The same certificate with plain ssh: whatever is asked, sshd runs only the command,
     // and forwarding is refused. The certificate has force-command and no extensions.
     let key = alice.certs_dir().join(format!("restart-web/{id}"));
-    let (principals, critical, extensions) =
-        inspect(&alice.certs_dir().join(format!("restart-web/{id}-cert.pub")));
+    let CertInfo {
+        principals,
+        critical_options: critical,
+        extensions,
+        ..
+    } = inspect_cert(&alice.certs_dir().join(format!("restart-web/{id}-cert.pub")));
     assert_eq!(principals, [format!("{me}@web-01"), format!("{me}@web-02")]);
     assert_eq!(
         critical,

@@ -111,7 +111,7 @@ fn request_wait_approve_login_and_ssh() {
     assert!(
         approved
             .stderr
-            .contains(&format!("editor on 1 host(s): {me}@web-01")),
+            .contains(&format!("hosts          1 ({me}@web-01)")),
         "the approver was not shown the grant: {approved:?}"
     );
 

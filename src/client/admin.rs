@@ -9,6 +9,7 @@ use crate::contract::{RequestView, WhoamiView};
 use crate::error::{Error, Result};
 use crate::justify;
 use crate::model::{RequestState, format_duration};
+use crate::target::Scope;
 
 /// What `admin` printed, and its exit status.
 pub struct AdminOutput {
@@ -139,7 +140,7 @@ async fn approve(conn: &Connection, args: &[&str], json: bool, yes: bool) -> Res
 
 fn grant_summary(r: &RequestView) -> String {
     let mut s = format!(
-        "request {}: {} asks for {} on {} {} for {}\n  reason          {}\n",
+        "request {}: {} asks for {} on {} {} for {}\n  reason         {}\n",
         r.id,
         r.requester,
         r.role.map_or("a command", |r| r.as_str()),
@@ -149,33 +150,21 @@ fn grant_summary(r: &RequestView) -> String {
         r.reason,
     );
     if let Some(w) = &r.would_grant {
-        let production = w.hosts.iter().filter(|h| h.production).count();
         s.push_str(&format!(
-            "  grants          {} on {} host(s){}: {}\n  window          {} to {} if approved now\n",
-            w.effective_role.map_or("command", |r| r.as_str()),
-            w.hosts.len(),
-            if production > 0 {
-                format!(", {production} of them production")
-            } else {
-                String::new()
-            },
-            w.principals.join(", "),
+            "  grants         {} from {} to {} if approved now\n",
+            w.effective_role.map_or("the command", |r| r.as_str()),
             w.start_if_approved_now,
             w.end_if_approved_now,
         ));
-        if let Some(run) = &w.command {
-            s.push_str(&format!("  runs only       {run}\n"));
-        }
-        if !w.left_out.is_empty() {
-            let left: Vec<&str> = w.left_out.iter().map(|n| n.as_str()).collect();
-            s.push_str(&format!(
-                "  left out        {} (no login for the role)\n",
-                left.join(", ")
-            ));
-        }
+        let scope = Scope {
+            hosts: w.hosts.clone(),
+            command: w.command.clone(),
+            left_out: w.left_out.clone(),
+        };
+        s.push_str(&crate::views::scope_text(&scope));
     }
     s.push_str(&format!(
-        "  approvals       {}/{}\n",
+        "  approvals      {}/{}\n",
         r.approvals.len(),
         r.approvals_required
     ));

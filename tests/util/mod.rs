@@ -492,3 +492,49 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// What `ssh-keygen -L` says of a certificate.
+#[derive(Debug, Default)]
+pub struct CertInfo {
+    pub key_id: String,
+    pub serial: String,
+    pub valid: String,
+    pub principals: Vec<String>,
+    pub critical_options: Vec<String>,
+    pub extensions: Vec<String>,
+}
+
+/// Reads a certificate file with `ssh-keygen -L` (run it with `TZ=UTC` to compare times).
+pub fn inspect_cert(cert: &Path) -> CertInfo {
+    let out = Command::new(require("ssh-keygen"))
+        .arg("-L")
+        .arg("-f")
+        .arg(cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+            .unwrap_or_default()
+    };
+    let block = |name: &str| -> Vec<String> {
+        let mut lines = text.lines().skip_while(|l| !l.trim().starts_with(name));
+        if lines.next().is_none_or(|head| head.contains("(none)")) {
+            return vec![];
+        }
+        lines
+            .take_while(|l| l.starts_with("                "))
+            .map(|l| l.trim().to_string())
+            .collect()
+    };
+    CertInfo {
+        key_id: field("Key ID:"),
+        serial: field("Serial:"),
+        valid: field("Valid:"),
+        principals: block("Principals:"),
+        critical_options: block("Critical Options:"),
+        extensions: block("Extensions:"),
+    }
+}
