@@ -24,7 +24,7 @@ use crate::ca::Ca;
 use crate::commands::{Command, Invocation, Parsed};
 use crate::error::{Error, Result};
 use crate::model::{IdentityId, Member, Timestamp};
-use crate::policy::{Policy, RateLimit};
+use crate::policy::{Policy, RateLimit, require_manager};
 use crate::store::{Store, Ticket, Tx, TxResult};
 
 /// One command's context: when it runs, and whether the caller waits for durability itself.
@@ -319,16 +319,4 @@ impl Broker {
 pub fn wants_json(line: &[u8]) -> bool {
     line.split(|b| b.is_ascii_whitespace())
         .any(|w| w == b"--json")
-}
-
-/// Refuses unless `actor` is an OWNER or ADMIN.
-fn require_manager(actor: &Member, what: &str) -> Result<()> {
-    if actor.role.can_manage() {
-        Ok(())
-    } else {
-        Err(Error::PermissionDenied(format!(
-            "only owners and admins can {what}; you are {}",
-            actor.role
-        )))
-    }
 }

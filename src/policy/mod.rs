@@ -393,6 +393,20 @@ pub fn cancel(req: &mut Request, actor: &Member, now: Timestamp) -> Result<()> {
     Ok(())
 }
 
+/// Refuses unless `actor` is an OWNER or ADMIN (the manage_members power): managing hosts,
+/// fleets and commands, reading everyone's requests and the audit log. `what` completes
+/// "only owners and admins can ...".
+pub fn require_manager(actor: &Member, what: &str) -> Result<()> {
+    if actor.role.can_manage() {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(format!(
+            "only owners and admins can {what}; you are {}",
+            actor.role
+        )))
+    }
+}
+
 /// Whether `actor` may read `req`: their own, or any for owners and admins.
 pub fn may_read(req: &Request, actor: &Member) -> bool {
     req.requester_id == actor.id || actor.role.can_manage()
