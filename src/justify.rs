@@ -87,19 +87,19 @@ pub fn deterministic(
                 format!("tags: {}", t.join(", "))
             };
             format!(
-                "{role} access to {} ({}:{}, {tags})",
+                "for {role} access to {} ({}:{}, {tags})",
                 host.name, host.address, host.port
             )
         }
         (_, _, Some(run)) => format!(
-            "to run the command {} ({} as {}) on {}",
+            "to run the command {} ({} as {}; {})",
             found.name,
             quote(&summarize(run, 160)),
             scope.single_login().unwrap_or_default(),
             hosts_phrase(scope)
         ),
         _ => format!(
-            "{role} access to {} {} ({})",
+            "for {role} access to {} {} ({})",
             found.kind,
             found.name,
             hosts_phrase(scope)
@@ -110,7 +110,7 @@ pub fn deterministic(
         None => "from approval".to_string(),
     };
     let mut text = format!(
-        "{} ({}) asks for {what} for {}, {}. Stated reason: {}.",
+        "{} ({}) asks {what} for {}, {}. Stated reason: {}.",
         requester.name,
         requester.role,
         format_duration(ask.duration_secs),

@@ -342,8 +342,9 @@ impl Broker {
                 );
                 if !missing.is_empty() {
                     text.push_str(&format!(
-                        "\nnote: {} has no login {} yet; run 'host-config HOST' again on {} so sshd accepts it",
+                        "\nnote: {} {} no login {} yet; run 'host-config HOST' again on {} so sshd accepts it",
                         missing.join(", "),
+                        if missing.len() == 1 { "has" } else { "have" },
                         c.login,
                         if missing.len() == 1 { "it" } else { "each" }
                     ));
