@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use sshjit::audit::{AuditEvent, GENESIS, Verifier, seal};
 use sshjit::ca::{self, Ca};
 use sshjit::model::{GrantRole, Host, IdentityId, Member, Role, Timestamp};
-use sshjit::policy::{self, Ask, Policy};
+use sshjit::policy::{self, Ask, Asking, History, Policy};
 use sshjit::store::Store;
 use sshjit::target::Found;
 
@@ -23,6 +23,7 @@ fn member(name: &str, role: Role) -> Member {
         id: IdentityId(name.len() as u64),
         name: name.parse().unwrap(),
         role,
+        kind: Default::default(),
         keys: vec![],
         key_fingerprints: vec![],
         added_at: T0,
@@ -42,23 +43,20 @@ fn host() -> Found {
             (GrantRole::Editor, "deploy".to_string()),
         ]),
         approvals_required: 1,
+        break_glass: false,
+        escalate_after_secs: None,
         added_at: T0,
         added_by: "bench".into(),
     })
 }
 
 fn approved_request() -> sshjit::model::Request {
-    let mut r = Policy::default()
-        .open(
-            42,
-            &member("alice", Role::Viewer),
-            &host(),
-            &ask(),
-            &[],
-            1,
-            T0,
-        )
-        .unwrap();
+    let mut r = open(
+        &Policy::default(),
+        42,
+        &member("alice", Role::Viewer),
+        &host(),
+    );
     let alice = member("alice", Role::Viewer);
     policy::approve(
         &mut r,
@@ -72,12 +70,27 @@ fn approved_request() -> sshjit::model::Request {
     r
 }
 
+/// `Policy::open` for `requester` on `found`, with no history and no rules.
+fn open(p: &Policy, id: u64, requester: &Member, found: &Found) -> sshjit::model::Request {
+    let asking = Asking {
+        requester,
+        found,
+        ask: &ask(),
+        open: &[],
+        approvers: 1,
+        history: &History::default(),
+        rules: &[],
+    };
+    p.open(id, &asking, T0).unwrap()
+}
+
 fn ask() -> Ask<'static> {
     Ask {
         role: Some(GrantRole::Editor),
         duration_secs: 7200,
         reason: "INC-42 restart the stuck worker",
         start: None,
+        break_glass: false,
     }
 }
 
@@ -197,7 +210,7 @@ fn policy_eval(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("open_approve_authorize", |b| {
         b.iter(|| {
-            let mut r = p.open(1, &alice, &h, &ask(), &[], 1, T0).unwrap();
+            let mut r = open(&p, 1, &alice, &h);
             policy::approve(&mut r, &olga, Some(&alice), Some(&h), None, T0).unwrap();
             black_box(p.authorize_cert(&r, &alice, |_| true, T0.plus(60)).is_ok())
         })

@@ -14,7 +14,7 @@ use clap::Parser;
 use sshjit::audit::AuditEvent;
 use sshjit::datadir::{self, DataDir};
 use sshjit::model::{GrantRole, Host, IdentityId, Member, Role, Timestamp};
-use sshjit::policy::{self, Ask};
+use sshjit::policy::{self, Ask, Asking, History};
 use sshjit::target::Found;
 
 #[derive(Debug, Parser)]
@@ -93,6 +93,8 @@ fn main() -> anyhow::Result<()> {
                     (GrantRole::Editor, "deploy".to_string()),
                 ]),
                 approvals_required: 1,
+                break_glass: false,
+                escalate_after_secs: None,
                 added_at: now,
                 added_by: "seed".into(),
             })
@@ -144,15 +146,26 @@ fn main() -> anyhow::Result<()> {
                     duration_secs: 3600,
                     reason: "SEED-1 routine maintenance window",
                     start: None,
+                    break_glass: false,
                 };
                 let id = tx.next_request_id()?;
-                let mut r = policy.open(id, requester, host, &ask, &[], 1, at)?;
+                let asking = Asking {
+                    requester,
+                    found: host,
+                    ask: &ask,
+                    open: &[],
+                    approvers: 1,
+                    history: &History::default(),
+                    rules: &[],
+                };
+                let mut r = policy.open(id, &asking, at)?;
                 events.push(AuditEvent::RequestCreated {
                     id,
                     requester: r.requester.to_string(),
                     kind: r.kind,
                     resource: r.resource.to_string(),
                     role: r.role,
+                    risk: r.risk.score,
                     duration_secs: r.duration_secs,
                     reason: r.reason.clone(),
                     requested_start: None,
@@ -173,6 +186,7 @@ fn main() -> anyhow::Result<()> {
                             events.push(AuditEvent::RequestApproved {
                                 id,
                                 by: "adam".into(),
+                                matched: vec![],
                                 comment: None,
                                 approvals: 1,
                                 approvals_required: 1,

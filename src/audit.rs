@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::model::{GrantRole, Host, Member, Role, Timestamp};
+use crate::model::{Grant, GrantRole, Host, Member, Role, Timestamp};
 use crate::target::TargetKind;
+use crate::verdict::ReviewVerdict;
 
 /// The `prev` of the first entry.
 pub const GENESIS: [u8; 32] = [0; 32];
@@ -52,6 +53,11 @@ pub enum AuditEvent {
         tags: Vec<String>,
         logins: Vec<String>,
         approvals_required: u32,
+        /// Break-glass allowed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        break_glass: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        escalate_after_secs: Option<u64>,
     },
     HostRemoved {
         name: String,
@@ -61,6 +67,11 @@ pub enum AuditEvent {
         tags: Vec<String>,
         approvals_required: u32,
         max_hosts: u32,
+        /// Break-glass allowed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        break_glass: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        escalate_after_secs: Option<u64>,
     },
     FleetRemoved {
         name: String,
@@ -72,6 +83,11 @@ pub enum AuditEvent {
         run: String,
         login: String,
         approvals_required: u32,
+        /// Break-glass allowed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        break_glass: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        escalate_after_secs: Option<u64>,
     },
     CommandRemoved {
         name: String,
@@ -84,15 +100,44 @@ pub enum AuditEvent {
         resource: String,
         /// None for a fleet command.
         role: Option<GrantRole>,
+        #[serde(default)]
+        risk: u8,
         duration_secs: u64,
         reason: String,
         requested_start: Option<Timestamp>,
         pending_until: Timestamp,
         justification_flags: Vec<String>,
     },
-    RequestApproved {
+    RuleAdded {
+        name: String,
+        /// The rule's conditions, as `rule show` describes them.
+        conditions: Vec<String>,
+    },
+    RuleRemoved {
+        name: String,
+    },
+    /// A grant without approvers, in an emergency (rule 18): its review is due by `review_due`.
+    BreakGlass {
+        id: u64,
+        requester: String,
+        resource: String,
+        reason: String,
+        review_due: Timestamp,
+        risk: u8,
+    },
+    BreakGlassReviewed {
         id: u64,
         by: String,
+        verdict: ReviewVerdict,
+        comment: String,
+        late: bool,
+    },
+    RequestApproved {
+        id: u64,
+        /// A member's name, or `rule:NAME` for a rule (which also lists what matched).
+        by: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        matched: Vec<String>,
         comment: Option<String>,
         approvals: u32,
         approvals_required: u32,
@@ -156,6 +201,19 @@ impl AuditEvent {
         }
     }
 
+    /// The record of a grant starting: its window and its scope, fixed from now on.
+    pub fn grant_started(id: u64, g: &Grant) -> AuditEvent {
+        AuditEvent::GrantStarted {
+            id,
+            start: g.start,
+            end: g.end,
+            effective_role: g.effective_role,
+            principals: g.scope.principals(),
+            force_command: g.scope.command.clone(),
+            left_out: g.scope.left_out.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
     /// The record of `h` being added.
     pub fn host_added(h: &Host) -> AuditEvent {
         AuditEvent::HostAdded {
@@ -165,6 +223,8 @@ impl AuditEvent {
             tags: h.tags.iter().map(|t| t.to_string()).collect(),
             logins: h.logins.iter().map(|(r, l)| format!("{r}={l}")).collect(),
             approvals_required: h.approvals_required,
+            break_glass: h.break_glass,
+            escalate_after_secs: h.escalate_after_secs,
         }
     }
 }

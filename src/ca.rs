@@ -16,6 +16,7 @@ use crate::model::{
     Grant, GrantRole, Host, IdentityId, Member, Name, Request, Role, Timestamp, printable,
 };
 use crate::target::ScopeHost;
+use crate::verdict::MemberKind;
 
 /// The smallest RSA key the broker will certify, in bits.
 pub const MIN_RSA_BITS: u32 = 2048;
@@ -134,6 +135,7 @@ pub fn member_with_key(
         id: IdentityId(0),
         name,
         role,
+        kind: MemberKind::Human,
         keys: vec![openssh_without_comment(&key)?],
         key_fingerprints: vec![fingerprint(key.key_data())],
         added_at: now,
@@ -177,7 +179,10 @@ pub fn profile(req: &Request, grant: &Grant, hosts: &[&ScopeHost], serial: u64) 
     };
     Profile {
         serial,
-        key_id: format!("sshjit:{}:{}", req.id, req.requester),
+        key_id: match req.requester_kind {
+            MemberKind::Bot => format!("sshjit:{}:bot:{}", req.id, req.requester),
+            MemberKind::Human => format!("sshjit:{}:{}", req.id, req.requester),
+        },
         principals: hosts
             .iter()
             .map(|h| principal(&h.login, h.name.as_str()))

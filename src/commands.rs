@@ -64,11 +64,14 @@ pub enum Command {
         /// The request id.
         id: u64,
     },
-    /// List everyone's requests (owners and admins).
+    /// List everyone's requests (owners and admins); escalated ones first.
     Requests {
         /// Only this state: pending, approved, denied, expired or cancelled.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "review")]
         state: Option<String>,
+        /// Only break-glass grants waiting for review, overdue ones marked.
+        #[arg(long)]
+        review: bool,
         /// At most this many, newest last.
         #[arg(long, default_value_t = 200)]
         limit: usize,
@@ -88,6 +91,21 @@ pub enum Command {
         /// Why, for the requester and the audit log.
         #[arg(long)]
         reason: String,
+    },
+    /// Review a break-glass grant afterwards (owners and admins, not your own).
+    #[command(group(clap::ArgGroup::new("verdict").required(true).args(["ok", "flag"])))]
+    Review {
+        /// The request id.
+        id: u64,
+        /// The emergency was real and the access fitting.
+        #[arg(long)]
+        ok: bool,
+        /// Something needs a follow-up.
+        #[arg(long)]
+        flag: bool,
+        /// What you checked, for the audit log.
+        #[arg(long)]
+        comment: String,
     },
     /// Sign a certificate for a current grant. The public key comes from --key or stdin.
     Cert {
@@ -110,6 +128,9 @@ pub enum Command {
     /// member may list them).
     #[command(subcommand)]
     Command(CommandOp),
+    /// Manage auto-approval rules (owners; any owner or admin may list them).
+    #[command(subcommand)]
+    Rule(RuleOp),
     /// Print what makes a host trust the broker (owners and admins).
     HostConfig {
         name: String,
@@ -143,6 +164,10 @@ pub struct RequestArgs {
     /// When the window may start at the earliest: RFC 3339 or +DURATION.
     #[arg(long)]
     pub start: Option<String>,
+    /// An emergency: granted at once without approvers on targets that allow it, at most
+    /// 1h by default, with an incident or ticket in the reason; reviewed afterwards.
+    #[arg(long)]
+    pub break_glass: bool,
 }
 
 impl RequestArgs {
@@ -156,6 +181,7 @@ impl RequestArgs {
             duration,
             reason,
             start,
+            break_glass,
         } = self;
         // `--flag=value`, so a value that starts with a dash stays a value.
         let mut w = vec![
@@ -170,6 +196,9 @@ impl RequestArgs {
         if let Some(s) = start {
             w.push(format!("--start={s}"));
         }
+        if *break_glass {
+            w.push("--break-glass".into());
+        }
         w
     }
 }
@@ -181,6 +210,9 @@ pub enum MemberCommand {
         name: String,
         #[arg(long)]
         role: String,
+        /// human (default) or bot: a pipeline or agent, decided by rules alone.
+        #[arg(long, default_value = "human")]
+        kind: String,
         /// The member's SSH public key (`ssh-ed25519 AAAA... [comment]`).
         #[arg(long, num_args = 1..=3, value_name = "PUBKEY", required = true)]
         key: Vec<String>,
@@ -231,10 +263,84 @@ pub enum HostCommand {
         /// Distinct approvals needed (1-5).
         #[arg(long, default_value_t = 1)]
         approvals: u32,
+        #[command(flatten)]
+        options: TargetOptions,
     },
     /// List hosts.
     List,
     /// Remove a host: its pending requests are cancelled and its grants ended.
+    Remove { name: String },
+}
+
+/// What a host, fleet or command allows beyond normal requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct TargetOptions {
+    /// Allow break-glass requests: granted at once, reviewed afterwards.
+    #[arg(long)]
+    pub break_glass: bool,
+    /// A pending request older than this reads as escalated and is listed first (1m to 7d).
+    #[arg(long, value_name = "DURATION")]
+    pub escalate_after: Option<String>,
+}
+
+/// `rule add` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct RuleArgs {
+    pub name: String,
+    /// A target (host, fleet or command) it covers; repeat for more.
+    #[arg(long = "target", value_name = "NAME")]
+    pub targets: Vec<String>,
+    /// Or: requests whose every host carries one of these tags; repeat for more.
+    #[arg(long = "tag", value_name = "T")]
+    pub tags: Vec<String>,
+    /// The highest effective role it approves: viewer (default) or editor.
+    #[arg(long, default_value = "viewer")]
+    pub role: String,
+    /// A fleet command it covers (like --target, for commands only); repeat for more.
+    #[arg(long = "command", value_name = "NAME")]
+    pub commands: Vec<String>,
+    /// The longest window it approves (default: the policy's longest).
+    #[arg(long, value_name = "DURATION")]
+    pub max_duration: Option<String>,
+    /// The highest risk score it approves, 0-100 (default 100).
+    #[arg(long, value_name = "N")]
+    pub max_risk: Option<u8>,
+    /// Only this member's requests.
+    #[arg(long, group = "who", value_name = "NAME")]
+    pub requester: Option<String>,
+    /// Only members whose base role is at least this.
+    #[arg(long, group = "who", value_name = "ROLE")]
+    pub base_role: Option<String>,
+    /// Only people (human) or only bots (bot).
+    #[arg(long, group = "who", value_name = "human|bot")]
+    pub kind: Option<String>,
+    /// At most N approvals per --per period, counted across restarts.
+    #[arg(long, requires = "per", value_name = "N")]
+    pub max_uses: Option<u32>,
+    /// The period of --max-uses, such as 24h.
+    #[arg(long, requires = "max_uses", value_name = "DURATION")]
+    pub per: Option<String>,
+    /// Days it applies, such as mon-fri or sat,sun (default every day).
+    #[arg(long, value_name = "DAYS")]
+    pub days: Option<String>,
+    /// Hours it applies, such as 09:00-18:00 (default all day).
+    #[arg(long, value_name = "HH:MM-HH:MM")]
+    pub hours: Option<String>,
+    /// The time zone of --days and --hours, such as Europe/Berlin (default UTC).
+    #[arg(long, value_name = "ZONE")]
+    pub tz: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuleOp {
+    /// Add an auto-approval rule (owners only). It approves a request at creation when every
+    /// condition holds, never where two or more approvals are needed.
+    Add(Box<RuleArgs>),
+    /// List rules, with the uses left in their period.
+    List,
+    /// Show one rule.
+    Show { name: String },
+    /// Remove a rule (owners only).
     Remove { name: String },
 }
 
@@ -252,6 +358,8 @@ pub enum FleetOp {
         /// The most hosts one grant may hold (1-256; OpenSSH accepts 256 principals).
         #[arg(long, default_value_t = 256)]
         max_hosts: u32,
+        #[command(flatten)]
+        options: TargetOptions,
     },
     /// List fleets, with how many hosts each covers now.
     List,
@@ -282,6 +390,8 @@ pub enum CommandOp {
         /// Distinct approvals needed (1-5); its fleet or hosts may need more.
         #[arg(long, default_value_t = 1)]
         approvals: u32,
+        #[command(flatten)]
+        options: TargetOptions,
     },
     /// List fleet commands.
     List,
@@ -319,7 +429,7 @@ pub enum AuditCommand {
 #[derive(Debug)]
 pub enum Parsed {
     /// A command to run.
-    Run(Invocation),
+    Run(Box<Invocation>),
     /// Text to print with success (help).
     Help(String),
 }
@@ -371,7 +481,7 @@ pub fn parse_words(words: &[String]) -> Result<Parsed> {
     }
     let argv = std::iter::once("sshjit").chain(words.iter().map(String::as_str));
     match parse_argv(argv) {
-        Ok(inv) => Ok(Parsed::Run(inv)),
+        Ok(inv) => Ok(Parsed::Run(Box::new(inv))),
         Err(e) => match e.kind() {
             ErrorKind::DisplayHelp | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
                 Ok(Parsed::Help(e.render().to_string()))
@@ -518,7 +628,7 @@ mod tests {
 
     fn run(line: &str) -> Invocation {
         match parse_line(line.as_bytes()).unwrap() {
-            Parsed::Run(i) => i,
+            Parsed::Run(i) => *i,
             Parsed::Help(h) => panic!("help: {h}"),
         }
     }
@@ -544,6 +654,7 @@ mod tests {
                 duration: "2h".into(),
                 reason: "INC-1 it's \"quoted\" --role admin; $(rm -rf /)".into(),
                 start: Some("+30m".into()),
+                break_glass: true,
             },
             RequestArgs {
                 target: "db".into(),
@@ -551,6 +662,7 @@ mod tests {
                 duration: "5m".into(),
                 reason: "-- leading dashes".into(),
                 start: None,
+                break_glass: false,
             },
             RequestArgs {
                 target: "restart-worker".into(),
@@ -558,6 +670,7 @@ mod tests {
                 duration: "30m".into(),
                 reason: "INC-9 stuck queue".into(),
                 start: None,
+                break_glass: false,
             },
         ];
         for a in cases {

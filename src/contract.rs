@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::model::{GrantRole, IdentityId, Justification, Name, RequestState, Role, Timestamp};
 use crate::target::{ScopeHost, TargetKind};
+use crate::verdict::{MemberKind, Review, Risk, RuleApproval};
 
 /// Reads an `Option` field that must be present in the answer, possibly as `null`.
 fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
@@ -57,6 +58,25 @@ pub struct RequestView {
     pub cancelled_by: Option<Name>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<String>,
+    /// The risk score when it was made, with its factors.
+    pub risk: Risk,
+    /// Whether the requester is a person or a bot.
+    pub requester_kind: MemberKind,
+    /// The rule that approved it at creation, with what matched.
+    #[serde(deserialize_with = "present")]
+    pub approved_by_rule: Option<RuleApproval>,
+    /// A break-glass grant: granted without approvers, reviewed afterwards.
+    pub break_glass: bool,
+    /// When its review is due (break-glass only).
+    #[serde(deserialize_with = "present")]
+    pub review_due: Option<Timestamp>,
+    /// The review, once done.
+    #[serde(deserialize_with = "present")]
+    pub review: Option<Review>,
+    /// Pending past its target's `--escalate-after`: listed first, for owners to see.
+    pub escalated: bool,
+    #[serde(deserialize_with = "present")]
+    pub escalate_at: Option<Timestamp>,
     /// Added by `request`: who may approve it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approvers: Option<Vec<Name>>,
@@ -199,6 +219,8 @@ pub struct MemberView {
     pub id: IdentityId,
     pub name: Name,
     pub role: Role,
+    /// `human` or `bot`.
+    pub kind: MemberKind,
     pub key_fingerprints: Vec<String>,
     pub added_at: Timestamp,
     pub added_by: String,
@@ -249,11 +271,27 @@ pub struct CommandView {
     pub added_by: String,
 }
 
+/// An auto-approval rule, as `rule` commands print them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleView {
+    pub id: IdentityId,
+    pub name: Name,
+    /// Each condition in words, as the audit log records them.
+    pub conditions: Vec<String>,
+    /// Approvals left in the current period, when capped.
+    #[serde(deserialize_with = "present")]
+    pub uses_left: Option<u32>,
+    pub added_at: Timestamp,
+    pub added_by: String,
+}
+
 /// The answer to `whoami`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WhoamiView {
     pub name: Name,
     pub role: Role,
+    /// `human` or `bot`.
+    pub kind: MemberKind,
     pub can_approve: bool,
     pub key_fingerprints: Vec<String>,
 }
@@ -313,6 +351,14 @@ mod tests {
             cancelled_at: None,
             cancelled_by: None,
             cancel_reason: None,
+            risk: Risk::default(),
+            requester_kind: MemberKind::Human,
+            approved_by_rule: None,
+            break_glass: false,
+            review_due: None,
+            review: None,
+            escalated: false,
+            escalate_at: None,
             approvers: None,
             certificates: None,
             would_grant: None,

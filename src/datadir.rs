@@ -364,6 +364,8 @@ pub fn dev_seed(
         .into_iter()
         .collect(),
         approvals_required: 1,
+        break_glass: false,
+        escalate_after_secs: None,
         added_at: now,
         added_by: "dev".into(),
     };

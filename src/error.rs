@@ -77,6 +77,46 @@ pub enum Error {
         hosts: usize,
         max: u32,
     },
+    /// A bot asked for longer than bots may have.
+    #[error("bots get at most {max} at a time; ask for {max} or less")]
+    BotTooLong { max: String },
+    /// No rule approves a bot's request, and no person may.
+    #[error(
+        "no rule approves this request, and a bot's requests are decided by rules alone ({}); ask an owner for a rule that covers it",
+        .why.join("; ")
+    )]
+    BotNoRule { why: Vec<String> },
+    /// A person tried to decide a bot's request.
+    #[error(
+        "request {id} is from the bot {bot}: bots' requests are decided by rules alone, never by people (rule 17)"
+    )]
+    BotRequest { id: u64, bot: String },
+    /// Break-glass on a target that does not allow it.
+    #[error(
+        "{kind} {name} does not allow break-glass; make a normal request, or ask an owner to allow it with --break-glass"
+    )]
+    BreakGlassNotAllowed { kind: TargetKind, name: String },
+    /// Break-glass by someone who may not.
+    #[error(
+        "break-glass needs a person whose base role is editor or higher; you are {who}. Make a normal request"
+    )]
+    BreakGlassWho { who: String },
+    /// A break-glass window over the cap.
+    #[error(
+        "break-glass lasts at most {max}; ask for {max} or less, and make a normal request for more"
+    )]
+    BreakGlassTooLong { max: String },
+    /// Break-glass without an incident or ticket.
+    #[error(
+        "break-glass needs an incident or ticket reference in the reason, such as INC-123, OPS-42, #812 or a link"
+    )]
+    BreakGlassNoReference,
+    /// An overdue review blocks the next break-glass.
+    #[error(
+        "the review of your break-glass grant(s) {} is overdue, so you cannot break glass again until an owner or admin reviews it ('review ID --ok|--flag --comment ...')",
+        .ids.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    ReviewOverdue { ids: Vec<u64> },
     /// No host of the target has a login for the role.
     #[error(
         "no host of {kind} {name} has a login for role {role}; ask for the other role, or ask an admin to add hosts with a {role} login"
@@ -185,7 +225,14 @@ impl Error {
             Error::NotFound(_) | Error::UnknownTarget { .. } => "not_found",
             Error::AlreadyExists(_) | Error::NameTaken { .. } => "already_exists",
             Error::EmptyTarget { .. } | Error::NoLoginForRole { .. } => "invalid_state",
-            Error::TooManyHosts { .. } => "limit_reached",
+            Error::TooManyHosts { .. } | Error::BotTooLong { .. } => "limit_reached",
+            Error::BreakGlassTooLong { .. } => "limit_reached",
+            Error::BotNoRule { .. }
+            | Error::BotRequest { .. }
+            | Error::BreakGlassNotAllowed { .. }
+            | Error::BreakGlassWho { .. } => "permission_denied",
+            Error::BreakGlassNoReference => "invalid_argument",
+            Error::ReviewOverdue { .. } => "invalid_state",
             Error::PermissionDenied(_) | Error::MembershipChanged => "permission_denied",
             Error::InvalidState(_) => "invalid_state",
             Error::GrantNotCurrent(_) => "grant_not_current",

@@ -171,7 +171,7 @@ pub fn describe(flag: &str) -> &'static str {
 }
 
 /// Whether the reason cites a ticket (`ABC-123`), an issue (`#123`), an incident or a link.
-fn has_reference(reason: &str) -> bool {
+pub fn has_reference(reason: &str) -> bool {
     reason
         .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '(' | ')'))
         .map(|w| w.trim_end_matches([':', '.']))

@@ -3,6 +3,8 @@
 //! The components, from the inside out:
 //! - [`model`]: the nouns (members, hosts, requests, grants, times), parsed so bad values cannot exist;
 //! - [`target`]: what a request names (host, fleet, fleet command) and the scope it resolves to;
+//! - [`verdict`]: risk scores, rule approvals and break-glass reviews, as requests record them;
+//! - [`rule`]: owner-made auto-approval rules and their conditions;
 //! - [`policy`]: the access rules, pure, with `now` as an argument;
 //! - [`justify`]: the deterministic justification written for each request;
 //! - [`audit`]: typed audit events and the SHA-256 hash chain;
@@ -33,9 +35,11 @@ pub mod error;
 pub mod justify;
 pub mod model;
 pub mod policy;
+pub mod rule;
 pub mod server;
 pub mod store;
 pub mod target;
+pub mod verdict;
 pub mod views;
 
 pub use error::{Error, Result};

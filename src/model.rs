@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 use crate::target::{Scope, TargetKind};
+use crate::verdict::{MemberKind, Review, Risk, RuleApproval};
 
 /// A point in time: whole UTC seconds since the Unix epoch. Serialized as RFC 3339.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -425,6 +426,9 @@ pub struct Member {
     pub id: IdentityId,
     pub name: Name,
     pub role: Role,
+    /// A person, or a bot (decided by rules alone).
+    #[serde(default)]
+    pub kind: MemberKind,
     /// Identity keys in OpenSSH form, without comments.
     pub keys: Vec<String>,
     /// SHA-256 fingerprints of `keys`, in the same order.
@@ -446,6 +450,12 @@ pub struct Host {
     pub logins: BTreeMap<GrantRole, String>,
     /// Distinct approvals needed before a request is granted.
     pub approvals_required: u32,
+    /// Whether break-glass requests may name it.
+    #[serde(default)]
+    pub break_glass: bool,
+    /// How long a request may wait before it reads as escalated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_after_secs: Option<u64>,
     pub added_at: Timestamp,
     pub added_by: String,
 }
@@ -640,6 +650,26 @@ pub struct Request {
     pub approvals: Vec<Approval>,
     pub approvals_required: u32,
     pub decision: Decision,
+    /// The requester's kind when it was made: a bot's request is decided by rules alone.
+    #[serde(default)]
+    pub requester_kind: MemberKind,
+    /// The risk score when it was made, with its factors.
+    #[serde(default)]
+    pub risk: Risk,
+    /// Set when a rule approved it at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by_rule: Option<RuleApproval>,
+    /// A break-glass grant: granted at once without approvers, reviewed afterwards.
+    #[serde(default)]
+    pub break_glass: bool,
+    /// When the review of a break-glass grant is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_due: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<Review>,
+    /// When it reads as escalated if still pending (the target's `--escalate-after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_at: Option<Timestamp>,
 }
 
 impl Request {
@@ -652,6 +682,16 @@ impl Request {
             Decision::Denied { .. } => RequestState::Denied,
             Decision::Cancelled { .. } => RequestState::Cancelled,
         }
+    }
+
+    /// Whether it is pending at `now` and past its escalation time.
+    pub fn escalated_at(&self, now: Timestamp) -> bool {
+        self.state_at(now) == RequestState::Pending && self.escalate_at.is_some_and(|t| now >= t)
+    }
+
+    /// Whether it is a break-glass grant still waiting for its review at `now`, and overdue.
+    pub fn review_overdue(&self, now: Timestamp) -> bool {
+        self.review.is_none() && self.review_due.is_some_and(|due| now >= due)
     }
 
     /// The grant, if the request was approved.

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::model::{
     Decision, Host, IdentityId, Member, Name, OpenEntry, Request, RequestState, Timestamp,
 };
+use crate::rule::Rule;
 use crate::target::{Target, TargetKind};
 
 /// A result inside a transaction: aborts carry our error, conflicts are retried by sled.
@@ -64,6 +65,8 @@ pub struct Store {
     keys: Tree,
     hosts: Tree,
     targets: Tree,
+    rules: Tree,
+    reviews: Tree,
     requests: Tree,
     pending: Tree,
     by_member: Tree,
@@ -83,6 +86,8 @@ pub struct Tx<'a> {
     keys: &'a TransactionalTree,
     hosts: &'a TransactionalTree,
     targets: &'a TransactionalTree,
+    rules: &'a TransactionalTree,
+    reviews: &'a TransactionalTree,
     requests: &'a TransactionalTree,
     pending: &'a TransactionalTree,
     by_member: &'a TransactionalTree,
@@ -119,6 +124,8 @@ impl Store {
             keys: tree("member_keys")?,
             hosts: tree("hosts")?,
             targets: tree("fleets_and_commands")?,
+            rules: tree("rules")?,
+            reviews: tree("reviews_by_deadline")?,
             requests: tree("requests")?,
             pending: tree("pending_by_deadline")?,
             by_member: tree("requests_by_member")?,
@@ -163,6 +170,8 @@ impl Store {
             &self.keys,
             &self.hosts,
             &self.targets,
+            &self.rules,
+            &self.reviews,
             &self.requests,
             &self.pending,
             &self.by_member,
@@ -179,6 +188,8 @@ impl Store {
                 keys,
                 hosts,
                 targets,
+                rules,
+                reviews,
                 requests,
                 pending,
                 by_member,
@@ -196,6 +207,8 @@ impl Store {
                     keys,
                     hosts,
                     targets,
+                    rules,
+                    reviews,
                     requests,
                     pending,
                     by_member,
@@ -282,6 +295,39 @@ impl Store {
     /// Every fleet and command, by name.
     pub fn targets(&self) -> Result<Vec<Target>> {
         scan_json(&self.targets)
+    }
+
+    /// Every auto-approval rule, by name.
+    pub fn rules(&self) -> Result<Vec<Rule>> {
+        scan_json(&self.rules)
+    }
+
+    pub fn rule(&self, name: &Name) -> Result<Option<Rule>> {
+        get_json(&self.rules, name.as_str().as_bytes())
+    }
+
+    /// Break-glass grants waiting for review, soonest due first, at most `limit`.
+    pub fn reviews_waiting(&self, limit: usize) -> Result<Vec<Request>> {
+        let mut out = Vec::new();
+        for kv in self.reviews.iter().take(limit) {
+            let (k, _) = kv?;
+            if let Some(r) = self.request(u64_at(&k, 8)?)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The break-glass grants of `identity` waiting for review: (request id, overdue at `now`).
+    pub fn reviews_of(&self, identity: IdentityId, now: Timestamp) -> Result<Vec<(u64, bool)>> {
+        let mut out = Vec::new();
+        for kv in self.reviews.iter() {
+            let (k, v) = kv?;
+            if u64_at(&v, 0)? == identity.0 {
+                out.push((u64_at(&k, 8)?, u64_at(&k, 0)? as i64 <= now.unix()));
+            }
+        }
+        Ok(out)
     }
 
     /// What kind of target carries `name`, if any (hosts, fleets and commands share names).
@@ -555,6 +601,25 @@ impl Tx<'_> {
         Ok(())
     }
 
+    pub fn rule(&self, name: &Name) -> TxResult<Option<Rule>> {
+        tx_get(self.rules, name.as_str().as_bytes())
+    }
+
+    /// Stores a rule (a new one gets its identity from the caller's [`Tx::new_identity`]).
+    pub fn put_rule(&self, r: &Rule) -> TxResult<()> {
+        tx_put(self.rules, r.name.as_str().as_bytes(), r)
+    }
+
+    pub fn remove_rule(&self, name: &Name) -> TxResult<()> {
+        self.rules.remove(name.as_str().as_bytes())?;
+        Ok(())
+    }
+
+    /// A new identity, never reused (members, hosts, targets and rules share the counter).
+    pub fn new_identity(&self) -> TxResult<IdentityId> {
+        self.next_identity()
+    }
+
     /// The fleet or command with this name.
     pub fn target(&self, name: &Name) -> TxResult<Option<Target>> {
         tx_get(self.targets, name.as_str().as_bytes())
@@ -604,6 +669,16 @@ impl Tx<'_> {
             until: r.pending_until,
         });
         self.track_open(r.requester_id, r.id, entry)?;
+        // Break-glass grants waiting for review, by due time; the value is the requester.
+        if let Some(due) = r.review_due {
+            let rk = pending_key(due, r.id);
+            if r.review.is_none() {
+                self.reviews
+                    .insert(&rk[..], &r.requester_id.0.to_be_bytes()[..])?;
+            } else {
+                self.reviews.remove(&rk[..])?;
+            }
+        }
         if matches!(r.decision, Decision::Approved { .. }) {
             for identity in [r.requester_id, r.resource_id] {
                 let mut k = identity.0.to_be_bytes().to_vec();

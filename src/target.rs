@@ -54,6 +54,12 @@ pub struct Fleet {
     pub approvals_required: u32,
     /// The most hosts a grant for it may hold (at most [`MAX_PRINCIPALS`]).
     pub max_hosts: u32,
+    /// Whether break-glass requests may name it.
+    #[serde(default)]
+    pub break_glass: bool,
+    /// How long a request may wait before it reads as escalated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_after_secs: Option<u64>,
     pub added_at: Timestamp,
     pub added_by: String,
 }
@@ -87,6 +93,12 @@ pub struct FleetCommand {
     /// The unix login it runs as on every host.
     pub login: String,
     pub approvals_required: u32,
+    /// Whether break-glass requests may name it.
+    #[serde(default)]
+    pub break_glass: bool,
+    /// How long a request may wait before it reads as escalated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_after_secs: Option<u64>,
     pub added_at: Timestamp,
     pub added_by: String,
 }
@@ -146,6 +158,10 @@ pub struct Found {
     pub command: Option<(String, String)>,
     /// Why it covers no host, when it covers none (`no host carries all of tag(s) web`).
     pub why_empty: String,
+    /// Whether break-glass requests may name it (the target's own mark).
+    pub break_glass: bool,
+    /// How long a request for it may wait before it reads as escalated.
+    pub escalate_after_secs: Option<u64>,
 }
 
 impl Found {
@@ -160,6 +176,8 @@ impl Found {
             hosts: vec![h.clone()],
             command: None,
             why_empty: format!("host {} is gone", h.name),
+            break_glass: h.break_glass,
+            escalate_after_secs: h.escalate_after_secs,
         }
     }
 }

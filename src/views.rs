@@ -3,13 +3,15 @@
 
 use crate::contract::{
     ApprovalView, CommandView, DenialView, EndedView, FleetView, GrantStatus, GrantView, HostView,
-    MemberView, RequestView,
+    MemberView, RequestView, RuleView,
 };
 use crate::justify;
 use crate::model::{
     Decision, Grant, Host, Member, Request, RequestState, Timestamp, format_duration,
 };
+use crate::rule::Rule;
 use crate::target::{Fleet, FleetCommand, Scope};
+use crate::verdict::MemberKind;
 
 /// Where a grant's window stands at `now`.
 pub fn grant_status(g: &Grant, now: Timestamp) -> GrantStatus {
@@ -74,6 +76,14 @@ pub fn request_view(r: &Request, now: Timestamp) -> RequestView {
         cancelled_at: None,
         cancelled_by: None,
         cancel_reason: None,
+        risk: r.risk.clone(),
+        requester_kind: r.requester_kind,
+        approved_by_rule: r.approved_by_rule.clone(),
+        break_glass: r.break_glass,
+        review_due: r.review_due,
+        review: r.review.clone(),
+        escalated: r.escalated_at(now),
+        escalate_at: r.escalate_at,
         approvers: None,
         certificates: None,
         would_grant: None,
@@ -111,7 +121,12 @@ pub fn request_text(r: &Request, now: Timestamp) -> String {
     if let Some(t) = r.requested_start {
         s.push_str(&format!("  not before     {t}\n"));
     }
+    let marks = marks(r, now);
+    if !marks.is_empty() {
+        s.push_str(&format!("  note           {}\n", marks.join("; ")));
+    }
     s.push_str(&format!("  reason         {}\n", r.reason));
+    s.push_str(&format!("  risk           {}\n", r.risk.explain()));
     s.push_str(&format!("  justification  {}\n", r.justification.text));
     if !r.justification.flags.is_empty() {
         let flags: Vec<String> = r
@@ -122,11 +137,19 @@ pub fn request_text(r: &Request, now: Timestamp) -> String {
             .collect();
         s.push_str(&format!("  flags          {}\n", flags.join(", ")));
     }
-    let by: Vec<String> = r
+    let mut by: Vec<String> = r
         .approvals
         .iter()
         .map(|a| format!("{} at {}", a.by, a.at))
         .collect();
+    if let Some(rule) = &r.approved_by_rule {
+        by.push(format!(
+            "rule:{} at {}, matched {}",
+            rule.rule,
+            rule.at,
+            rule.matched.join(", ")
+        ));
+    }
     s.push_str(&format!(
         "  approvals      {}/{}{}\n",
         r.approvals.len(),
@@ -145,6 +168,16 @@ pub fn request_text(r: &Request, now: Timestamp) -> String {
         )),
         Decision::Pending => s.push_str(&format!("  expired at     {}\n", r.pending_until)),
         Decision::Approved { grant } => {
+            if let Some(rv) = &r.review {
+                s.push_str(&format!(
+                    "  review         {} by {} at {}{}: {}\n",
+                    rv.verdict,
+                    rv.by,
+                    rv.at,
+                    if rv.late { " (late)" } else { "" },
+                    rv.comment
+                ));
+            }
             s.push_str(&format!(
                 "  grant          {} to {} ({}, {})\n",
                 grant.start,
@@ -228,11 +261,12 @@ pub fn requests_table(rs: &[Request], now: Timestamp) -> String {
         return "no requests\n".into();
     }
     let mut s = format!(
-        "{:<6} {:<9} {:<12} {:<14} {:<7} {:<8} {:<9} {}\n",
-        "ID", "STATE", "REQUESTER", "TARGET", "ROLE", "FOR", "APPROVALS", "NOTE"
+        "{:<6} {:<9} {:<12} {:<14} {:<7} {:<8} {:<4} {:<9} {}\n",
+        "ID", "STATE", "REQUESTER", "TARGET", "ROLE", "FOR", "RISK", "APPROVALS", "NOTE"
     );
     for r in rs {
-        let note = match (r.state_at(now), r.grant()) {
+        let mut note = marks(r, now);
+        note.push(match (r.state_at(now), r.grant()) {
             (RequestState::Pending, _) => format!(
                 "{} left to decide; flags: {}",
                 format_duration(now.until(r.pending_until).max(0) as u64),
@@ -249,20 +283,50 @@ pub fn requests_table(rs: &[Request], now: Timestamp) -> String {
                 g.scope.logins().join(",")
             ),
             _ => String::new(),
+        });
+        let approvals = match (&r.approved_by_rule, r.break_glass) {
+            (Some(_), _) => "rule".to_string(),
+            (_, true) => "none".to_string(),
+            _ => format!("{}/{}", r.approvals.len(), r.approvals_required),
         };
         s.push_str(&format!(
-            "{:<6} {:<9} {:<12} {:<14} {:<7} {:<8} {:<9} {}\n",
+            "{:<6} {:<9} {:<12} {:<14} {:<7} {:<8} {:<4} {:<9} {}\n",
             r.id,
             r.state_at(now).as_str(),
             r.requester.as_str(),
             r.resource.as_str(),
             role_label(r),
             format_duration(r.duration_secs),
-            format!("{}/{}", r.approvals.len(), r.approvals_required),
-            note
+            r.risk.score,
+            approvals,
+            note.join("; ")
         ));
     }
     s
+}
+
+/// What an approver must notice first: `ESCALATED`, `BREAK-GLASS, review OVERDUE since T`,
+/// `approved by rule NAME`, `from a bot`.
+pub fn marks(r: &Request, now: Timestamp) -> Vec<String> {
+    let mut m = Vec::new();
+    if r.escalated_at(now) {
+        m.push("ESCALATED".to_string());
+    }
+    if r.break_glass {
+        m.push(match (&r.review, r.review_due) {
+            (Some(rv), _) => format!("BREAK-GLASS, reviewed {} by {}", rv.verdict, rv.by),
+            (None, Some(due)) if now >= due => format!("BREAK-GLASS, review OVERDUE since {due}"),
+            (None, Some(due)) => format!("BREAK-GLASS, review due by {due}"),
+            (None, None) => "BREAK-GLASS".to_string(),
+        });
+    }
+    if let Some(by) = &r.approved_by_rule {
+        m.push(format!("approved by rule {}", by.rule));
+    }
+    if r.requester_kind == MemberKind::Bot {
+        m.push("from a bot".to_string());
+    }
+    m
 }
 
 /// The member object of the contract.
@@ -271,6 +335,7 @@ pub fn member_view(m: &Member) -> MemberView {
         id: m.id,
         name: m.name.clone(),
         role: m.role,
+        kind: m.kind,
         key_fingerprints: m.key_fingerprints.clone(),
         added_at: m.added_at,
         added_by: m.added_by.clone(),
@@ -397,6 +462,34 @@ pub fn commands_table(cs: &[CommandView]) -> String {
             c.hosts.len(),
             c.approvals_required,
             c.run
+        ));
+    }
+    s
+}
+
+/// The rule object of the contract, as of `now`.
+pub fn rule_view(r: &Rule, now: Timestamp) -> RuleView {
+    RuleView {
+        id: r.id,
+        name: r.name.clone(),
+        conditions: r.conditions(),
+        uses_left: r.uses_left(now),
+        added_at: r.added_at,
+        added_by: r.added_by.clone(),
+    }
+}
+
+pub fn rules_table(rs: &[Rule], now: Timestamp) -> String {
+    if rs.is_empty() {
+        return "no rules; an owner adds them with 'rule add NAME --target T ...'\n".into();
+    }
+    let mut s = format!("{:<16} {:<10} {}\n", "NAME", "USES LEFT", "APPROVES WHEN");
+    for r in rs {
+        s.push_str(&format!(
+            "{:<16} {:<10} {}\n",
+            r.name.as_str(),
+            r.uses_left(now).map_or("-".to_string(), |n| n.to_string()),
+            r.conditions().join("; ")
         ));
     }
     s

@@ -6,92 +6,15 @@ use super::targets::find;
 use super::{Broker, Call, Reply, require_manager};
 use crate::audit::AuditEvent;
 use crate::ca;
-use crate::commands::RequestArgs;
 use crate::contract::{CertSummary, CertView, HostAddress, WouldGrant};
 use crate::error::{Error, Result};
-use crate::model::{
-    GrantRole, Member, Name, Request, RequestState, Timestamp, format_duration, parse_duration,
-};
-use crate::policy::{self, Approved, Ask};
+use crate::model::{Member, Request, RequestState, format_duration};
+use crate::policy::{self, Approved};
 use crate::store::CertRecord;
 use crate::target::ScopeHost;
 use crate::views;
 
 impl Broker {
-    pub(super) fn request(&self, actor: &Member, a: &RequestArgs, cx: &Call) -> Result<Reply> {
-        let now = cx.now;
-        let name: Name = a.target.parse()?;
-        let role = a.role.as_deref().map(str::parse::<GrantRole>).transpose()?;
-        let duration_secs = parse_duration(&a.duration)?;
-        let start = a
-            .start
-            .as_deref()
-            .map(|s| Timestamp::parse_start(s, now))
-            .transpose()?;
-        let ask = Ask {
-            role,
-            duration_secs,
-            reason: &a.reason,
-            start,
-        };
-        if self.store.kind_of(&name)?.is_none() {
-            return Err(self.unknown_target(&name, "host, fleet or command")?);
-        }
-        let candidates = self.hosts_for(&name)?;
-        let approvers = self.approvers_other_than(actor)?;
-        let rate = self.policy.request_rate;
-        let req = self.metered(actor, "request", rate, now, || {
-            self.apply(cx, actor, |tx| {
-                let found = find(tx, &name, &candidates)?
-                    .ok_or_else(|| Error::NotFound(format!("{name} was just removed")))?;
-                let open = tx.open_of(actor.id)?;
-                let id = tx.next_request_id()?;
-                let req = self
-                    .policy
-                    .open(id, actor, &found, &ask, &open, approvers.len(), now)?;
-                tx.put_request(&req)?;
-                let event = AuditEvent::RequestCreated {
-                    id,
-                    requester: req.requester.to_string(),
-                    kind: req.kind,
-                    resource: req.resource.to_string(),
-                    role: req.role,
-                    duration_secs: req.duration_secs,
-                    reason: req.reason.clone(),
-                    requested_start: req.requested_start,
-                    pending_until: req.pending_until,
-                    justification_flags: req.justification.flags.clone(),
-                };
-                Ok((req, vec![event]))
-            })
-        })?;
-        tracing::info!(id = req.id, requester = %req.requester, target = %req.resource, role = views::role_label(&req), "request created");
-        let mut view = views::request_view(&req, now);
-        view.approvers = Some(approvers.iter().map(|m| m.name.clone()).collect());
-        let names: Vec<&str> = approvers.iter().map(|m| m.name.as_str()).collect();
-        let text = format!(
-            "{}can approve: {}\nwait for approval, then fetch a certificate with: cert {} < KEY.pub\n",
-            views::request_text(&req, now),
-            if names.is_empty() {
-                "nobody yet (add another owner or admin)".to_string()
-            } else {
-                names.join(", ")
-            },
-            req.id
-        );
-        Reply::of(&view, text)
-    }
-
-    /// Owners and admins other than `requester`: who can approve their requests.
-    fn approvers_other_than(&self, requester: &Member) -> Result<Vec<Member>> {
-        Ok(self
-            .store
-            .members()?
-            .into_iter()
-            .filter(|m| m.role.can_manage() && m.id != requester.id)
-            .collect())
-    }
-
     pub(super) fn status(
         &self,
         actor: &Member,
@@ -190,6 +113,7 @@ impl Broker {
         &self,
         actor: &Member,
         state: Option<&str>,
+        review: bool,
         limit: usize,
         cx: &Call,
     ) -> Result<Reply> {
@@ -201,8 +125,14 @@ impl Broker {
         if limit == 0 {
             return Err(Error::invalid("--limit must be at least 1"));
         }
-        let state: Option<RequestState> = state.map(str::parse).transpose()?;
-        let reqs = self.store.requests_in(state, now, limit)?;
+        let mut reqs = if review {
+            self.store.reviews_waiting(limit)?
+        } else {
+            let state: Option<RequestState> = state.map(str::parse).transpose()?;
+            self.store.requests_in(state, now, limit)?
+        };
+        // Escalated requests first: someone should have looked at them already.
+        reqs.sort_by_key(|r| !r.escalated_at(now));
         let views: Vec<_> = reqs.iter().map(|r| views::request_view(r, now)).collect();
         Reply::of(&views, views::requests_table(&reqs, now))
     }
@@ -253,20 +183,13 @@ impl Broker {
             let mut events = vec![AuditEvent::RequestApproved {
                 id,
                 by: actor.name.to_string(),
+                matched: vec![],
                 comment: comment.map(str::to_string),
                 approvals: req.approvals.len() as u32,
                 approvals_required: req.approvals_required,
             }];
             if let Approved::Granted(g) = &outcome {
-                events.push(AuditEvent::GrantStarted {
-                    id,
-                    start: g.start,
-                    end: g.end,
-                    effective_role: g.effective_role,
-                    principals: g.scope.principals(),
-                    force_command: g.scope.command.clone(),
-                    left_out: g.scope.left_out.iter().map(Name::to_string).collect(),
-                });
+                events.push(AuditEvent::grant_started(id, g));
             }
             Ok(((req, outcome), events))
         })?;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::members::{close_open, closed_note};
-use super::targets::check_approvals;
+use super::targets::{check_approvals, target_options};
 use super::{Broker, Call, Reply, require_manager};
 use crate::audit::AuditEvent;
 use crate::ca;
@@ -45,9 +45,12 @@ impl Broker {
                 tags,
                 logins,
                 approvals,
+                options,
             } => {
                 require_manager(actor, "add hosts")?;
-                let host = new_host(name, address, *port, tags, logins, *approvals, actor, now)?;
+                let mut host =
+                    new_host(name, address, *port, tags, logins, *approvals, actor, now)?;
+                (host.break_glass, host.escalate_after_secs) = target_options(options)?;
                 let host = self.apply(cx, actor, |tx| {
                     match tx.kind_of(&host.name)? {
                         Some(TargetKind::Host) => {
@@ -227,6 +230,8 @@ fn new_host(
         tags,
         logins: map,
         approvals_required: approvals,
+        break_glass: false,
+        escalate_after_secs: None,
         added_at: now,
         added_by: actor.name.to_string(),
     })

@@ -103,6 +103,29 @@ fn describe_event(e: &AuditEvent) -> String {
             format!("fleet {name} added (tags {})", tags.join(", "))
         }
         AuditEvent::FleetRemoved { name } => format!("fleet {name} removed"),
+        AuditEvent::RuleAdded { name, conditions } => {
+            format!("rule {name} added: approves when {}", conditions.join("; "))
+        }
+        AuditEvent::RuleRemoved { name } => format!("rule {name} removed"),
+        AuditEvent::BreakGlass {
+            id,
+            requester,
+            resource,
+            review_due,
+            ..
+        } => format!(
+            "BREAK-GLASS request {id}: {requester} on {resource}, granted without approvers; review due by {review_due}"
+        ),
+        AuditEvent::BreakGlassReviewed {
+            id,
+            by,
+            verdict,
+            late,
+            ..
+        } => format!(
+            "break-glass {id} reviewed by {by}: {verdict}{}",
+            if *late { " (late)" } else { "" }
+        ),
         AuditEvent::CommandAdded {
             name,
             on,

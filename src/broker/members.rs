@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::model::{IdentityId, Member, Name, Role, Timestamp};
 use crate::policy::{self, Closed, TeamChange};
 use crate::store::{Tx, TxResult};
+use crate::verdict::MemberKind;
 use crate::views;
 
 impl Broker {
@@ -17,7 +18,8 @@ impl Broker {
         let view = WhoamiView {
             name: actor.name.clone(),
             role: actor.role,
-            can_approve: actor.role.can_manage(),
+            kind: actor.kind,
+            can_approve: actor.role.can_manage() && actor.kind == MemberKind::Human,
             key_fingerprints: actor.key_fingerprints.clone(),
         };
         Reply::of(&view, format!("{} ({})", actor.name, actor.role))
@@ -31,12 +33,19 @@ impl Broker {
                 let views: Vec<_> = ms.iter().map(views::member_view).collect();
                 Reply::of(&views, views::members_table(&ms))
             }
-            MemberCommand::Add { name, role, key } => {
+            MemberCommand::Add {
+                name,
+                role,
+                kind,
+                key,
+            } => {
                 let name: Name = name.parse()?;
                 let role: Role = role.parse()?;
-                policy::check_team_change(actor, TeamChange::Add { role }, 0)?;
-                let new =
+                let kind: MemberKind = kind.parse()?;
+                policy::check_team_change(actor, TeamChange::Add { role, kind }, 0)?;
+                let mut new =
                     ca::member_with_key(name, role, &key.join(" "), actor.name.as_str(), cx.now)?;
+                new.kind = kind;
                 let member = self.apply(cx, actor, |tx| {
                     if tx.member(&new.name)?.is_some() {
                         return Err(Error::AlreadyExists(format!(
@@ -52,7 +61,13 @@ impl Broker {
                     Ok((m.clone(), vec![AuditEvent::member_added(&m)]))
                 })?;
                 tracing::info!(member = %member.name, role = %member.role, by = %actor.name, "member added");
-                let text = format!("added {} as {}", member.name, member.role);
+                let text = match member.kind {
+                    MemberKind::Bot => format!(
+                        "added the bot {} as {}; its requests are decided by rules alone",
+                        member.name, member.role
+                    ),
+                    MemberKind::Human => format!("added {} as {}", member.name, member.role),
+                };
                 Reply::of(&views::member_view(&member), text)
             }
             MemberCommand::SetRole { name, role } => {

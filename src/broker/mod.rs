@@ -7,6 +7,8 @@ mod access;
 mod hosts;
 mod log;
 mod members;
+mod request;
+mod rules;
 mod targets;
 mod wait;
 
@@ -291,9 +293,22 @@ impl Broker {
             Command::Show { id } => self.show(actor, *id, cx),
             Command::Wait { .. } => self.wait_now(actor, inv, cx),
             Command::Cancel { id } => self.cancel(actor, *id, cx),
-            Command::Requests { state, limit } => {
-                self.requests(actor, state.as_deref(), *limit, cx)
+            Command::Requests {
+                state,
+                review,
+                limit,
+            } => self.requests(actor, state.as_deref(), *review, *limit, cx),
+            Command::Review {
+                id, flag, comment, ..
+            } => {
+                let verdict = if *flag {
+                    crate::verdict::ReviewVerdict::Flagged
+                } else {
+                    crate::verdict::ReviewVerdict::Ok
+                };
+                self.review(actor, *id, verdict, comment, cx)
             }
+            Command::Rule(op) => self.rule(actor, op, cx),
             Command::Approve { id, comment } => self.approve(actor, *id, comment.as_deref(), cx),
             Command::Deny { id, reason } => self.deny(actor, *id, reason, cx),
             Command::Cert { id, key } => {

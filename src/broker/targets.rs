@@ -4,7 +4,7 @@
 use super::members::{close_open, closed_note};
 use super::{Broker, Call, Reply, require_manager};
 use crate::audit::AuditEvent;
-use crate::commands::{CommandOp, FleetOp};
+use crate::commands::{CommandOp, FleetOp, TargetOptions};
 use crate::error::{Error, Result};
 use crate::model::{Host, Member, Name, validate_login};
 use crate::store::Lookup;
@@ -62,6 +62,8 @@ pub(super) fn find<L: Lookup>(
         hosts,
         command: Some((c.run.clone(), c.login.clone())),
         why_empty,
+        break_glass: c.break_glass,
+        escalate_after_secs: c.escalate_after_secs,
     }))
 }
 
@@ -85,6 +87,8 @@ fn fleet_found<L: Lookup>(
         hosts,
         command: None,
         why_empty: format!("no host carries all of {}", f.selector()),
+        break_glass: f.break_glass,
+        escalate_after_secs: f.escalate_after_secs,
     })
 }
 
@@ -179,6 +183,7 @@ impl Broker {
                 tags,
                 approvals,
                 max_hosts,
+                options,
             } => {
                 require_manager(actor, "add fleets")?;
                 let mut tags = tags
@@ -199,9 +204,15 @@ impl Broker {
                     tags,
                     approvals_required: *approvals,
                     max_hosts: *max_hosts,
+                    break_glass: false,
+                    escalate_after_secs: None,
                     added_at: cx.now,
                     added_by: actor.name.to_string(),
                 });
+                let mut fleet = fleet;
+                if let Target::Fleet(f) = &mut fleet {
+                    (f.break_glass, f.escalate_after_secs) = target_options(options)?;
+                }
                 let Target::Fleet(f) = self.add_target(actor, fleet, cx)? else {
                     return Err(Error::Internal("added another kind".into()));
                 };
@@ -284,8 +295,10 @@ impl Broker {
                 run,
                 login,
                 approvals,
+                options,
             } => {
                 require_manager(actor, "add fleet commands")?;
+                let (break_glass, escalate_after_secs) = target_options(options)?;
                 let name: Name = name.parse()?;
                 check_command_line(run)?;
                 validate_login(login)?;
@@ -317,6 +330,8 @@ impl Broker {
                     run: run.trim().to_string(),
                     login: login.clone(),
                     approvals_required: *approvals,
+                    break_glass,
+                    escalate_after_secs,
                     added_at: cx.now,
                     added_by: actor.name.to_string(),
                 });
@@ -376,6 +391,8 @@ impl Broker {
                     tags: f.tags.iter().map(Name::to_string).collect(),
                     approvals_required: f.approvals_required,
                     max_hosts: f.max_hosts,
+                    break_glass: f.break_glass,
+                    escalate_after_secs: f.escalate_after_secs,
                 },
                 Target::Command(c) => AuditEvent::CommandAdded {
                     name: c.name.to_string(),
@@ -383,6 +400,8 @@ impl Broker {
                     run: c.run.clone(),
                     login: c.login.clone(),
                     approvals_required: c.approvals_required,
+                    break_glass: c.break_glass,
+                    escalate_after_secs: c.escalate_after_secs,
                 },
             };
             Ok((t, vec![event]))
@@ -456,6 +475,27 @@ fn hosts_now(hosts: &[Name]) -> String {
         .map(Name::as_str)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The shortest and longest `--escalate-after`.
+const ESCALATE_RANGE: std::ops::RangeInclusive<u64> = 60..=7 * 86400;
+
+/// `--break-glass` and `--escalate-after`, checked.
+pub(super) fn target_options(o: &TargetOptions) -> Result<(bool, Option<u64>)> {
+    let escalate = match &o.escalate_after {
+        Some(d) => {
+            let secs = crate::model::parse_duration(d)?;
+            if !ESCALATE_RANGE.contains(&secs) {
+                return Err(Error::invalid(format!(
+                    "--escalate-after {} is out of range; use 1m to 7d",
+                    crate::model::printable(d, 20)
+                )));
+            }
+            Some(secs)
+        }
+        None => None,
+    };
+    Ok((o.break_glass, escalate))
 }
 
 /// Checks `--approvals` for any target.

@@ -3,8 +3,12 @@
 //! Nothing here does I/O or reads the clock; `now` is always an argument. What a target
 //! grants (its scope) is decided in [`scope`].
 
+mod risk;
+mod rules;
 mod scope;
 
+pub use risk::{DENIALS_WINDOW_SECS, History};
+pub use rules::{Candidate, check as rule_check};
 pub use scope::{Resolved, check_role, resolve};
 
 use serde::{Deserialize, Serialize};
@@ -15,7 +19,9 @@ use crate::model::{
     Approval, Decision, Ended, Grant, GrantRole, Member, Name, OpenEntry, Request, RequestState,
     Role, Timestamp, format_duration, is_hidden_char,
 };
+use crate::rule::Rule;
 use crate::target::{Found, ScopeHost};
+use crate::verdict::{MemberKind, Review, ReviewVerdict, RuleApproval};
 
 /// The hard floor on a grant's duration (5 minutes).
 pub const MIN_DURATION_FLOOR: u64 = 5 * 60;
@@ -48,6 +54,12 @@ pub struct Policy {
     pub cert_rate: RateLimit,
     /// How often one member may add or remove identity keys (each is an audit entry).
     pub key_rate: RateLimit,
+    /// The longest break-glass grant, in seconds.
+    pub break_glass_max_secs: u64,
+    /// How soon after a break-glass grant its review is due, in seconds.
+    pub review_within_secs: u64,
+    /// The longest grant a bot may have, in seconds.
+    pub bot_max_duration_secs: u64,
 }
 
 impl Default for Policy {
@@ -72,6 +84,9 @@ impl Default for Policy {
                 burst: 10,
                 per_minute: 2,
             },
+            break_glass_max_secs: 3600,
+            review_within_secs: 86400,
+            bot_max_duration_secs: 3600,
         }
     }
 }
@@ -130,6 +145,22 @@ pub struct Ask<'a> {
     pub duration_secs: u64,
     pub reason: &'a str,
     pub start: Option<Timestamp>,
+    /// Break-glass: granted at once without approvers, reviewed afterwards.
+    pub break_glass: bool,
+}
+
+/// Everything `Policy::open` weighs besides the policy and the time.
+pub struct Asking<'a> {
+    pub requester: &'a Member,
+    pub found: &'a Found,
+    pub ask: &'a Ask<'a>,
+    /// The requester's pending requests (they count against the cap).
+    pub open: &'a [OpenEntry],
+    /// How many owners and admins other than the requester exist.
+    pub approvers: usize,
+    pub history: &'a History,
+    /// The auto-approval rules, by name.
+    pub rules: &'a [Rule],
 }
 
 /// What one approval did.
@@ -169,6 +200,25 @@ impl Policy {
         if !(1..=1_000_000).contains(&self.max_certs_per_grant) {
             return bad("max_certs_per_grant must be between 1 and 1000000".into());
         }
+        for (name, v, lo, hi) in [
+            (
+                "break_glass_max_secs",
+                self.break_glass_max_secs,
+                MIN_DURATION_FLOOR,
+                MAX_DURATION_CEILING,
+            ),
+            ("review_within_secs", self.review_within_secs, 60, 7 * 86400),
+            (
+                "bot_max_duration_secs",
+                self.bot_max_duration_secs,
+                MIN_DURATION_FLOOR,
+                MAX_DURATION_CEILING,
+            ),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return bad(format!("{name} = {v} is out of range; use {lo} to {hi}"));
+            }
+        }
         for (name, r) in [
             ("request_rate", self.request_rate),
             ("cert_rate", self.cert_rate),
@@ -183,23 +233,14 @@ impl Policy {
         Ok(())
     }
 
-    /// Opens a request for the target `found`: validates it and returns it, pending, with its
-    /// justification and the approvals its scope needs now.
-    ///
-    /// `open` is what is still open for the requester (their pending requests count against
-    /// the cap) and `approvers` how many owners and admins other than them exist.
-    #[allow(clippy::too_many_arguments)]
-    pub fn open(
-        &self,
-        id: u64,
-        requester: &Member,
-        found: &Found,
-        ask: &Ask<'_>,
-        open: &[OpenEntry],
-        approvers: usize,
-        now: Timestamp,
-    ) -> Result<Request> {
-        let pending: Vec<u64> = open
+    /// Opens a request: validates it, writes its justification and risk, and decides what
+    /// can be decided at once. A break-glass request is granted now (rule 18); one a rule
+    /// approves is granted now and names the rule (rule 17); a bot's request that no rule
+    /// approves is refused, since no person may approve it. Otherwise it is pending.
+    pub fn open(&self, id: u64, a: &Asking<'_>, now: Timestamp) -> Result<Request> {
+        let (requester, found, ask) = (a.requester, a.found, a.ask);
+        let pending: Vec<u64> = a
+            .open
             .iter()
             .filter(|e| e.is_open(now))
             .map(|e| e.id)
@@ -226,15 +267,26 @@ impl Policy {
                 )));
             }
         }
-        let preview = resolve(found, ask.role, requester.role)?;
-        if approvers < preview.approvals_required as usize {
-            return Err(Error::InvalidState(format!(
-                "{} {} needs {} approvals but only {approvers} owner(s) or admin(s) other than you can approve; ask an owner to add approvers",
-                found.kind, found.name, preview.approvals_required
-            )));
+        let bot = requester.kind == MemberKind::Bot;
+        if bot && ask.duration_secs > self.bot_max_duration_secs {
+            return Err(Error::BotTooLong {
+                max: format_duration(self.bot_max_duration_secs),
+            });
         }
+        if ask.break_glass {
+            self.check_break_glass(a)?;
+        }
+        let preview = resolve(found, ask.role, requester.role)?;
         let justification = justify::deterministic(requester, found, &preview, ask);
-        Ok(Request {
+        let risk = risk::score(
+            &preview,
+            ask.duration_secs,
+            &justification.flags,
+            ask.break_glass,
+            a.history,
+            now,
+        );
+        let mut req = Request {
             id,
             requester: requester.name.clone(),
             requester_id: requester.id,
@@ -251,7 +303,93 @@ impl Policy {
             approvals: Vec::new(),
             approvals_required: preview.approvals_required,
             decision: Decision::Pending,
-        })
+            requester_kind: requester.kind,
+            risk,
+            approved_by_rule: None,
+            break_glass: ask.break_glass,
+            review_due: None,
+            review: None,
+            escalate_at: found.escalate_after_secs.map(|s| now.plus(s)),
+        };
+        if ask.break_glass {
+            req.review_due = Some(now.plus(self.review_within_secs));
+            req.escalate_at = None;
+            req.decision = Decision::Approved {
+                grant: grant_for(&req, preview, now),
+            };
+            return Ok(req);
+        }
+        let candidate = Candidate {
+            requester,
+            found,
+            resolved: &preview,
+            duration_secs: ask.duration_secs,
+            risk: req.risk.score,
+            now,
+        };
+        match rules::first_match(a.rules, &candidate) {
+            Ok((rule, matched)) => {
+                req.approved_by_rule = Some(RuleApproval {
+                    rule: rule.name.clone(),
+                    matched,
+                    at: now,
+                });
+                req.escalate_at = None;
+                req.decision = Decision::Approved {
+                    grant: grant_for(&req, preview, now),
+                };
+            }
+            Err(why) if bot => return Err(Error::BotNoRule { why }),
+            Err(_) if a.approvers < preview.approvals_required as usize => {
+                return Err(Error::InvalidState(format!(
+                    "{} {} needs {} approvals but only {} owner(s) or admin(s) other than you can approve; ask an owner to add approvers",
+                    found.kind, found.name, preview.approvals_required, a.approvers
+                )));
+            }
+            Err(_) => {}
+        }
+        Ok(req)
+    }
+
+    /// Rule 18: break-glass needs a target that allows it, a person whose base role is at
+    /// least EDITOR, at most `break_glass_max_secs`, an incident or ticket reference, no
+    /// later start, and no overdue review of an earlier one.
+    fn check_break_glass(&self, a: &Asking<'_>) -> Result<()> {
+        let (m, found, ask) = (a.requester, a.found, a.ask);
+        if !found.break_glass {
+            return Err(Error::BreakGlassNotAllowed {
+                kind: found.kind,
+                name: found.name.to_string(),
+            });
+        }
+        if m.kind == MemberKind::Bot || m.role < Role::Editor {
+            return Err(Error::BreakGlassWho {
+                who: if m.kind == MemberKind::Bot {
+                    "a bot".to_string()
+                } else {
+                    format!("{}", m.role)
+                },
+            });
+        }
+        if ask.duration_secs > self.break_glass_max_secs {
+            return Err(Error::BreakGlassTooLong {
+                max: format_duration(self.break_glass_max_secs),
+            });
+        }
+        if !justify::has_reference(ask.reason) {
+            return Err(Error::BreakGlassNoReference);
+        }
+        if ask.start.is_some() {
+            return Err(Error::invalid(
+                "break-glass starts now; drop --start".to_string(),
+            ));
+        }
+        if !a.history.overdue_break_glass.is_empty() {
+            return Err(Error::ReviewOverdue {
+                ids: a.history.overdue_break_glass.clone(),
+            });
+        }
+        Ok(())
     }
 
     fn check_duration(&self, secs: u64) -> Result<()> {
@@ -321,6 +459,12 @@ pub fn approve(
                 req.requester, req.id
             ))
         })?;
+    if req.requester_kind == MemberKind::Bot {
+        return Err(Error::BotRequest {
+            id: req.id,
+            bot: req.requester.to_string(),
+        });
+    }
     let Some(found) = found.filter(|f| f.id == req.resource_id) else {
         return Err(Error::InvalidState(format!(
             "{} {} was removed, so request {} cannot be approved",
@@ -348,19 +492,69 @@ pub fn approve(
             need: req.approvals_required,
         });
     }
+    let grant = grant_for(req, resolved, now);
+    req.decision = Decision::Approved {
+        grant: grant.clone(),
+    };
+    Ok(Approved::Granted(grant))
+}
+
+/// The grant `req` becomes when decided at `now` with the scope `resolved`: the window starts
+/// then (or at the requested start, if later) and lasts the duration (rule 5).
+fn grant_for(req: &Request, resolved: Resolved, now: Timestamp) -> Grant {
     let start = req.requested_start.map_or(now, |s| s.max(now));
-    let grant = Grant {
+    Grant {
         start,
         end: start.plus(req.duration_secs),
         effective_role: resolved.effective_role,
         scope: resolved.scope,
         certificates: 0,
         ended: None,
-    };
-    req.decision = Decision::Approved {
-        grant: grant.clone(),
-    };
-    Ok(Approved::Granted(grant))
+    }
+}
+
+/// Records `reviewer`'s review of the break-glass grant `req` at `now` (rule 18): an owner or
+/// admin other than the requester, once.
+pub fn review(
+    req: &mut Request,
+    reviewer: &Member,
+    verdict: ReviewVerdict,
+    comment: &str,
+    now: Timestamp,
+) -> Result<()> {
+    if !reviewer.role.can_manage() || reviewer.kind == MemberKind::Bot {
+        return Err(Error::PermissionDenied(format!(
+            "only owners and admins review break-glass grants; you are {}",
+            reviewer.role
+        )));
+    }
+    if reviewer.id == req.requester_id {
+        return Err(Error::PermissionDenied(format!(
+            "you cannot review your own break-glass grant {}; another owner or admin must",
+            req.id
+        )));
+    }
+    if !req.break_glass {
+        return Err(Error::InvalidState(format!(
+            "request {} is not a break-glass grant; only those are reviewed",
+            req.id
+        )));
+    }
+    if let Some(r) = &req.review {
+        return Err(Error::InvalidState(format!(
+            "request {} was already reviewed by {} at {} ({})",
+            req.id, r.by, r.at, r.verdict
+        )));
+    }
+    check_text("comment", comment)?;
+    req.review = Some(Review {
+        by: reviewer.name.clone(),
+        at: now,
+        verdict,
+        comment: comment.trim().to_string(),
+        late: req.review_due.is_some_and(|due| now >= due),
+    });
+    Ok(())
 }
 
 /// Denies `req`: any one approver's denial vetoes it.
@@ -524,7 +718,7 @@ pub fn close_for_removal(req: &mut Request, by: &Name, reason: &str, now: Timest
 /// A change to the team, as policy sees it.
 #[derive(Debug, Clone, Copy)]
 pub enum TeamChange<'a> {
-    Add { role: Role },
+    Add { role: Role, kind: MemberKind },
     Remove { target: &'a Member },
     Keys { target: &'a Member },
     SetRole { target: &'a Member, to: Role },
@@ -541,7 +735,7 @@ pub fn check_team_change(actor: &Member, change: TeamChange<'_>, owners: u64) ->
         return Ok(());
     }
     let (verb, approver) = match change {
-        TeamChange::Add { role } => ("add", role.can_manage()),
+        TeamChange::Add { role, .. } => ("add", role.can_manage()),
         TeamChange::Remove { target } => ("remove", target.role.can_manage()),
         TeamChange::Keys { target } => ("change the keys of", target.role.can_manage()),
         TeamChange::SetRole { target, to } => (
@@ -560,6 +754,17 @@ pub fn check_team_change(actor: &Member, change: TeamChange<'_>, owners: u64) ->
             "only owners can {verb} an owner or admin, or make someone one: owners are the root of trust, so no admin can create a second approver. Ask an owner; you are {}",
             actor.role
         )));
+    }
+    // Bots never approve or manage: their base role stays viewer or editor.
+    let bot_manager = match change {
+        TeamChange::Add { role, kind } => kind == MemberKind::Bot && role.can_manage(),
+        TeamChange::SetRole { target, to } => target.kind == MemberKind::Bot && to.can_manage(),
+        _ => false,
+    };
+    if bot_manager {
+        return Err(Error::invalid(
+            "a bot's base role is viewer or editor: bots never approve, review or manage anything",
+        ));
     }
     let last_owner = |t: &Member| t.role == Role::Owner && owners <= 1;
     match change {
@@ -647,6 +852,7 @@ mod tests {
             id: IdentityId(name.bytes().fold(7, |a, b| a * 31 + u64::from(b))),
             name: name.parse().unwrap(),
             role,
+            kind: MemberKind::Human,
             keys: vec![],
             key_fingerprints: vec![],
             added_at: Timestamp::from_unix(0),
@@ -666,9 +872,35 @@ mod tests {
                 (GrantRole::Editor, "deploy".to_string()),
             ]),
             approvals_required: approvals,
+            break_glass: false,
+            escalate_after_secs: None,
             added_at: Timestamp::from_unix(0),
             added_by: "test".into(),
         })
+    }
+
+    /// `Policy::open` with no history and no rules.
+    #[allow(clippy::too_many_arguments)]
+    fn open_with(
+        p: &Policy,
+        id: u64,
+        requester: &Member,
+        found: &Found,
+        ask: &Ask<'_>,
+        open: &[OpenEntry],
+        approvers: usize,
+        now: Timestamp,
+    ) -> Result<Request> {
+        let asking = Asking {
+            requester,
+            found,
+            ask,
+            open,
+            approvers,
+            history: &History::default(),
+            rules: &[],
+        };
+        p.open(id, &asking, now)
     }
 
     /// Approves as `approver`, the requester (same identity) having base role `base`.
@@ -693,21 +925,22 @@ mod tests {
             duration_secs: secs,
             reason: "INC-42 restart the stuck worker",
             start: None,
+            break_glass: false,
         }
     }
 
     fn open(approvals: u32) -> Request {
-        Policy::default()
-            .open(
-                1,
-                &member("alice", Role::Viewer),
-                &host(approvals, &[]),
-                &ask(GrantRole::Editor, 7200),
-                &[],
-                5,
-                T0,
-            )
-            .unwrap()
+        open_with(
+            &Policy::default(),
+            1,
+            &member("alice", Role::Viewer),
+            &host(approvals, &[]),
+            &ask(GrantRole::Editor, 7200),
+            &[],
+            5,
+            T0,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -715,16 +948,10 @@ mod tests {
         let p = Policy::default();
         let (a, h) = (member("alice", Role::Viewer), host(1, &[]));
         for secs in [60, 299, 86401, 25 * 3600] {
-            assert!(
-                p.open(1, &a, &h, &ask(GrantRole::Viewer, secs), &[], 5, T0)
-                    .is_err()
-            );
+            assert!(open_with(&p, 1, &a, &h, &ask(GrantRole::Viewer, secs), &[], 5, T0).is_err());
         }
         for secs in [300, 3600, 86400] {
-            assert!(
-                p.open(1, &a, &h, &ask(GrantRole::Viewer, secs), &[], 5, T0)
-                    .is_ok()
-            );
+            assert!(open_with(&p, 1, &a, &h, &ask(GrantRole::Viewer, secs), &[], 5, T0).is_ok());
         }
     }
 
@@ -736,10 +963,7 @@ mod tests {
         };
         assert!(p.validate().is_ok());
         let (a, h) = (member("alice", Role::Viewer), host(1, &[]));
-        assert!(
-            p.open(1, &a, &h, &ask(GrantRole::Viewer, 7200), &[], 5, T0)
-                .is_err()
-        );
+        assert!(open_with(&p, 1, &a, &h, &ask(GrantRole::Viewer, 7200), &[], 5, T0).is_err());
         p.max_duration_secs = 90_000;
         assert!(p.validate().is_err());
         p.max_duration_secs = 3600;
@@ -792,17 +1016,17 @@ mod tests {
         let p = Policy::default();
         let mut a = ask(GrantRole::Viewer, 600);
         a.start = Some(T0.plus(3600));
-        let mut r = p
-            .open(
-                1,
-                &member("alice", Role::Viewer),
-                &host(1, &[]),
-                &a,
-                &[],
-                5,
-                T0,
-            )
-            .unwrap();
+        let mut r = open_with(
+            &p,
+            1,
+            &member("alice", Role::Viewer),
+            &host(1, &[]),
+            &a,
+            &[],
+            5,
+            T0,
+        )
+        .unwrap();
         yes(
             &mut r,
             &member("olga", Role::Owner),
@@ -814,7 +1038,8 @@ mod tests {
         assert_eq!((g.start, g.end), (T0.plus(3600), T0.plus(4200)));
         a.start = Some(Timestamp::from_unix(T0.unix() - 10));
         assert!(
-            p.open(
+            open_with(
+                &p,
                 1,
                 &member("alice", Role::Viewer),
                 &host(1, &[]),
@@ -827,7 +1052,8 @@ mod tests {
         );
         a.start = Some(T0.plus(8 * 86400));
         assert!(
-            p.open(
+            open_with(
+                &p,
                 1,
                 &member("alice", Role::Viewer),
                 &host(1, &[]),
@@ -903,17 +1129,17 @@ mod tests {
         let mut h = host(1, &[]);
         h.hosts[0].logins.remove(&GrantRole::Editor);
         let p = Policy::default();
-        let mut r = p
-            .open(
-                1,
-                &member("ed", Role::Editor),
-                &h,
-                &ask(GrantRole::Viewer, 600),
-                &[],
-                5,
-                T0,
-            )
-            .unwrap();
+        let mut r = open_with(
+            &p,
+            1,
+            &member("ed", Role::Editor),
+            &h,
+            &ask(GrantRole::Viewer, 600),
+            &[],
+            5,
+            T0,
+        )
+        .unwrap();
         let mut ed = member("ed", Role::Editor);
         ed.id = r.requester_id;
         approve(
@@ -954,17 +1180,17 @@ mod tests {
 
     #[test]
     fn production_editor_requests_are_flagged() {
-        let r = Policy::default()
-            .open(
-                1,
-                &member("alice", Role::Viewer),
-                &host(1, &["prod"]),
-                &ask(GrantRole::Editor, 7200),
-                &[],
-                5,
-                T0,
-            )
-            .unwrap();
+        let r = open_with(
+            &Policy::default(),
+            1,
+            &member("alice", Role::Viewer),
+            &host(1, &["prod"]),
+            &ask(GrantRole::Editor, 7200),
+            &[],
+            5,
+            T0,
+        )
+        .unwrap();
         assert!(
             r.justification
                 .flags
@@ -988,8 +1214,14 @@ mod tests {
             )
         };
         for change in [
-            TeamChange::Add { role: Role::Admin },
-            TeamChange::Add { role: Role::Owner },
+            TeamChange::Add {
+                role: Role::Admin,
+                kind: MemberKind::Human,
+            },
+            TeamChange::Add {
+                role: Role::Owner,
+                kind: MemberKind::Human,
+            },
             TeamChange::Remove { target: &zoe },
             TeamChange::Keys { target: &zoe },
             TeamChange::SetRole {
@@ -1005,12 +1237,28 @@ mod tests {
             assert!(check_team_change(&olga, change, 2).is_ok(), "{change:?}");
         }
         // Admins manage editors and viewers; everyone manages their own keys.
-        assert!(check_team_change(&adam, TeamChange::Add { role: Role::Editor }, 2).is_ok());
+        assert!(
+            check_team_change(
+                &adam,
+                TeamChange::Add {
+                    role: Role::Editor,
+                    kind: MemberKind::Human
+                },
+                2
+            )
+            .is_ok()
+        );
         assert!(check_team_change(&adam, TeamChange::Keys { target: &ed }, 2).is_ok());
         assert!(check_team_change(&ed, TeamChange::Keys { target: &ed }, 2).is_ok());
         assert!(check_team_change(&adam, TeamChange::Keys { target: &adam }, 2).is_ok());
         assert!(denied(&ed, TeamChange::Keys { target: &adam }));
-        assert!(denied(&ed, TeamChange::Add { role: Role::Viewer }));
+        assert!(denied(
+            &ed,
+            TeamChange::Add {
+                role: Role::Viewer,
+                kind: MemberKind::Human
+            }
+        ));
         // The last owner stays.
         for change in [
             TeamChange::Remove { target: &olga },
@@ -1143,6 +1391,8 @@ mod tests {
             hosts,
             command: None,
             why_empty: "none".into(),
+            break_glass: false,
+            escalate_after_secs: None,
         };
         let web = |id: u64, name: &str, approvals: u32| {
             let mut h = host(approvals, &["web"]).hosts.remove(0);
@@ -1152,17 +1402,17 @@ mod tests {
         };
         let alice = member("alice", Role::Viewer);
         let p = Policy::default();
-        let mut r = p
-            .open(
-                1,
-                &alice,
-                &fleet(vec![web(1, "web-01", 1)]),
-                &ask(GrantRole::Viewer, 600),
-                &[],
-                5,
-                T0,
-            )
-            .unwrap();
+        let mut r = open_with(
+            &p,
+            1,
+            &alice,
+            &fleet(vec![web(1, "web-01", 1)]),
+            &ask(GrantRole::Viewer, 600),
+            &[],
+            5,
+            T0,
+        )
+        .unwrap();
         assert_eq!(r.approvals_required, 1);
         // A host needing two approvals joined the fleet before approval: one is not enough.
         let now_fleet = fleet(vec![web(1, "web-01", 1), web(2, "web-02", 2)]);

@@ -144,6 +144,8 @@ mod tests {
                 .map(|(r, l)| (*r, l.to_string()))
                 .collect::<BTreeMap<_, _>>(),
             approvals_required: approvals,
+            break_glass: false,
+            escalate_after_secs: None,
             added_at: Timestamp::from_unix(0),
             added_by: "t".into(),
         }
@@ -159,6 +161,8 @@ mod tests {
             hosts,
             command: None,
             why_empty: "no host carries tag(s) web".into(),
+            break_glass: false,
+            escalate_after_secs: None,
         }
     }
 

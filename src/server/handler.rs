@@ -265,9 +265,9 @@ impl russh::server::Handler for Conn {
         match parse_line(data) {
             Ok(Parsed::Help(text)) => self.reply(handle, channel, Output::text(text)),
             Ok(Parsed::Run(inv)) if inv.reads_stdin() => {
-                self.waiting.insert(channel, (inv, Vec::new()));
+                self.waiting.insert(channel, (*inv, Vec::new()));
             }
-            Ok(Parsed::Run(inv)) => self.spawn_command(handle, channel, inv, Vec::new()),
+            Ok(Parsed::Run(inv)) => self.spawn_command(handle, channel, *inv, Vec::new()),
             Err(e) => {
                 tracing::info!(peer = %self.peer, code = e.code(), "refused a command line");
                 self.reply(handle, channel, Output::error(&e, json));
