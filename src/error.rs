@@ -59,9 +59,7 @@ pub enum Error {
     #[error("{kind} {name} needs a role; add --role viewer or --role editor")]
     RoleMissing { kind: TargetKind, name: String },
     /// A target that covers no host now.
-    #[error(
-        "{kind} {name} covers no host right now ({why}), so there is nothing to grant; tag hosts to match it, or ask for a host by name"
-    )]
+    #[error("{kind} {name} covers no host right now, so there is nothing to grant: {why}")]
     EmptyTarget {
         kind: TargetKind,
         name: String,
@@ -278,7 +276,12 @@ impl Error {
 /// "; did you mean X? The hosts are: a, b" (at most ten names), without naming a command, so
 /// it reads right in every client.
 fn name_hint(what: &str, did_you_mean: &Option<String>, known: &[String]) -> String {
-    let plural = if what == "host" { "hosts" } else { "names" };
+    let plural = match what {
+        "host" => "hosts",
+        "fleet" => "fleets",
+        "command" => "commands",
+        _ => "names",
+    };
     let list = match known.len() {
         0 => format!("there are no {plural} yet (an owner or admin adds them)"),
         n if n <= 10 => format!("the {plural} are: {}", known.join(", ")),

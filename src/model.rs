@@ -368,10 +368,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// Whether `c` must not appear in text a member writes for others to read (reasons,
-/// comments): controls, line and paragraph separators, spaces other than U+0020, and the
-/// invisible format characters (Unicode category Cf: bidi overrides and isolates,
-/// zero-width characters, the BOM, tag characters) that can make text read differently
-/// from what it is.
+/// comments, command lines): controls, line and paragraph separators, spaces other than
+/// U+0020, the invisible format characters (Unicode category Cf: bidi overrides and
+/// isolates, zero-width characters, the BOM, tag characters) and every other default-ignorable
+/// code point (variation selectors among them), which can make text read differently from
+/// what it is.
 pub fn is_hidden_char(c: char) -> bool {
     c.is_control()
         || matches!(c as u32,
@@ -385,7 +386,12 @@ pub fn is_hidden_char(c: char) -> bool {
             // Zs other than the plain space.
             | 0x00A0 | 0x1680 | 0x2000..=0x200A | 0x202F | 0x205F | 0x3000
             // Invisible fillers and joiners outside Cf.
-            | 0x034F | 0x115F | 0x1160 | 0x3164 | 0xFFA0)
+            | 0x034F | 0x115F | 0x1160 | 0x3164 | 0xFFA0
+            // The rest of Default_Ignorable_Code_Point: Khmer and Mongolian invisibles,
+            // variation selectors, reserved ignorables, and the blank braille pattern,
+            // which draws as a space.
+            | 0x17B4..=0x17B5 | 0x180B..=0x180F | 0xFE00..=0xFE0F | 0xFFF0..=0xFFF8
+            | 0xE0000..=0xE0FFF | 0x2800)
 }
 
 /// Escapes control and hidden characters only, for writing text that may hold what a member

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::model::{Member, Request, RequestState, format_duration};
 use crate::policy::{self, Approved};
 use crate::store::CertRecord;
-use crate::target::ScopeHost;
+use crate::target::{ScopeHost, TargetKind};
 use crate::views;
 
 impl Broker {
@@ -271,9 +271,14 @@ impl Broker {
                         live.insert(h.id);
                     }
                 }
-                let (grant, hosts) =
-                    self.policy
-                        .authorize_cert(&req, actor, |h| live.contains(&h.id), now)?;
+                let target_live = match req.kind {
+                    TargetKind::Host => true,
+                    _ => tx
+                        .target(&req.resource)?
+                        .is_some_and(|t| t.id() == req.resource_id),
+                };
+                let is_live = |h: Option<&ScopeHost>| h.map_or(target_live, |h| live.contains(&h.id));
+                let (grant, hosts) = self.policy.authorize_cert(&req, actor, is_live, now)?;
                 let hosts: Vec<ScopeHost> = hosts.into_iter().cloned().collect();
                 let grant = grant.clone();
                 let serial = tx.next_serial()?;

@@ -101,11 +101,15 @@ impl Broker {
                 require_manager(actor, "remove hosts")?;
                 let name: Name = name.parse()?;
                 let Some(before) = self.store.host(&name)? else {
-                    return Err(self.unknown_target(&name, "host")?);
+                    return Err(self.unknown_target(&name, Some(TargetKind::Host))?);
                 };
-                // What is open on it, found outside the transaction (it cannot scan); each
-                // one is checked again inside it.
+                // What is open on it, and on the commands that run on it alone, found outside
+                // the transaction (it cannot scan); each one is checked again inside it.
                 let open = self.store.open_requests_of(before.id, now)?;
+                let mut on_it = Vec::new();
+                for id in self.commands_on_host(&before)? {
+                    on_it.push((id, self.store.open_requests_of(id, now)?));
+                }
                 let (host, closed) = self.apply(cx, actor, |tx| {
                     let h = tx
                         .host(&name)?
@@ -114,8 +118,16 @@ impl Broker {
                     let mut events = vec![AuditEvent::HostRemoved {
                         name: name.to_string(),
                     }];
-                    let ids: &[u64] = if h.id == before.id { &open } else { &[] };
-                    let closed = close_open(tx, h.id, ids, actor, &why, now, &mut events)?;
+                    let mut closed = (0, 0);
+                    if h.id == before.id {
+                        for (identity, ids) in std::iter::once((h.id, &open))
+                            .chain(on_it.iter().map(|(id, ids)| (*id, ids)))
+                        {
+                            let (c, e) =
+                                close_open(tx, identity, ids, actor, &why, now, &mut events)?;
+                            closed = (closed.0 + c, closed.1 + e);
+                        }
+                    }
                     tx.remove_host(&name)?;
                     Ok(((h, closed), events))
                 })?;
@@ -139,7 +151,7 @@ impl Broker {
         let name: Name = name.parse()?;
         ca::validate_host_dir(dir)?;
         let Some(host) = self.store.host(&name)? else {
-            return Err(self.unknown_target(&name, "host")?);
+            return Err(self.unknown_target(&name, Some(TargetKind::Host))?);
         };
         let command_logins = self.command_logins(&host)?;
         let cfg = ca::host_config(&host, &command_logins, &self.ca.public_key()?, dir);

@@ -31,7 +31,7 @@ impl Broker {
             break_glass: a.break_glass,
         };
         if self.store.kind_of(&name)?.is_none() {
-            return Err(self.unknown_target(&name, "host, fleet or command")?);
+            return Err(self.unknown_target(&name, None)?);
         }
         // Read before the transaction (it cannot scan); rules are read again inside it, so
         // their use counts are exact.

@@ -130,7 +130,7 @@ impl Broker {
         {
             let t: Name = t.parse()?;
             match (self.store.kind_of(&t)?, want) {
-                (None, _) => return Err(self.unknown_target(&t, "host, fleet or command")?),
+                (None, _) => return Err(self.unknown_target(&t, None)?),
                 (Some(k), Some(w)) if k != w => {
                     return Err(Error::invalid(format!(
                         "--command {t}: {t} is a {k}, not a command; use --target {t}"

@@ -6,7 +6,7 @@ use super::{Broker, Call, Reply, require_manager};
 use crate::audit::AuditEvent;
 use crate::commands::{CommandOp, FleetOp, TargetOptions};
 use crate::error::{Error, Result};
-use crate::model::{Host, Member, Name, validate_login};
+use crate::model::{Host, IdentityId, Member, Name, validate_login};
 use crate::store::Lookup;
 use crate::target::{
     Fleet, FleetCommand, Found, MAX_PRINCIPALS, Target, TargetKind, check_command_line,
@@ -50,7 +50,10 @@ pub(super) fn find<L: Lookup>(
             vec![],
             1,
             1,
-            format!("its {} {} was removed", c.on_kind, c.on),
+            format!(
+                "its {} {} was removed; remove the command, or add it again on a {} that is there",
+                c.on_kind, c.on, c.on_kind
+            ),
         ),
     };
     Ok(Some(Found {
@@ -86,7 +89,10 @@ fn fleet_found<L: Lookup>(
         max_hosts: f.max_hosts,
         hosts,
         command: None,
-        why_empty: format!("no host carries all of {}", f.selector()),
+        why_empty: format!(
+            "no host carries all of {}; tag hosts to match it, or ask for a host by name",
+            f.selector()
+        ),
         break_glass: f.break_glass,
         escalate_after_secs: f.escalate_after_secs,
     })
@@ -107,21 +113,23 @@ impl Broker {
         find(&self.store, name, &self.hosts_for(name)?)
     }
 
-    /// The error for a name that is not there (`what`: a host, or any target), with the
-    /// closest name and the names there are.
-    pub(super) fn unknown_target(&self, name: &Name, what: &'static str) -> Result<Error> {
-        let mut known: Vec<String> = self
-            .store
-            .hosts()?
-            .into_iter()
-            .map(|h| h.name.to_string())
-            .collect();
-        if what != "host" {
-            known.extend(self.store.targets()?.iter().map(|t| t.name().to_string()));
-            known.sort();
+    /// The error for a name that is not there (`kind`: one kind, or `None` for any target),
+    /// with the closest name and the names of that kind there are.
+    pub(super) fn unknown_target(&self, name: &Name, kind: Option<TargetKind>) -> Result<Error> {
+        let mut known: Vec<String> = Vec::new();
+        if kind.is_none_or(|k| k == TargetKind::Host) {
+            known.extend(self.store.hosts()?.into_iter().map(|h| h.name.to_string()));
         }
+        known.extend(
+            self.store
+                .targets()?
+                .iter()
+                .filter(|t| kind.is_none_or(|k| k == t.kind()))
+                .map(|t| t.name().to_string()),
+        );
+        known.sort();
         Ok(Error::UnknownTarget {
-            what,
+            what: kind.map_or("host, fleet or command", TargetKind::as_str),
             name: name.to_string(),
             did_you_mean: crate::model::closest(name.as_str(), known.iter().map(String::as_str))
                 .map(str::to_string),
@@ -129,19 +137,26 @@ impl Broker {
         })
     }
 
-    /// The fleet or command called `name`, or the error for a name of another kind.
-    fn named(&self, name: &str, kind: TargetKind) -> Result<(Name, Target)> {
+    /// The fleet or command called `name` for `verb` (`show`, `remove`), or the error for a
+    /// name of another kind, which says the command to use instead.
+    fn named(&self, name: &str, kind: TargetKind, verb: &str) -> Result<(Name, Target)> {
         let name: Name = name.parse()?;
-        match self.store.target(&name)? {
-            Some(t) if t.kind() == kind => Ok((name, t)),
-            Some(t) => Err(Error::NotFound(format!(
-                "{name} is a {}, not a {kind}; use '{} show {name}'",
-                t.kind(),
-                t.kind()
-            ))),
-            None => Err(Error::NotFound(format!(
-                "there is no {kind} named {name}; '{kind} list' shows them"
-            ))),
+        if let Some(t) = self.store.target(&name)?
+            && t.kind() == kind
+        {
+            return Ok((name, t));
+        }
+        match self.store.kind_of(&name)? {
+            Some(other) => {
+                let instead = match (other, verb) {
+                    (TargetKind::Host, "show") => "host list".to_string(),
+                    (other, verb) => format!("{other} {verb} {name}"),
+                };
+                Err(Error::NotFound(format!(
+                    "{name} is a {other}, not a {kind}; use '{instead}'"
+                )))
+            }
+            None => Err(self.unknown_target(&name, Some(kind))?),
         }
     }
 
@@ -166,7 +181,7 @@ impl Broker {
                 Reply::of(&views, views::fleets_table(&views))
             }
             FleetOp::Show { name } => {
-                let (name, t) = self.named(name, TargetKind::Fleet)?;
+                let (name, t) = self.named(name, TargetKind::Fleet, "show")?;
                 let Target::Fleet(f) = t else {
                     return Err(Error::Internal("named returned another kind".into()));
                 };
@@ -239,7 +254,7 @@ impl Broker {
             }
             FleetOp::Remove { name } => {
                 require_manager(actor, "remove fleets")?;
-                let (name, _) = self.named(name, TargetKind::Fleet)?;
+                let (name, _) = self.named(name, TargetKind::Fleet, "remove")?;
                 let users: Vec<String> = self
                     .store
                     .targets()?
@@ -276,7 +291,7 @@ impl Broker {
                 Reply::of(&views, views::commands_table(&views))
             }
             CommandOp::Show { name } => {
-                let (name, t) = self.named(name, TargetKind::Command)?;
+                let (name, t) = self.named(name, TargetKind::Command, "show")?;
                 let Target::Command(c) = t else {
                     return Err(Error::Internal("named returned another kind".into()));
                 };
@@ -314,12 +329,17 @@ impl Broker {
                 };
                 let on_id = match (on_kind, self.store.kind_of(&on)?, self.find_now(&on)?) {
                     (want, Some(got), Some(found)) if want == got => found.id,
+                    (_, Some(TargetKind::Command), _) => {
+                        return Err(Error::invalid(format!(
+                            "{on} is a command: a command runs on a fleet (--fleet F) or a host (--host H)"
+                        )));
+                    }
                     (want, Some(got), _) => {
                         return Err(Error::invalid(format!(
                             "{on} is a {got}, not a {want}; use --{got} {on}"
                         )));
                     }
-                    _ => return Err(self.unknown_target(&on, on_kind.as_str())?),
+                    _ => return Err(self.unknown_target(&on, Some(on_kind))?),
                 };
                 let cmd = Target::Command(FleetCommand {
                     id: crate::model::IdentityId(0),
@@ -368,7 +388,7 @@ impl Broker {
             }
             CommandOp::Remove { name } => {
                 require_manager(actor, "remove fleet commands")?;
-                let (name, _) = self.named(name, TargetKind::Command)?;
+                let (name, _) = self.named(name, TargetKind::Command, "remove")?;
                 self.remove_target(actor, &name, TargetKind::Command, cx)
             }
         }
@@ -448,6 +468,22 @@ impl Broker {
             &serde_json::json!({"removed": name, "kind": kind}),
             format!("removed {kind} {name}; {}", closed_note(closed)),
         )
+    }
+
+    /// The identities of the fleet commands that run on `host` alone (not through a fleet):
+    /// removing the host closes what is open on them.
+    pub(super) fn commands_on_host(&self, host: &Host) -> Result<Vec<IdentityId>> {
+        Ok(self
+            .store
+            .targets()?
+            .into_iter()
+            .filter_map(|t| match t {
+                Target::Command(c) if c.on_kind == TargetKind::Host && c.on_id == host.id => {
+                    Some(c.id)
+                }
+                _ => None,
+            })
+            .collect())
     }
 
     /// The logins of the fleet commands that run on `host` now: its principals files need them.

@@ -20,7 +20,7 @@ use crate::model::{
     Role, Timestamp, format_duration, is_hidden_char,
 };
 use crate::rule::Rule;
-use crate::target::{Found, ScopeHost};
+use crate::target::{Found, ScopeHost, TargetKind};
 use crate::verdict::{MemberKind, Review, ReviewVerdict, RuleApproval};
 
 /// The hard floor on a grant's duration (5 minutes).
@@ -609,12 +609,13 @@ pub fn may_read(req: &Request, actor: &Member) -> bool {
 impl Policy {
     /// Checks that `actor` may have a certificate for `req` at `now`; returns the grant and
     /// the hosts of its scope that are still there (`live`: the host with that name is still
-    /// the one the scope was fixed with). A removed host gets no new certificate.
+    /// the one the scope was fixed with; for a fleet or command, `live(None)` says whether the
+    /// target itself is). A removed host gets no new certificate, nor a removed target.
     pub fn authorize_cert<'r>(
         &self,
         req: &'r Request,
         actor: &Member,
-        live: impl Fn(&ScopeHost) -> bool,
+        live: impl Fn(Option<&ScopeHost>) -> bool,
         now: Timestamp,
     ) -> Result<(&'r Grant, Vec<&'r ScopeHost>)> {
         if req.requester_id != actor.id {
@@ -642,7 +643,13 @@ impl Policy {
                 req.id, e.at, e.by, e.reason, grant.end
             )));
         }
-        let hosts: Vec<&ScopeHost> = grant.scope.hosts.iter().filter(|h| live(h)).collect();
+        if req.kind != TargetKind::Host && !live(None) {
+            return Err(Error::GrantNotCurrent(format!(
+                "{} {} was removed; no certificates are issued for its grants",
+                req.kind, req.resource
+            )));
+        }
+        let hosts: Vec<&ScopeHost> = grant.scope.hosts.iter().filter(|h| live(Some(h))).collect();
         if hosts.is_empty() {
             return Err(Error::GrantNotCurrent(match grant.scope.hosts.as_slice() {
                 [one] => format!(
@@ -1433,12 +1440,22 @@ mod tests {
         assert_eq!(g.scope.host_list(10), "web-01, web-02");
         // A removed host gets no certificate; with all gone, none is issued.
         let (_, hosts) = p
-            .authorize_cert(&r, &alice, |h| h.name.as_str() != "web-02", T0)
+            .authorize_cert(
+                &r,
+                &alice,
+                |h| h.is_none_or(|h| h.name.as_str() != "web-02"),
+                T0,
+            )
             .unwrap();
         assert_eq!(hosts.len(), 1);
         assert!(matches!(
-            p.authorize_cert(&r, &alice, |_| false, T0),
+            p.authorize_cert(&r, &alice, |h| h.is_none(), T0),
             Err(Error::GrantNotCurrent(m)) if m.contains("every host")
+        ));
+        // The fleet itself removed: nothing more, even with its hosts there.
+        assert!(matches!(
+            p.authorize_cert(&r, &alice, |h| h.is_some(), T0),
+            Err(Error::GrantNotCurrent(m)) if m.contains("fleet web was removed")
         ));
     }
 
@@ -1452,6 +1469,11 @@ mod tests {
             "\u{FEFF}a",
             "a\u{E0041}",
             "a\u{00A0}b",
+            "/opt/app\u{FE0F}/restart.sh",
+            "a\u{E0100}b",
+            "a\u{180E}b",
+            "a\u{17B4}b",
+            "a\u{2800}b",
         ] {
             assert!(check_reason(bad).is_err(), "{bad:?}");
         }
