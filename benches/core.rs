@@ -26,6 +26,7 @@ fn member(name: &str, role: Role) -> Member {
         kind: Default::default(),
         keys: vec![],
         key_fingerprints: vec![],
+        key_added_by: vec![],
         added_at: T0,
         added_by: "bench".into(),
     }
@@ -63,6 +64,7 @@ fn approved_request() -> sshjit::model::Request {
         &member("olga", Role::Owner),
         Some(&alice),
         Some(&host()),
+        &[],
         None,
         T0,
     )
@@ -211,7 +213,7 @@ fn policy_eval(c: &mut Criterion) {
     g.bench_function("open_approve_authorize", |b| {
         b.iter(|| {
             let mut r = open(&p, 1, &alice, &h);
-            policy::approve(&mut r, &olga, Some(&alice), Some(&h), None, T0).unwrap();
+            policy::approve(&mut r, &olga, Some(&alice), Some(&h), &[], None, T0).unwrap();
             black_box(p.authorize_cert(&r, &alice, |_| true, T0.plus(60)).is_ok())
         })
     });

@@ -180,6 +180,7 @@ fn main() -> anyhow::Result<()> {
                                 &approver,
                                 Some(requester),
                                 Some(host),
+                                &[],
                                 None,
                                 at,
                             )?;

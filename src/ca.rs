@@ -138,6 +138,8 @@ pub fn member_with_key(
         kind: MemberKind::Human,
         keys: vec![openssh_without_comment(&key)?],
         key_fingerprints: vec![fingerprint(key.key_data())],
+        // Whoever adds the member records themself here (see `broker::members`).
+        key_added_by: vec![],
         added_at: now,
         added_by: added_by.to_string(),
     })

@@ -439,6 +439,10 @@ pub struct Member {
     pub keys: Vec<String>,
     /// SHA-256 fingerprints of `keys`, in the same order.
     pub key_fingerprints: Vec<String>,
+    /// Who added each key, in the same order: an admin never decides for a member whose key
+    /// they added (see `policy::approve`).
+    #[serde(default)]
+    pub key_added_by: Vec<IdentityId>,
     pub added_at: Timestamp,
     pub added_by: String,
 }

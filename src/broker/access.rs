@@ -171,11 +171,22 @@ impl Broker {
             let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id, actor))?;
             let requester = tx.member(&req.requester)?;
             let found = find(tx, &req.resource, &candidates)?;
+            // Earlier approvers who are no longer owners or admins: theirs no longer count.
+            let mut lapsed = Vec::new();
+            for a in &req.approvals {
+                let standing = tx
+                    .member(&a.by)?
+                    .is_some_and(|m| m.id == a.by_id && m.role.can_manage());
+                if !standing {
+                    lapsed.push(a.by_id);
+                }
+            }
             let outcome = policy::approve(
                 &mut req,
                 actor,
                 requester.as_ref(),
                 found.as_ref(),
+                &lapsed,
                 comment,
                 now,
             )?;

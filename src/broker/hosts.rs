@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::model::{
     GrantRole, Host, IdentityId, Member, Name, Role, Timestamp, validate_address, validate_login,
 };
+use crate::policy;
 use crate::target::TargetKind;
 use crate::views;
 
@@ -103,6 +104,7 @@ impl Broker {
                 let Some(before) = self.store.host(&name)? else {
                     return Err(self.unknown_target(&name, Some(TargetKind::Host))?);
                 };
+                policy::check_removal(actor, TargetKind::Host, &name, before.approvals_required)?;
                 // What is open on it, and on the commands that run on it alone, found outside
                 // the transaction (it cannot scan); each one is checked again inside it.
                 let open = self.store.open_requests_of(before.id, now)?;

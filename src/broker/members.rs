@@ -46,6 +46,7 @@ impl Broker {
                 let mut new =
                     ca::member_with_key(name, role, &key.join(" "), actor.name.as_str(), cx.now)?;
                 new.kind = kind;
+                new.key_added_by = vec![actor.id];
                 let member = self.apply(cx, actor, |tx| {
                     if tx.member(&new.name)?.is_some() {
                         return Err(Error::AlreadyExists(format!(
@@ -113,8 +114,11 @@ impl Broker {
                     }
                     refuse_taken_key(tx, &fp)?;
                     let mut after = m.clone();
+                    // Older records may lack who added each key: count those as the member's own.
+                    after.key_added_by.resize(after.keys.len(), m.id);
                     after.keys.push(line.clone());
                     after.key_fingerprints.push(fp.clone());
+                    after.key_added_by.push(actor.id);
                     let event = AuditEvent::MemberKeyAdded {
                         name: name.to_string(),
                         key_fingerprint: fp.clone(),
@@ -146,8 +150,10 @@ impl Broker {
                         .into());
                     }
                     let mut after = m.clone();
+                    after.key_added_by.resize(after.keys.len(), m.id);
                     after.keys.remove(i);
                     after.key_fingerprints.remove(i);
+                    after.key_added_by.remove(i);
                     let event = AuditEvent::MemberKeyRemoved {
                         name: name.to_string(),
                         key_fingerprint: fingerprint.clone(),

@@ -185,7 +185,8 @@ impl Broker {
             let mut req = tx
                 .request(id)?
                 .ok_or_else(|| Error::NotFound(format!("there is no request {id}")))?;
-            policy::review(&mut req, actor, verdict, comment, now)?;
+            let requester = tx.member(&req.requester)?;
+            policy::review(&mut req, actor, requester.as_ref(), verdict, comment, now)?;
             tx.put_request(&req)?;
             let r = req
                 .review

@@ -7,6 +7,7 @@ use crate::audit::AuditEvent;
 use crate::commands::{CommandOp, FleetOp, TargetOptions};
 use crate::error::{Error, Result};
 use crate::model::{Host, IdentityId, Member, Name, validate_login};
+use crate::policy;
 use crate::store::Lookup;
 use crate::target::{
     Fleet, FleetCommand, Found, MAX_PRINCIPALS, Target, TargetKind, check_command_line,
@@ -254,7 +255,10 @@ impl Broker {
             }
             FleetOp::Remove { name } => {
                 require_manager(actor, "remove fleets")?;
-                let (name, _) = self.named(name, TargetKind::Fleet, "remove")?;
+                let (name, t) = self.named(name, TargetKind::Fleet, "remove")?;
+                if let Target::Fleet(f) = &t {
+                    policy::check_removal(actor, TargetKind::Fleet, &name, f.approvals_required)?;
+                }
                 let users: Vec<String> = self
                     .store
                     .targets()?
@@ -388,7 +392,10 @@ impl Broker {
             }
             CommandOp::Remove { name } => {
                 require_manager(actor, "remove fleet commands")?;
-                let (name, _) = self.named(name, TargetKind::Command, "remove")?;
+                let (name, t) = self.named(name, TargetKind::Command, "remove")?;
+                if let Target::Command(c) = &t {
+                    policy::check_removal(actor, TargetKind::Command, &name, c.approvals_required)?;
+                }
                 self.remove_target(actor, &name, TargetKind::Command, cx)
             }
         }

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::justify;
 use crate::model::{
-    Approval, Decision, Ended, Grant, GrantRole, Member, Name, OpenEntry, Request, RequestState,
-    Role, Timestamp, format_duration, is_hidden_char,
+    Approval, Decision, Ended, Grant, GrantRole, IdentityId, Member, Name, OpenEntry, Request,
+    RequestState, Role, Timestamp, format_duration, is_hidden_char,
 };
 use crate::rule::Rule;
 use crate::target::{Found, ScopeHost, TargetKind};
@@ -426,11 +426,15 @@ pub fn effective_role(base: Role, granted: GrantRole) -> GrantRole {
 /// any: the request is approved only while both are the very identities it was made for. If
 /// the target now needs more approvals (a host that needs more joined the fleet), the
 /// approval is recorded and the request waits for them.
+///
+/// `lapsed` are earlier approvers who are no longer owners or admins (removed or demoted):
+/// their approvals no longer count (rule 14).
 pub fn approve(
     req: &mut Request,
     approver: &Member,
     requester: Option<&Member>,
     found: Option<&Found>,
+    lapsed: &[IdentityId],
     comment: Option<&str>,
     now: Timestamp,
 ) -> Result<Approved> {
@@ -465,6 +469,7 @@ pub fn approve(
             bot: req.requester.to_string(),
         });
     }
+    check_not_their_keyholder(approver, requester, req.id, "approve")?;
     let Some(found) = found.filter(|f| f.id == req.resource_id) else {
         return Err(Error::InvalidState(format!(
             "{} {} was removed, so request {} cannot be approved",
@@ -477,7 +482,11 @@ pub fn approve(
         at: now,
         comment: comment.map(str::to_string),
     });
-    let have = req.approvals.len() as u32;
+    let have = req
+        .approvals
+        .iter()
+        .filter(|a| !lapsed.contains(&a.by_id))
+        .count() as u32;
     if have < req.approvals_required {
         return Ok(Approved::Recorded {
             have,
@@ -513,11 +522,32 @@ fn grant_for(req: &Request, resolved: Resolved, now: Timestamp) -> Grant {
     }
 }
 
+/// An ADMIN may not decide for a member whose identity they hold a key to: one they added,
+/// or whose keys they added, and who still has such a key. Otherwise one admin could add a
+/// member with their own key (a puppet), ask as it, and approve it alone. OWNERs are the root
+/// of trust and are not held to this (rule 13).
+fn check_not_their_keyholder(
+    approver: &Member,
+    requester: &Member,
+    id: u64,
+    verb: &str,
+) -> Result<()> {
+    if approver.role == Role::Admin && requester.key_added_by.contains(&approver.id) {
+        return Err(Error::PermissionDenied(format!(
+            "you added {} or one of their keys, so you cannot {verb} request {id}: an admin who holds a member's key could decide for themselves. Another approver must (an owner may)",
+            requester.name
+        )));
+    }
+    Ok(())
+}
+
 /// Records `reviewer`'s review of the break-glass grant `req` at `now` (rule 18): an owner or
-/// admin other than the requester, once.
+/// admin other than the requester (and not an admin who added them or their keys), once.
+/// `requester` is the member who carries the request's requester identity, if still there.
 pub fn review(
     req: &mut Request,
     reviewer: &Member,
+    requester: Option<&Member>,
     verdict: ReviewVerdict,
     comment: &str,
     now: Timestamp,
@@ -539,6 +569,9 @@ pub fn review(
             "request {} is not a break-glass grant; only those are reviewed",
             req.id
         )));
+    }
+    if let Some(m) = requester.filter(|m| m.id == req.requester_id) {
+        check_not_their_keyholder(reviewer, m, req.id, "review")?;
     }
     if let Some(r) = &req.review {
         return Err(Error::InvalidState(format!(
@@ -599,6 +632,19 @@ pub fn require_manager(actor: &Member, what: &str) -> Result<()> {
             actor.role
         )))
     }
+}
+
+/// Removing a target that needs two or more approvals takes an OWNER: an admin who could
+/// remove it could add it again under the same name with one approval, and the hosts trust
+/// the name (rule 3).
+pub fn check_removal(actor: &Member, kind: TargetKind, name: &Name, approvals: u32) -> Result<()> {
+    require_manager(actor, &format!("remove {kind}s"))?;
+    if approvals >= 2 && actor.role != Role::Owner {
+        return Err(Error::PermissionDenied(format!(
+            "{kind} {name} needs {approvals} approvals, so only an owner may remove it: adding it again could lower them. Ask an owner"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether `actor` may read `req`: their own, or any for owners and admins.
@@ -860,6 +906,7 @@ mod tests {
             name: name.parse().unwrap(),
             role,
             kind: MemberKind::Human,
+            key_added_by: vec![],
             keys: vec![],
             key_fingerprints: vec![],
             added_at: Timestamp::from_unix(0),
@@ -919,6 +966,7 @@ mod tests {
             approver,
             Some(&requester),
             Some(&host(1, &[])),
+            &[],
             None,
             now,
         )
@@ -1154,6 +1202,7 @@ mod tests {
             &member("olga", Role::Owner),
             Some(&ed),
             Some(&h),
+            &[],
             None,
             T0,
         )
@@ -1369,6 +1418,7 @@ mod tests {
             &member("olga", Role::Owner),
             Some(&impostor),
             Some(&host(1, &[])),
+            &[],
             None,
             T0,
         );
@@ -1381,6 +1431,7 @@ mod tests {
             &member("olga", Role::Owner),
             Some(&member("alice", Role::Viewer)),
             Some(&other_host),
+            &[],
             None,
             T0,
         );
@@ -1424,13 +1475,14 @@ mod tests {
         // A host needing two approvals joined the fleet before approval: one is not enough.
         let now_fleet = fleet(vec![web(1, "web-01", 1), web(2, "web-02", 2)]);
         let olga = member("olga", Role::Owner);
-        let out = approve(&mut r, &olga, Some(&alice), Some(&now_fleet), None, T0).unwrap();
+        let out = approve(&mut r, &olga, Some(&alice), Some(&now_fleet), &[], None, T0).unwrap();
         assert_eq!(out, Approved::Recorded { have: 1, need: 2 });
         let out = approve(
             &mut r,
             &member("adam", Role::Admin),
             Some(&alice),
             Some(&now_fleet),
+            &[],
             None,
             T0,
         );

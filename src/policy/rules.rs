@@ -164,6 +164,7 @@ mod tests {
             kind,
             keys: vec![],
             key_fingerprints: vec![],
+            key_added_by: vec![],
             added_at: MONDAY,
             added_by: "t".into(),
         }
