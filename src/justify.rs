@@ -174,7 +174,7 @@ pub fn describe(flag: &str) -> &'static str {
 pub fn has_reference(reason: &str) -> bool {
     reason
         .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '(' | ')'))
-        .map(|w| w.trim_end_matches([':', '.']))
+        .map(|w| w.trim_matches(['\'', '"', '[', ']', ':', '.']))
         .any(|w| {
             if w.starts_with("http://") || w.starts_with("https://") {
                 return true;
@@ -236,6 +236,8 @@ mod tests {
             "#812",
             "CHG0012345 rollout",
             "https://x/y",
+            "'INC-9 down'",
+            "[OPS-7]",
         ] {
             assert!(has_reference(r), "{r}");
         }
