@@ -86,6 +86,26 @@ fn setup(keys: &HashMap<&str, Identity>) -> Vec<(&'static str, String)> {
         ("alice", format!("request web-01 {r}")), // 5: approved at setup time
         ("adam", "approve 5".into()),
         ("alice", format!("request web-01 {r}")), // 6: left to expire
+        (
+            "olga",
+            "host add glass --address 10.0.0.8 --login editor=deploy --login viewer=ro --break-glass"
+                .into(),
+        ),
+        (
+            "olga",
+            format!(
+                "member add robo --kind bot --role editor --key '{}'",
+                keys["robo"].public
+            ),
+        ),
+        (
+            "ed",
+            "request glass --role editor --for 30m --reason 'INC-7 disk full' --break-glass".into(),
+        ), // 7: ed's break-glass
+        (
+            "olga",
+            "request glass --role editor --for 30m --reason 'INC-7 disk full' --break-glass".into(),
+        ), // 8: olga's break-glass
     ]
 }
 
@@ -409,7 +429,7 @@ fn table(keys: &HashMap<&str, Identity>) -> Vec<Row> {
             "alice",
             "request web-1 --role viewer --for 1h --reason 'INC-1 x y z'",
             "not_found",
-            "no host, fleet or command named web-1; did you mean web-01? The names are: ghost, prodfleet, restart, restart-all, vault, web-01",
+            "no host, fleet or command named web-1; did you mean web-01? The names are: ghost, glass, prodfleet, restart, restart-all, vault, web-01",
         ),
         // Fleets and fleet commands.
         row(
@@ -539,6 +559,170 @@ fn table(keys: &HashMap<&str, Identity>) -> Vec<Row> {
             "invalid_state",
             "fleet prodfleet is used by command(s) restart-all; remove them first",
         ),
+        // Rules, break-glass, reviews, bots.
+        row(
+            "olga",
+            "rule add r1 --tag prod --max-duration 25h",
+            "invalid_argument",
+            "--max-duration 25h is out of range",
+        ),
+        row(
+            "olga",
+            "rule add r2 --tag prod --days mon-fri --tz Mars/Olympus",
+            "invalid_argument",
+            "'Mars/Olympus' is not a time zone",
+        ),
+        row(
+            "olga",
+            "rule add r3 --tag prod --max-uses 5 --per 0",
+            "invalid_argument",
+            "'0' is not a duration",
+        ),
+        row(
+            "olga",
+            "rule add r3 --tag prod --max-uses 5 --per 0s",
+            "invalid_argument",
+            "is out of range; use 1 to 100000 uses per 1m to 366d",
+        ),
+        row(
+            "olga",
+            "rule add r3 --tag prod --max-uses 5",
+            "usage",
+            "--per <DURATION>",
+        ),
+        row(
+            "olga",
+            "rule add r4 --max-risk 20",
+            "invalid_argument",
+            "a rule needs what it covers",
+        ),
+        row(
+            "olga",
+            "rule add r5 --target nosuch",
+            "not_found",
+            "no host, fleet or command named nosuch",
+        ),
+        row(
+            "olga",
+            "rule add r6 --tag prod --role admin",
+            "role_not_grantable",
+            "cannot be requested",
+        ),
+        row(
+            "olga",
+            "rule add r7 --tag prod --days fri-mon",
+            "invalid_argument",
+            "is not a set of days",
+        ),
+        row(
+            "olga",
+            "rule add r8 --tag prod --hours 18:00-09:00",
+            "invalid_argument",
+            "is not a time range",
+        ),
+        row(
+            "olga",
+            "rule add r9 --tag prod --requester alice --kind bot",
+            "usage",
+            "cannot be used with",
+        ),
+        row(
+            "adam",
+            "rule add r10 --tag prod",
+            "permission_denied",
+            "only owners add or remove rules",
+        ),
+        row(
+            "alice",
+            "rule list",
+            "permission_denied",
+            "only owners and admins can list rules",
+        ),
+        row(
+            "ed",
+            "request web-01 --role editor --for 30m --reason 'INC-7 disk full' --break-glass",
+            "permission_denied",
+            "host web-01 does not allow break-glass",
+        ),
+        row(
+            "alice",
+            "request glass --role editor --for 30m --reason 'INC-7 disk full' --break-glass",
+            "permission_denied",
+            "base role is editor or higher; you are viewer",
+        ),
+        row(
+            "robo",
+            "request glass --role editor --for 30m --reason 'INC-7 disk full' --break-glass",
+            "permission_denied",
+            "you are a bot",
+        ),
+        row(
+            "ed",
+            "request glass --role editor --for 30m --reason 'the disk is full' --break-glass",
+            "invalid_argument",
+            "needs an incident or ticket reference",
+        ),
+        row(
+            "ed",
+            "request glass --role editor --for 2h --reason 'INC-7 disk full' --break-glass",
+            "limit_reached",
+            "break-glass lasts at most 1h",
+        ),
+        row(
+            "ed",
+            "request glass --role editor --for 30m --reason 'INC-7 disk full' --break-glass --start +1h",
+            "invalid_argument",
+            "break-glass starts now",
+        ),
+        row(
+            "ed",
+            "review 7 --ok --comment 'fine by me'",
+            "permission_denied",
+            "only owners and admins can review break-glass grants",
+        ),
+        row(
+            "olga",
+            "review 8 --ok --comment 'fine by me'",
+            "permission_denied",
+            "you cannot review your own break-glass grant 8",
+        ),
+        row(
+            "adam",
+            "review 5 --ok --comment 'fine'",
+            "invalid_state",
+            "request 5 is not a break-glass grant",
+        ),
+        row("adam", "review 7 --comment 'fine'", "usage", "--ok"),
+        row(
+            "robo",
+            "approve 1",
+            "permission_denied",
+            "only owners and admins can approve",
+        ),
+        row(
+            "robo",
+            "request web-01 --role viewer --for 30m --reason 'DEPLOY-1 look'",
+            "permission_denied",
+            "a bot's requests are decided by rules alone",
+        ),
+        row(
+            "olga",
+            "member set-role robo --role admin",
+            "invalid_argument",
+            "bots never approve, review or manage anything",
+        ),
+        row(
+            "olga",
+            format!("member add r2d2 --kind robot --role viewer --key '{fresh}'"),
+            "invalid_argument",
+            "'robot' is not a member kind",
+        ),
+        row(
+            "olga",
+            "host add slow --address 10.0.0.9 --login viewer=ro --escalate-after 10s",
+            "invalid_argument",
+            "--escalate-after 10s is out of range; use 1m to 7d",
+        ),
         row(
             "olga",
             "aprove 5",
@@ -556,7 +740,7 @@ fn table(keys: &HashMap<&str, Identity>) -> Vec<Row> {
 
 fn keys(dir: &std::path::Path, owner: Identity) -> HashMap<&'static str, Identity> {
     let mut m = HashMap::from([("olga", owner)]);
-    for n in ["adam", "ed", "alice", "mallory", "fresh"] {
+    for n in ["adam", "ed", "alice", "mallory", "fresh", "robo"] {
         m.insert(n, keygen(dir, n));
     }
     m
@@ -585,6 +769,7 @@ fn bad_inputs_over_ssh_are_refused_and_change_nothing() {
             b.ssh(&b.owner, "host list --json").ok().stdout,
             b.ssh(&b.owner, "fleet list --json").ok().stdout,
             b.ssh(&b.owner, "command list --json").ok().stdout,
+            b.ssh(&b.owner, "rule list --json").ok().stdout,
         )
     };
     let before = snapshot(&b);
@@ -656,6 +841,7 @@ fn bad_inputs_in_process_including_the_passage_of_time() {
             s.members().unwrap(),
             s.hosts().unwrap(),
             s.targets().unwrap(),
+            s.rules().unwrap(),
         )
     };
     let before = snapshot();

@@ -12,8 +12,13 @@ use sshjit::broker::Broker;
 use sshjit::datadir::{self, DataDir};
 use sshjit::model::Timestamp;
 
-const PEOPLE: [&str; 5] = ["olga", "adam", "ed", "alice", "vic"];
-const ROLES: [&str; 5] = ["owner", "admin", "editor", "viewer", "viewer"];
+const PEOPLE: [&str; 6] = ["olga", "adam", "ed", "alice", "vic", "bot"];
+const ROLES: [&str; 6] = ["owner", "admin", "editor", "viewer", "viewer", "editor"];
+/// `bot` is a bot: its requests are decided by rules alone.
+const BOT: usize = 5;
+/// The capped rule on web-01 and its cap: once per hour.
+const CAPPED: &str = "webview";
+const CAP: usize = 1;
 const T0: i64 = 1_900_000_000;
 
 /// One identity key per person and one subject key, made once for all cases.
@@ -60,6 +65,15 @@ enum Op {
         role: &'static str,
         mins: u64,
         start_in: Option<u64>,
+        break_glass: bool,
+    },
+    Review {
+        who: usize,
+        id: u64,
+    },
+    /// Several viewers ask for web-01 at once: the capped rule's cap is tested.
+    Burst {
+        n: usize,
     },
     Approve {
         who: usize,
@@ -94,9 +108,11 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::AddWebHost),
         1 => Just(Op::RemoveWebHost),
         5 => (who.clone(), 0..TARGETS.len(), prop::sample::select(vec!["viewer", "editor", "viewer", "editor", "admin", "owner", "none", "none"]),
-              prop::sample::select(vec![1u64, 5, 30, 120, 1440, 1500]), prop::option::weighted(0.2, 0u64..7200))
-            .prop_map(|(who, host, role, mins, start_in)| Op::Request { who, host, role, mins, start_in }),
-        4 => (prop::sample::select(vec![0usize, 1, 0, 1, 2, 3, 4]), id).prop_map(|(who, id)| Op::Approve { who, id }),
+              prop::sample::select(vec![1u64, 5, 30, 120, 1440, 1500]), prop::option::weighted(0.2, 0u64..7200), prop::bool::weighted(0.2))
+            .prop_map(|(who, host, role, mins, start_in, break_glass)| Op::Request { who, host, role, mins, start_in, break_glass }),
+        4 => (prop::sample::select(vec![0usize, 1, 0, 1, 2, 3, 4, 5]), id).prop_map(|(who, id)| Op::Approve { who, id }),
+        2 => (prop::sample::select(vec![0usize, 1, 2]), id).prop_map(|(who, id)| Op::Review { who, id }),
+        1 => (2usize..5).prop_map(|n| Op::Burst { n }),
         1 => (who.clone(), id).prop_map(|(who, id)| Op::Deny { who, id }),
         1 => (who.clone(), id).prop_map(|(who, id)| Op::Cancel { who, id }),
         4 => (prop::option::weighted(0.3, who), id).prop_map(|(who, id)| Op::Cert { who, id }),
@@ -120,19 +136,26 @@ fn setup() -> (tempfile::TempDir, Broker) {
             "{line}"
         )
     };
-    for (p, r) in PEOPLE.iter().zip(ROLES).skip(1) {
-        run(format!("member add {p} --role {r} --key '{}'", k[p].1));
+    for (i, (p, r)) in PEOPLE.iter().zip(ROLES).enumerate().skip(1) {
+        let kind = if i == BOT { "bot" } else { "human" };
+        run(format!(
+            "member add {p} --role {r} --kind {kind} --key '{}'",
+            k[p].1
+        ));
     }
     run("host add db-01 --address 10.0.0.2 --login viewer=ro --login editor=dba --tag prod --approvals 2".into());
-    run(
-        "host add web-01 --address 10.0.0.1 --login viewer=ro --login editor=deploy --tag web"
-            .into(),
-    );
+    run("host add web-01 --address 10.0.0.1 --login viewer=ro --login editor=deploy --tag web --break-glass".into());
     run("host add web-02 --address 10.0.0.3 --login viewer=ro2 --tag web".into());
     run("fleet add webs --tag web".into());
     run(format!(
         "command add restart --fleet webs --run '{RUN}' --login {RUN_LOGIN}"
     ));
+    run(format!(
+        "rule add {CAPPED} --target web-01 --max-duration 2h --max-uses {CAP} --per 1h"
+    ));
+    // db-01 needs two approvals: this rule must never approve it.
+    run("rule add db-any --target db-01 --role editor".into());
+    run("rule add pipeline --command restart --kind bot --max-uses 2 --per 1h".into());
     (tmp, broker)
 }
 
@@ -165,6 +188,7 @@ proptest! {
         let mut now = Timestamp::from_unix(T0);
         let mut created = 0u64;
         let mut added = 2u32;
+        let mut glass_ids: Vec<u64> = Vec::new();
         let mut issued = 0u64;
         for op in ops {
             // Ids pick among the requests made so far.
@@ -179,12 +203,48 @@ proptest! {
                 Op::RemoveWebHost => {
                     let _ = json(&broker, "olga", "host remove web-02", b"", now);
                 }
-                Op::Request { who, host, role, mins, start_in } => {
+                Op::Burst { n } => {
+                    for who in [3usize, 4, 2, 1].into_iter().take(n) {
+                        let line = "request web-01 --role viewer --for 30m --reason 'INC-1 property burst'";
+                        if json(&broker, PEOPLE[who], line, b"", now).is_ok() {
+                            created += 1;
+                        }
+                    }
+                }
+                Op::Review { who, id } => {
+                    // Mostly break-glass grants, which are the ones to review.
+                    let id = if glass_ids.is_empty() || id % 4 == 0 { pick(id) } else { glass_ids[id as usize % glass_ids.len()] };
+                    let before = json(&broker, "olga", &format!("show {id}"), b"", now).ok();
+                    let r = json(&broker, PEOPLE[who], &format!("review {id} --ok --comment 'INC-1 checked'"), b"", now);
+                    if let (Ok(_), Some(b)) = (&r, before) {
+                        prop_assert_eq!(&b["break_glass"], true, "reviewed a normal request");
+                        prop_assert_ne!(b["requester"].as_str(), Some(PEOPLE[who]), "self-review");
+                        prop_assert!(b["review"].is_null(), "reviewed twice");
+                    }
+                }
+                Op::Request { who, host, role, mins, start_in, break_glass } => {
                     let start = start_in.map(|s| format!(" --start +{s}s")).unwrap_or_default();
                     let role_flag = if role == "none" { String::new() } else { format!(" --role {role}") };
-                    let line = format!("request {}{role_flag} --for {mins}m --reason 'INC-1 property test'{start}", TARGETS[host]);
+                    let glass = if break_glass { " --break-glass" } else { "" };
+                    let line = format!("request {}{role_flag} --for {mins}m --reason 'INC-1 property test'{start}{glass}", TARGETS[host]);
                     let r = json(&broker, PEOPLE[who], &line, b"", now);
                     if r.is_ok() { created += 1; }
+                    if let Ok(v) = &r {
+                        // Rule 17: no rule where two approvals are needed; a bot only by a rule.
+                        if !v["approved_by_rule"].is_null() {
+                            prop_assert!(v["approvals_required"].as_u64().unwrap() < 2, "a rule approved {v}");
+                        }
+                        if who == BOT {
+                            prop_assert!(v["state"] == "approved" && !v["approved_by_rule"].is_null(), "a bot's request left for people: {v}");
+                        }
+                        // Rule 18: break-glass is capped, granted now, and owes a review.
+                        if break_glass {
+                            prop_assert!(mins <= 60 && ROLES[who] != "viewer" && who != BOT, "break-glass allowed: {v}");
+                            prop_assert_eq!(&v["state"], "approved");
+                            prop_assert!(v["review"].is_null() && !v["review_due"].is_null());
+                            glass_ids.push(v["id"].as_u64().unwrap());
+                        }
+                    }
                     if role == "admin" || role == "owner" {
                         prop_assert!(r.is_err(), "granted a request for {role}");
                     }
@@ -238,7 +298,8 @@ proptest! {
                         let cert = Certificate::from_openssh(c["certificate"].as_str().unwrap()).unwrap();
                         prop_assert_eq!(cert.valid_after() as i64, start.unix());
                         prop_assert_eq!(cert.valid_before() as i64, end.unix());
-                        prop_assert_eq!(cert.key_id(), format!("sshjit:{id}:{}", PEOPLE[who]));
+                        let kind = if who == BOT { "bot:" } else { "" };
+                        prop_assert_eq!(cert.key_id(), format!("sshjit:{id}:{kind}{}", PEOPLE[who]));
                         // Rule 16: every principal names a host of the grant with that host's
                         // login; a command's certificate carries its command and nothing else.
                         let in_grant: Vec<String> = g["hosts"].as_array().unwrap().iter()
@@ -292,12 +353,31 @@ proptest! {
                 _ => prop_assert!(["viewer", "editor"].contains(&r["role"].as_str().unwrap())),
             }
             if r["state"] == "approved" {
-                prop_assert!(distinct.len() as u64 >= r["approvals_required"].as_u64().unwrap(), "under-approved: {r}");
+                let by_people = distinct.len() as u64 >= r["approvals_required"].as_u64().unwrap();
+                prop_assert!(by_people || !r["approved_by_rule"].is_null() || r["break_glass"] == true, "under-approved: {r}");
                 let g = &r["grant"];
                 let start = Timestamp::parse_rfc3339(g["start"].as_str().unwrap()).unwrap();
                 let end = Timestamp::parse_rfc3339(g["end"].as_str().unwrap()).unwrap();
                 prop_assert_eq!(start.until(end) as u64, r["duration_secs"].as_u64().unwrap());
             }
+        }
+        // Rule uses never exceed their cap in any period; bots are never approved by people;
+        // break-glass grants never had approvers.
+        let mut used: Vec<i64> = Vec::new();
+        for r in all.as_array().unwrap() {
+            if r["approved_by_rule"]["rule"] == CAPPED {
+                used.push(Timestamp::parse_rfc3339(r["approved_by_rule"]["at"].as_str().unwrap()).unwrap().unix());
+            }
+            if r["requester_kind"] == "bot" || r["break_glass"] == true {
+                prop_assert!(r["approvals"].as_array().unwrap().is_empty(), "approved by people: {r}");
+            }
+            if r["break_glass"] == true {
+                prop_assert!(r["review"].is_null() || r["review"]["by"] != r["requester"], "{r}");
+            }
+        }
+        used.sort();
+        for w in used.windows(CAP + 1) {
+            prop_assert!(w[CAP] - w[0] >= 3600, "{} uses of {CAPPED} within an hour: {used:?}", CAP + 1);
         }
         prop_assert!(broker.store().verify_audit().unwrap().ok);
     }
