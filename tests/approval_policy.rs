@@ -78,6 +78,27 @@ fn a_rule_approves_a_dev_request_and_its_certificate_logs_in() {
         "{approved}"
     );
     assert_eq!(b.json("rule show dev-short")["uses_left"], 9);
+    // The helper with --wait: approved at once, so the certificate comes straight away.
+    let person = util::Person::new(&b, &alice);
+    let out = person.helper(&[
+        "--accept-new-broker-key",
+        "request",
+        "dev-01",
+        "--role",
+        "viewer",
+        "--for",
+        "30m",
+        "--reason",
+        "INC-1 read the dev logs again",
+        "--wait",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("approved at once by rule dev-short")
+            && out.stdout.contains("certificate for dev-01"),
+        "{out:?}"
+    );
+    assert_eq!(b.json("rule show dev-short")["uses_left"], 8);
     // Longer than the rule allows, or on a host needing two people: waits for people.
     let long = b
         .ssh(

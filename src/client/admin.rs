@@ -30,7 +30,7 @@ pub async fn run(
     let help = args.iter().any(|a| matches!(*a, "--help" | "-h" | "help"));
     let has_state = args
         .iter()
-        .any(|a| *a == "--state" || a.starts_with("--state="));
+        .any(|a| *a == "--state" || a.starts_with("--state=") || *a == "--review");
     if args.first() == Some(&"requests") && !has_state && !help {
         // Approvers come to decide: pending ones by default, in text and JSON alike.
         args.extend(["--state", "pending"]);
@@ -38,7 +38,9 @@ pub async fn run(
     let out = match args.first().copied() {
         // Help is text, whatever the command: the broker prints it.
         _ if help => pass_through(&conn, &args, json).await,
-        Some("requests") if !json => pending_table(&conn, &args).await,
+        Some("requests") if !json && !args.contains(&"--review") => {
+            pending_table(&conn, &args).await
+        }
         Some("approve") => approve(&conn, &args, json, yes).await,
         _ => pass_through(&conn, &args, json).await,
     };
@@ -62,27 +64,32 @@ async fn pending_table(conn: &Connection, args: &[&str]) -> Result<AdminOutput> 
         return Ok(text_output("no requests waiting for a decision\n".into()));
     }
     let mut s = format!(
-        "{:<6} {:<12} {:<14} {:<7} {:<7} {:<10} {:<12} {}\n",
-        "ID", "REQUESTER", "TARGET", "ROLE", "FOR", "APPROVALS", "DECIDE IN", "FLAGS"
+        "{:<6} {:<12} {:<14} {:<7} {:<7} {:<4} {:<10} {:<12} {}\n",
+        "ID", "REQUESTER", "TARGET", "ROLE", "FOR", "RISK", "APPROVALS", "DECIDE IN", "FLAGS"
     );
     for r in &rows {
         let decide = match r.pending_seconds_left {
             Some(secs) => format_duration(secs),
             None => r.state.to_string(),
         };
+        let mut flags = r.justification.flags.clone();
+        if r.escalated {
+            flags.insert(0, "ESCALATED".into());
+        }
         s.push_str(&format!(
-            "{:<6} {:<12} {:<14} {:<7} {:<7} {:<10} {:<12} {}\n",
+            "{:<6} {:<12} {:<14} {:<7} {:<7} {:<4} {:<10} {:<12} {}\n",
             r.id,
             r.requester.as_str(),
             r.resource.as_str(),
             r.role.map_or("command", |r| r.as_str()),
             format_duration(r.duration_secs),
+            r.risk.score,
             format!("{}/{}", r.approvals.len(), r.approvals_required),
             decide,
-            if r.justification.flags.is_empty() {
+            if flags.is_empty() {
                 "-".to_string()
             } else {
-                r.justification.flags.join(",")
+                flags.join(",")
             }
         ));
     }
@@ -149,6 +156,10 @@ fn grant_summary(r: &RequestView) -> String {
         format_duration(r.duration_secs),
         r.reason,
     );
+    s.push_str(&format!("  risk           {}\n", r.risk.explain()));
+    if r.escalated {
+        s.push_str("  ESCALATED: it waited past its target's --escalate-after\n");
+    }
     if let Some(w) = &r.would_grant {
         s.push_str(&format!(
             "  grants         {} from {} to {} if approved now\n",

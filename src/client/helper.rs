@@ -165,11 +165,27 @@ fn describe_request(r: &RequestView) -> String {
         r.state,
     );
     s.push_str(&format!("justification: {}\n", r.justification.text));
+    s.push_str(&format!("risk: {}\n", r.risk.explain()));
+    if let Some(by) = &r.approved_by_rule {
+        s.push_str(&format!(
+            "approved at once by rule {} ({})\n",
+            by.rule,
+            by.matched.join(", ")
+        ));
+    }
+    if let Some(due) = r.review_due {
+        s.push_str(&format!(
+            "BREAK-GLASS: granted now without approvers; an owner or admin reviews it by {due}\n"
+        ));
+    }
     if !r.justification.flags.is_empty() {
         s.push_str("flags an approver will see:\n");
         for f in &r.justification.flags {
             s.push_str(&format!("  ! {f}: {}\n", justify::describe(f)));
         }
+    }
+    if r.state != RequestState::Pending {
+        return s;
     }
     let approvers: Vec<&str> = r.approvers.iter().flatten().map(|n| n.as_str()).collect();
     s.push_str(&format!(

@@ -1512,6 +1512,158 @@ mod tests {
     }
 
     #[test]
+    fn break_glass_needs_a_person_a_reference_a_short_window_and_no_overdue_review() {
+        let p = Policy::default();
+        let mut found = host(2, &[]);
+        found.break_glass = true;
+        let ed = member("ed", Role::Editor);
+        let glass_on =
+            |found: &Found, who: &Member, secs: u64, reason: &'static str, history: &History| {
+                let ask = Ask {
+                    role: Some(GrantRole::Editor),
+                    duration_secs: secs,
+                    reason,
+                    start: None,
+                    break_glass: true,
+                };
+                let asking = Asking {
+                    requester: who,
+                    found,
+                    ask: &ask,
+                    open: &[],
+                    approvers: 0,
+                    history,
+                    rules: &[],
+                };
+                p.open(1, &asking, T0)
+            };
+        let glass = |who: &Member, secs: u64, reason: &'static str, history: &History| {
+            glass_on(&found, who, secs, reason, history)
+        };
+        let clean = History::default();
+        let r = glass(&ed, 1800, "INC-9 disk full", &clean).unwrap();
+        // Granted at once, with no approvers, though the host needs two and none exist.
+        assert_eq!(r.state_at(T0), RequestState::Approved);
+        assert_eq!(r.review_due, Some(T0.plus(p.review_within_secs)));
+        assert!(r.approvals.is_empty());
+        let err = |e: Result<Request>| e.unwrap_err();
+        assert!(matches!(
+            err(glass(
+                &member("vic", Role::Viewer),
+                1800,
+                "INC-9 disk full",
+                &clean
+            )),
+            Error::BreakGlassWho { .. }
+        ));
+        let mut bot = member("robo", Role::Editor);
+        bot.kind = MemberKind::Bot;
+        assert!(matches!(
+            err(glass(&bot, 1800, "INC-9 disk full", &clean)),
+            Error::BreakGlassWho { .. }
+        ));
+        assert!(matches!(
+            err(glass(&ed, 3601, "INC-9 disk full", &clean)),
+            Error::BreakGlassTooLong { .. }
+        ));
+        assert!(matches!(
+            err(glass(&ed, 1800, "the disk is full", &clean)),
+            Error::BreakGlassNoReference
+        ));
+        let overdue = History {
+            overdue_break_glass: vec![4],
+            ..History::default()
+        };
+        assert!(
+            matches!(err(glass(&ed, 1800, "INC-9 disk full", &overdue)), Error::ReviewOverdue { ids } if ids == [4])
+        );
+        let mut closed = found.clone();
+        closed.break_glass = false;
+        assert!(matches!(
+            err(glass_on(&closed, &ed, 1800, "INC-9 disk full", &clean)),
+            Error::BreakGlassNotAllowed { .. }
+        ));
+    }
+
+    #[test]
+    fn a_review_is_once_by_another_approver_and_marks_lateness() {
+        let p = Policy::default();
+        let mut found = host(1, &[]);
+        found.break_glass = true;
+        let ed = member("ed", Role::Editor);
+        let ask = Ask {
+            break_glass: true,
+            ..ask(GrantRole::Editor, 1800)
+        };
+        let asking = Asking {
+            requester: &ed,
+            found: &found,
+            ask: &ask,
+            open: &[],
+            approvers: 1,
+            history: &History::default(),
+            rules: &[],
+        };
+        let mut r = p.open(1, &asking, T0).unwrap();
+        let adam = member("adam", Role::Admin);
+        let ok = ReviewVerdict::Ok;
+        assert!(review(&mut r, &ed, Some(&ed), ok, "mine", T0).is_err());
+        assert!(review(&mut r, &member("vic", Role::Viewer), Some(&ed), ok, "x", T0).is_err());
+        let late = T0.plus(p.review_within_secs);
+        assert!(r.review_overdue(late));
+        review(
+            &mut r,
+            &adam,
+            Some(&ed),
+            ReviewVerdict::Flagged,
+            "INC-9 follow up",
+            late,
+        )
+        .unwrap();
+        let rv = r.review.clone().unwrap();
+        assert_eq!((rv.verdict, rv.late), (ReviewVerdict::Flagged, true));
+        assert!(!r.review_overdue(late));
+        assert!(
+            review(
+                &mut r,
+                &member("olga", Role::Owner),
+                Some(&ed),
+                ok,
+                "again",
+                late
+            )
+            .is_err()
+        );
+        // An admin who added a key of the requester's cannot review for them.
+        let mut r2 = p.open(2, &asking, T0).unwrap();
+        let mut keyed = ed.clone();
+        keyed.key_added_by = vec![adam.id];
+        assert!(matches!(
+            review(&mut r2, &adam, Some(&keyed), ok, "x", T0),
+            Err(Error::PermissionDenied(m)) if m.contains("you added ed")
+        ));
+    }
+
+    #[test]
+    fn the_new_knobs_are_bounded() {
+        for (knob, bad) in [
+            ("break_glass_max_secs", 90_000u64),
+            ("review_within_secs", 30),
+            ("bot_max_duration_secs", 60),
+        ] {
+            let mut p = Policy::default();
+            match knob {
+                "break_glass_max_secs" => p.break_glass_max_secs = bad,
+                "review_within_secs" => p.review_within_secs = bad,
+                _ => p.bot_max_duration_secs = bad,
+            }
+            let err = p.validate().unwrap_err().to_string();
+            assert!(err.contains(knob), "{err}");
+        }
+        assert!(Policy::default().validate().is_ok());
+    }
+
+    #[test]
     fn hidden_characters_are_refused_in_text() {
         for bad in [
             "a\u{202E}b",
