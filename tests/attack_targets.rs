@@ -162,6 +162,16 @@ fn host(lab: &Lab, name: &str, extra: &str) {
     );
 }
 
+/// Host web-01 (tag web), fleet `web` and the command `restart` on it.
+fn web_fleet(lab: &Lab) {
+    host(lab, "web-01", "--tag web");
+    lab.ok("olga", "fleet add web --tag web");
+    lab.ok(
+        "olga",
+        "command add restart --fleet web --run 'systemctl restart worker' --login deploy",
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Viewer / editor attacks
 // ---------------------------------------------------------------------------------------
@@ -169,12 +179,7 @@ fn host(lab: &Lab, name: &str, extra: &str) {
 #[test]
 fn viewers_and_editors_cannot_manage_targets_and_nothing_changes() {
     let lab = Lab::new();
-    host(&lab, "web-01", "--tag web");
-    lab.ok("olga", "fleet add web --tag web");
-    lab.ok(
-        "olga",
-        "command add restart --fleet web --run 'systemctl restart worker' --login deploy",
-    );
+    web_fleet(&lab);
     let before = lab.snapshot();
     for who in ["alice", "ed"] {
         for line in [
@@ -197,12 +202,7 @@ fn viewers_and_editors_cannot_manage_targets_and_nothing_changes() {
 #[test]
 fn hosts_fleets_and_commands_share_one_namespace() {
     let lab = Lab::new();
-    host(&lab, "web-01", "--tag web");
-    lab.ok("olga", "fleet add web --tag web");
-    lab.ok(
-        "olga",
-        "command add restart --fleet web --run 'systemctl restart worker' --login deploy",
-    );
+    web_fleet(&lab);
     let before = lab.snapshot();
     for line in [
         "fleet add web-01 --tag web",
@@ -227,12 +227,7 @@ fn hosts_fleets_and_commands_share_one_namespace() {
 #[test]
 fn roles_must_fit_the_target_kind() {
     let lab = Lab::new();
-    host(&lab, "web-01", "--tag web");
-    lab.ok("olga", "fleet add web --tag web");
-    lab.ok(
-        "olga",
-        "command add restart --fleet web --run 'systemctl restart worker' --login deploy",
-    );
+    web_fleet(&lab);
     let before = lab.snapshot();
     for (line, code) in [
         (
@@ -585,12 +580,7 @@ fn invisible_default_ignorable_characters_are_refused_in_command_lines() {
 #[test]
 fn odd_target_input_gets_clear_errors_and_changes_nothing() {
     let lab = Lab::new();
-    host(&lab, "web-01", "--tag web");
-    lab.ok("olga", "fleet add web --tag web");
-    lab.ok(
-        "olga",
-        "command add restart --fleet web --run 'systemctl restart worker' --login deploy",
-    );
+    web_fleet(&lab);
     let before = lab.snapshot();
     let rows: Vec<String> = vec![
         "fleet add x --tag web --max-hosts 0".into(),
@@ -641,12 +631,7 @@ fn odd_target_input_gets_clear_errors_and_changes_nothing() {
 #[test]
 fn kind_mismatch_errors_suggest_flags_that_exist() {
     let lab = Lab::new();
-    host(&lab, "web-01", "--tag web");
-    lab.ok("olga", "fleet add web --tag web");
-    lab.ok(
-        "olga",
-        "command add restart --fleet web --run 'systemctl restart worker' --login deploy",
-    );
+    web_fleet(&lab);
     for line in [
         "command add x --host restart --run id --login deploy",
         "command add x --fleet restart --run id --login deploy",

@@ -1091,34 +1091,12 @@ mod tests {
         .unwrap();
         let g = r.grant().unwrap();
         assert_eq!((g.start, g.end), (T0.plus(3600), T0.plus(4200)));
+        let alice = member("alice", Role::Viewer);
+        let refused = |a: &Ask<'_>| open_with(&p, 1, &alice, &host(1, &[]), a, &[], 5, T0).is_err();
         a.start = Some(Timestamp::from_unix(T0.unix() - 10));
-        assert!(
-            open_with(
-                &p,
-                1,
-                &member("alice", Role::Viewer),
-                &host(1, &[]),
-                &a,
-                &[],
-                5,
-                T0
-            )
-            .is_err()
-        );
+        assert!(refused(&a), "a start in the past");
         a.start = Some(T0.plus(8 * 86400));
-        assert!(
-            open_with(
-                &p,
-                1,
-                &member("alice", Role::Viewer),
-                &host(1, &[]),
-                &a,
-                &[],
-                5,
-                T0
-            )
-            .is_err()
-        );
+        assert!(refused(&a), "a start too far ahead");
     }
 
     #[test]
