@@ -148,13 +148,13 @@ impl Broker {
             .collect())
     }
 
-    /// What `m` did lately: denials in the last 30 days (among their newest requests) and
+    /// What `m` did lately: denials in the last 30 days (among their 50 newest requests) and
     /// break-glass grants waiting for review.
     fn history_of(&self, m: &Member, now: Timestamp) -> Result<History> {
         let reviews = self.store.reviews_of(m.id, now)?;
         let recent_denials = self
             .store
-            .requests_of(m.id, 200)?
+            .requests_of(m.id, 50)?
             .iter()
             .filter(|r| {
                 matches!(r.decision, Decision::Denied { at, .. } if now.until(at) > -DENIALS_WINDOW_SECS)
