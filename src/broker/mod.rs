@@ -4,6 +4,7 @@
 //! [`Broker::execute`] with `now` as an argument.
 
 mod access;
+mod fleets;
 mod hosts;
 mod log;
 mod members;
