@@ -10,8 +10,9 @@ use crate::error::{Error, Result};
 use crate::model::{GrantRole, IdentityId, Name, Role, Timestamp, printable};
 use crate::verdict::MemberKind;
 
-/// The most uses a rule's cap may allow per period.
-pub const MAX_USES: u32 = 100_000;
+/// The most uses a rule's cap may allow per period: the rule keeps the time of each use in the
+/// period, so this bounds its record.
+pub const MAX_USES: u32 = 1_000;
 
 /// An auto-approval rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

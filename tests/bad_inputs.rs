@@ -582,7 +582,7 @@ fn table(keys: &HashMap<&str, Identity>) -> Vec<Row> {
             "olga",
             "rule add r3 --tag prod --max-uses 5 --per 0s",
             "invalid_argument",
-            "is out of range; use 1 to 100000 uses per 1m to 366d",
+            "is out of range; use 1 to 1000 uses per 1m to 366d",
         ),
         row(
             "olga",
