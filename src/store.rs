@@ -398,6 +398,24 @@ impl Store {
         Ok(out)
     }
 
+    /// How many of `member`'s newest `scan` requests were denied at or after `since`, read
+    /// from the index alone.
+    pub fn denials_of(&self, member: IdentityId, since: Timestamp, scan: usize) -> Result<u32> {
+        let mut n = 0;
+        for kv in self
+            .by_member
+            .scan_prefix(member.0.to_be_bytes())
+            .rev()
+            .take(scan)
+        {
+            let (_, v) = kv?;
+            if v.len() == 8 && u64_at(&v, 0)? as i64 >= since.unix() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Requests of `identity` (as requester or as host) that are open at `now`: pending, or
     /// granted with a window not over and not ended. Read outside any transaction, for a
     /// removal to close them (it checks each again inside its own).
@@ -660,9 +678,18 @@ impl Tx<'_> {
         } else {
             self.pending.remove(&pk[..])?;
         }
+        // By member; a denial keeps its time as the value, so history reads no records.
         let mut mk = r.requester_id.0.to_be_bytes().to_vec();
         mk.extend_from_slice(&r.id.to_be_bytes());
-        self.by_member.insert(mk, &[][..])?;
+        match &r.decision {
+            Decision::Denied { at, .. } => {
+                self.by_member
+                    .insert(mk, &(at.unix().max(0) as u64).to_be_bytes()[..])?;
+            }
+            _ => {
+                self.by_member.insert(mk, &[][..])?;
+            }
+        }
         // The requester's pending requests, in one small record (at most the pending cap).
         let entry = matches!(r.decision, Decision::Pending).then_some(OpenEntry {
             id: r.id,

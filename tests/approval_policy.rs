@@ -510,3 +510,42 @@ fn a_rule_cap_holds_under_concurrent_requests() {
     assert_eq!(rule["uses_left"], 0);
     assert!(broker.store().verify_audit().unwrap().ok);
 }
+
+/// The risk score counts the requester's recent denials (read from the index, not the records).
+#[test]
+fn recent_denials_raise_the_risk() {
+    let b = Broker::start_new();
+    let alice = b.add_member("alice", "viewer");
+    let adam = b.add_member("adam", "admin");
+    b.ssh(
+        &b.owner,
+        "host add web-01 --address 10.0.0.5 --login viewer=ro",
+    )
+    .ok();
+    let ask = "request web-01 --role viewer --for 1h --reason 'INC-4 read the access log' --json";
+    let first = b.ssh(&alice, ask).ok().json();
+    assert!(
+        first["risk"]["factors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| !f["factor"].as_str().unwrap().contains("denial"))
+    );
+    for _ in 0..2 {
+        let r = b.ssh(&alice, ask).ok().json();
+        b.ssh(
+            &adam,
+            &format!("deny {} --reason 'not without a ticket'", r["id"]),
+        )
+        .ok();
+    }
+    let next = b.ssh(&alice, ask).ok().json();
+    let denials: Vec<&Value> = next["risk"]["factors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["factor"] == "2 denial(s) in 30 days")
+        .collect();
+    assert_eq!(denials.len(), 1, "{next}");
+    assert_eq!(denials[0]["points"], 10);
+}

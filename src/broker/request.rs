@@ -7,7 +7,7 @@ use super::{Broker, Call, Reply, require_manager};
 use crate::audit::AuditEvent;
 use crate::commands::RequestArgs;
 use crate::error::{Error, Result};
-use crate::model::{Decision, GrantRole, Member, Name, Timestamp, format_duration, parse_duration};
+use crate::model::{GrantRole, Member, Name, Timestamp, format_duration, parse_duration};
 use crate::policy::{self, Ask, Asking, DENIALS_WINDOW_SECS, History};
 use crate::verdict::ReviewVerdict;
 use crate::views;
@@ -148,20 +148,13 @@ impl Broker {
             .collect())
     }
 
-    /// What `m` did lately: denials in the last 30 days (among their 50 newest requests) and
-    /// break-glass grants waiting for review.
+    /// What `m` did lately: denials in the last 30 days (among their 200 newest requests, from
+    /// the index) and break-glass grants waiting for review.
     fn history_of(&self, m: &Member, now: Timestamp) -> Result<History> {
         let reviews = self.store.reviews_of(m.id, now)?;
-        let recent_denials = self
-            .store
-            .requests_of(m.id, 50)?
-            .iter()
-            .filter(|r| {
-                matches!(r.decision, Decision::Denied { at, .. } if now.until(at) > -DENIALS_WINDOW_SECS)
-            })
-            .count() as u32;
+        let since = Timestamp::from_unix(now.unix() - DENIALS_WINDOW_SECS);
         Ok(History {
-            recent_denials,
+            recent_denials: self.store.denials_of(m.id, since, 200)?,
             unreviewed_break_glass: reviews.len() as u32,
             overdue_break_glass: reviews
                 .iter()
