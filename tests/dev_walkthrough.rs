@@ -100,3 +100,57 @@ fn the_printed_walkthrough_works_as_printed() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A terminal or pipe that goes away after the walkthrough must not stop the broker: it keeps
+/// serving (and keeps its data dir) when nobody reads its stdout any more.
+#[test]
+fn the_dev_broker_keeps_serving_when_its_stdout_is_closed() {
+    util::require("/usr/sbin/sshd");
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir(home.path().join(".ssh")).unwrap();
+    let me = util::keygen(&home.path().join(".ssh"), "id_ed25519");
+    let port = util::free_port();
+    let mut broker = Command::new(util::bin())
+        .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}")])
+        .env("HOME", home.path())
+        .env("USER", util::current_user())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Close the read end before the broker writes its walkthrough.
+    drop(broker.stdout.take());
+    let start = std::time::Instant::now();
+    let out = loop {
+        let out = Command::new(util::bin())
+            .args([
+                "admin",
+                "--broker",
+                &format!("127.0.0.1:{port}"),
+                "--identity",
+            ])
+            .arg(&me.key)
+            .args(["--accept-new-broker-key", "--json", "whoami"])
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .output()
+            .unwrap();
+        if out.status.success() || start.elapsed() > Duration::from_secs(20) {
+            break out;
+        }
+        assert!(
+            broker.try_wait().unwrap().is_none(),
+            "the broker stopped when its stdout closed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"role\":\"owner\""),
+        "{out:?}"
+    );
+    util::signal(&broker, "INT");
+    let st =
+        util::wait_timeout(&mut broker, Duration::from_secs(20)).expect("dev broker did not stop");
+    assert!(st.success());
+}

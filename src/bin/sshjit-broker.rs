@@ -1,6 +1,6 @@
 //! `sshjit-broker`: parses flags, sets up logging, and calls the library (init, serve, offline audit verify).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -338,7 +338,9 @@ async fn serve_dev(listen: Option<String>) -> anyhow::Result<ExitCode> {
         .unwrap_or(2022);
     let (env, opened) = dev::prepare(&home, &user, sshd_port, Timestamp::now())?;
     let addr = listener.local_addr()?;
-    println!("{}", dev::walkthrough(&env, addr)?);
+    // One write, and a closed stdout (a reader that went away) does not stop the broker.
+    let text = dev::walkthrough(&env, addr)?;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
     let code = serve(listener, opened).await;
     drop(env);
     code
