@@ -82,6 +82,7 @@ fn open(p: &Policy, id: u64, requester: &Member, found: &Found) -> sshjit::model
         approvers: 1,
         history: &History::default(),
         rules: &[],
+        written: None,
     };
     p.open(id, &asking, T0).unwrap()
 }
@@ -193,7 +194,13 @@ fn audit(c: &mut Criterion) {
         b.iter(|| {
             store
                 .apply(T0, "bench", |_tx| {
-                    Ok(((), vec![AuditEvent::MemberRemoved { name: "x".into() }]))
+                    Ok((
+                        (),
+                        vec![AuditEvent::MemberRemoved {
+                            name: "x".into(),
+                            role: None,
+                        }],
+                    ))
                 })
                 .unwrap()
         })

@@ -157,6 +157,7 @@ fn main() -> anyhow::Result<()> {
                     approvers: 1,
                     history: &History::default(),
                     rules: &[],
+                    written: None,
                 };
                 let mut r = policy.open(id, &asking, at)?;
                 events.push(AuditEvent::RequestCreated {

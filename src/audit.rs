@@ -32,6 +32,9 @@ pub enum AuditEvent {
     },
     MemberRemoved {
         name: String,
+        /// The role they held (absent in entries written before it was recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<Role>,
     },
     MemberRoleChanged {
         name: String,
@@ -172,6 +175,14 @@ pub enum AuditEvent {
     GrantEnded {
         id: u64,
         reason: String,
+    },
+    /// An owner or admin sent a test notification (`notify test`).
+    NotifyTest {},
+    /// Something fell due for a request (it expired undecided, escalated, its window is about
+    /// to end, its review is due or overdue): recorded once, with its notification.
+    Due {
+        id: u64,
+        what: crate::notify::Event,
     },
     CertificateIssued {
         id: u64,
@@ -500,7 +511,10 @@ mod tests {
             1,
             Timestamp::from_unix(0),
             "x",
-            &AuditEvent::MemberRemoved { name: "b".into() },
+            &AuditEvent::MemberRemoved {
+                name: "b".into(),
+                role: None,
+            },
             &GENESIS,
         )
         .unwrap();

@@ -131,6 +131,9 @@ pub enum Command {
     /// Manage auto-approval rules (owners; any owner or admin may list them).
     #[command(subcommand)]
     Rule(RuleOp),
+    /// See and try where notifications go (owners and admins).
+    #[command(subcommand)]
+    Notify(NotifyOp),
     /// Print what makes a host trust the broker (owners and admins).
     HostConfig {
         name: String,
@@ -329,6 +332,14 @@ pub struct RuleArgs {
     /// The time zone of --days and --hours, such as Europe/Berlin (default UTC).
     #[arg(long, value_name = "ZONE")]
     pub tz: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyOp {
+    /// Per endpoint: what waits, what was delivered or given up, and the last error.
+    Status,
+    /// Send a test notification to every endpoint.
+    Test,
 }
 
 #[derive(Debug, Subcommand)]

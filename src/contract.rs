@@ -340,6 +340,7 @@ mod tests {
                 text: "t".into(),
                 flags: vec![],
                 source: JustificationSource::Deterministic,
+                model: None,
             },
             created_at: t,
             pending_until: t.plus(3600),
@@ -403,4 +404,36 @@ mod tests {
             assert!(err.to_string().contains(field), "{field}: {err}");
         }
     }
+}
+
+/// One notification endpoint in `notify status`. The URL is never shown (it may carry a
+/// token): `name` is its host unless config.toml names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointView {
+    pub name: String,
+    pub format: String,
+    /// The member whose own endpoint it is, if it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<Name>,
+    /// Notifications not yet delivered: waiting for a retry, or not yet tried.
+    pub pending: u64,
+    pub delivered: u64,
+    /// Given up after a day of retries.
+    pub failed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivered_at: Option<Timestamp>,
+    /// Why nothing is sent any more (a 410 Gone), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<String>,
+}
+
+/// `notify test`: the test notification's place in the log and who will get it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyTestView {
+    pub seq: u64,
+    pub endpoints: Vec<String>,
 }

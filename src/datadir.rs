@@ -12,7 +12,9 @@ use crate::audit::AuditEvent;
 use crate::broker::Broker;
 use crate::ca::{self, Ca};
 use crate::error::{Error, Result};
+use crate::justify::llm::ModelConfig;
 use crate::model::{GrantRole, Host, IdentityId, Role, Timestamp};
+use crate::notify::{self, config::NotifyConfig};
 use crate::policy::Policy;
 use crate::store::{self, Store};
 
@@ -104,6 +106,12 @@ pub struct Config {
     pub policy: Policy,
     #[serde(default)]
     pub limits: Limits,
+    /// Where notifications go (`[[notify]]` tables).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<NotifyConfig>,
+    /// A model that writes justifications (`[justify]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub justify: Option<ModelConfig>,
 }
 
 impl Config {
@@ -112,6 +120,8 @@ impl Config {
             listen: listen.to_string(),
             policy: Policy::default(),
             limits: Limits::default(),
+            notify: Vec::new(),
+            justify: None,
         }
     }
 
@@ -125,6 +135,10 @@ impl Config {
         cfg.limits
             .validate()
             .map_err(|m| Error::Config(format!("{}: [limits] {m}", path.display())))?;
+        notify::config::load(&cfg.notify, path)?;
+        if let Some(j) = &cfg.justify {
+            j.load(path)?;
+        }
         Ok(cfg)
     }
 }
@@ -272,7 +286,15 @@ pub fn open(dir: &DataDir) -> Result<Opened> {
             dir.root.display()
         )));
     }
-    let broker = Broker::new(store, ca, config.policy.clone());
+    let endpoints = notify::config::load(&config.notify, &dir.config())?;
+    let model = config
+        .justify
+        .as_ref()
+        .map(|j| j.load(&dir.config()))
+        .transpose()?;
+    let broker = Broker::new(store, ca, config.policy.clone())
+        .with_notify(endpoints)?
+        .with_model(model);
     Ok(Opened {
         config,
         broker,

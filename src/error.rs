@@ -135,6 +135,9 @@ pub enum Error {
         "your membership or role changed while this command ran, so it was not applied; run 'whoami' and try again"
     )]
     MembershipChanged,
+    /// What a background change acted on changed first (a timer already gone); nothing to do.
+    #[error("it changed meanwhile; nothing was done")]
+    Stale,
     /// The request is not in a state that allows the action.
     #[error("{0}")]
     InvalidState(String),
@@ -232,7 +235,7 @@ impl Error {
             Error::BreakGlassNoReference => "invalid_argument",
             Error::ReviewOverdue { .. } => "invalid_state",
             Error::PermissionDenied(_) | Error::MembershipChanged => "permission_denied",
-            Error::InvalidState(_) => "invalid_state",
+            Error::InvalidState(_) | Error::Stale => "invalid_state",
             Error::GrantNotCurrent(_) => "grant_not_current",
             Error::InvalidKey(_) => "invalid_key",
             Error::Busy(_) | Error::RateLimited { .. } => "busy",

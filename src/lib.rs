@@ -34,6 +34,7 @@ pub mod dev;
 pub mod error;
 pub mod justify;
 pub mod model;
+pub mod notify;
 pub mod policy;
 pub mod rule;
 pub mod server;

@@ -635,6 +635,9 @@ pub struct Justification {
     pub text: String,
     pub flags: Vec<String>,
     pub source: JustificationSource,
+    /// The model that wrote the text, when `source` is `model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// A request for access, as stored.

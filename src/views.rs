@@ -7,7 +7,8 @@ use crate::contract::{
 };
 use crate::justify;
 use crate::model::{
-    Decision, Grant, Host, Member, Request, RequestState, Timestamp, format_duration,
+    Decision, Grant, Host, Member, Request, RequestState, Timestamp, escape_for_log,
+    format_duration,
 };
 use crate::rule::Rule;
 use crate::target::{Fleet, FleetCommand, Scope};
@@ -127,7 +128,14 @@ pub fn request_text(r: &Request, now: Timestamp) -> String {
     }
     s.push_str(&format!("  reason         {}\n", r.reason));
     s.push_str(&format!("  risk           {}\n", r.risk.explain()));
-    s.push_str(&format!("  justification  {}\n", r.justification.text));
+    match &r.justification.model {
+        Some(m) => s.push_str(&format!(
+            "  justification  {} (written by the model {})\n",
+            r.justification.text,
+            escape_for_log(m)
+        )),
+        None => s.push_str(&format!("  justification  {}\n", r.justification.text)),
+    }
     if !r.justification.flags.is_empty() {
         let flags: Vec<String> = r
             .justification

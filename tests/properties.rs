@@ -8,9 +8,12 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use russh::keys::ssh_key::Certificate;
 use serde_json::Value;
+use sshjit::audit::AuditEvent;
 use sshjit::broker::Broker;
 use sshjit::datadir::{self, DataDir};
-use sshjit::model::Timestamp;
+use sshjit::model::{Role, Timestamp};
+use sshjit::notify::Subject;
+use sshjit::notify::schedule::fire_due;
 
 const PEOPLE: [&str; 6] = ["olga", "adam", "ed", "alice", "vic", "bot"];
 const ROLES: [&str; 6] = ["owner", "admin", "editor", "viewer", "viewer", "editor"];
@@ -185,6 +188,9 @@ proptest! {
     #[test]
     fn random_histories_keep_every_rule(ops in prop::collection::vec(op(), 1..60)) {
         let (_tmp, broker) = setup();
+        // Every change leaves its notifications, as with an endpoint configured.
+        broker.store().set_outbox(true);
+        let outbox_from = broker.store().audit_len().unwrap();
         let mut now = Timestamp::from_unix(T0);
         let mut created = 0u64;
         let mut added = 2u32;
@@ -194,7 +200,11 @@ proptest! {
             // Ids pick among the requests made so far.
             let pick = |id: u64| if created == 0 { 1 } else { id % created + 1 };
             match op {
-                Op::Wait { secs } => now = now.plus(secs),
+                Op::Wait { secs } => {
+                    now = now.plus(secs);
+                    // What fell due meanwhile is recorded, as the scheduler does each second.
+                    fire_due(broker.store(), now).unwrap();
+                }
                 Op::AddWebHost => {
                     added += 1;
                     let line = format!("host add web-{added:02} --address 10.0.1.{added} --login viewer=ro --login editor=deploy --tag web");
@@ -379,6 +389,42 @@ proptest! {
         for w in used.windows(CAP + 1) {
             prop_assert!(w[CAP] - w[0] >= 3600, "{} uses of {CAPPED} within an hour: {used:?}", CAP + 1);
         }
+        // A notification exists for exactly the audit entries that notify (rule 19), and
+        // each thing fell due at most once.
+        let mut seen_due = std::collections::BTreeSet::new();
+        for line in json_lines(&broker, "audit export", now) {
+            let seq = line["seq"].as_u64().unwrap();
+            if seq <= outbox_from {
+                continue;
+            }
+            let event: AuditEvent = serde_json::from_value(line["event"].clone()).unwrap();
+            let notice = broker.store().notice(seq).unwrap();
+            let notifies = match sshjit::notify::event_of(&event) {
+                None => false,
+                Some((_, Subject::Member { role: Some(r), .. })) => r >= Role::Admin,
+                Some((_, Subject::Member { name, role: None })) => {
+                    broker.store().member(&name.parse().unwrap()).unwrap().is_some_and(|m| m.role >= Role::Admin)
+                }
+                Some(_) => true,
+            };
+            prop_assert_eq!(notice.is_some(), notifies, "entry {}: {:?}", seq, event);
+            if let Some(n) = notice {
+                prop_assert_eq!(&n.change, &event);
+            }
+            if let AuditEvent::Due { id, what } = event {
+                prop_assert!(seen_due.insert((id, what)), "{:?} fell due twice for {}", what, id);
+            }
+        }
         prop_assert!(broker.store().verify_audit().unwrap().ok);
     }
+}
+
+/// A command's JSON-lines answer (`audit export`).
+fn json_lines(broker: &Broker, line: &str, now: Timestamp) -> Vec<Value> {
+    let out = broker.run_line(&keys()["olga"].0, line.as_bytes(), b"", now);
+    assert_eq!(out.status, 0, "{out:?}");
+    out.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }

@@ -80,7 +80,7 @@ fn describe_event(e: &AuditEvent) -> String {
             format!("broker initialized, owner {owner}, CA {ca_fingerprint}")
         }
         AuditEvent::MemberAdded { name, role, .. } => format!("member {name} added as {role}"),
-        AuditEvent::MemberRemoved { name } => format!("member {name} removed"),
+        AuditEvent::MemberRemoved { name, .. } => format!("member {name} removed"),
         AuditEvent::MemberRoleChanged { name, from, to } => {
             format!("member {name} role changed from {from} to {to}")
         }
@@ -169,6 +169,13 @@ fn describe_event(e: &AuditEvent) -> String {
             None => format!("request {id} cancelled by {by}"),
         },
         AuditEvent::GrantEnded { id, reason } => format!("grant {id} ended: {reason}"),
+        AuditEvent::Due { id, what } => {
+            format!(
+                "request {id}: {} ({what})",
+                crate::notify::schedule::describe(*what)
+            )
+        }
+        AuditEvent::NotifyTest {} => "test notification sent".to_string(),
         AuditEvent::GrantStarted {
             id,
             start,

@@ -183,6 +183,7 @@ impl Broker {
                     let why = format!("member {name} was removed");
                     let mut events = vec![AuditEvent::MemberRemoved {
                         name: name.to_string(),
+                        role: Some(m.role),
                     }];
                     let mut ids: Vec<u64> = tx.open_of(m.id)?.iter().map(|e| e.id).collect();
                     if found.0 == m.id {

@@ -8,6 +8,7 @@ mod fleets;
 mod hosts;
 mod log;
 mod members;
+mod notify;
 mod request;
 mod rules;
 mod targets;
@@ -18,7 +19,7 @@ pub use wait::MAX_WAIT_SECS;
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -26,7 +27,10 @@ use crate::audit::AuditEvent;
 use crate::ca::Ca;
 use crate::commands::{Command, Invocation, Parsed};
 use crate::error::{Error, Result};
+use crate::justify::llm::{Model, Written};
 use crate::model::{IdentityId, Member, Timestamp};
+use crate::notify::config::Endpoint;
+use crate::notify::deliver::{ATTEMPT_TIMEOUT, Deliverer};
 use crate::policy::{Policy, RateLimit, require_manager};
 use crate::store::{Store, Ticket, Tx, TxResult};
 
@@ -35,6 +39,8 @@ pub struct Call {
     pub now: Timestamp,
     defer: bool,
     ticket: Cell<Option<Ticket>>,
+    /// A model's justification text for a `request`, written before the call.
+    written: Option<Written>,
 }
 
 impl Call {
@@ -43,6 +49,7 @@ impl Call {
             now,
             defer,
             ticket: Cell::new(None),
+            written: None,
         }
     }
 }
@@ -149,6 +156,10 @@ pub struct Broker {
     /// Per member and rate-limited command, when their bucket is full again (see
     /// [`RateLimit::take`]). In memory: a restart forgets it, which only ever allows more.
     rates: Mutex<HashMap<(IdentityId, &'static str), i64>>,
+    /// Where notifications go, when any endpoint is configured.
+    deliverer: Option<Arc<Deliverer>>,
+    /// The model that writes justifications, when one is configured.
+    model: Option<Model>,
 }
 
 impl Broker {
@@ -158,7 +169,36 @@ impl Broker {
             ca,
             policy,
             rates: Mutex::new(HashMap::new()),
+            deliverer: None,
+            model: None,
         }
+    }
+
+    /// Asks `model` (if any) to write each request's justification.
+    pub fn with_model(mut self, model: Option<Model>) -> Self {
+        self.model = model;
+        self
+    }
+
+    /// The model that writes justifications, if one is configured.
+    pub fn model(&self) -> Option<&Model> {
+        self.model.as_ref()
+    }
+
+    /// Sends notifications to `endpoints` (none: changes write no notifications).
+    pub fn with_notify(mut self, endpoints: Vec<Endpoint>) -> Result<Self> {
+        if endpoints.is_empty() {
+            return Ok(self);
+        }
+        let d = Deliverer::new(endpoints, &self.store, ATTEMPT_TIMEOUT)?;
+        self.store.set_outbox(true);
+        self.deliverer = Some(Arc::new(d));
+        Ok(self)
+    }
+
+    /// The delivery worker's view of the endpoints, if any are configured.
+    pub fn deliverer(&self) -> Option<&Deliverer> {
+        self.deliverer.as_deref()
     }
 
     pub fn store(&self) -> &Store {
@@ -204,7 +244,20 @@ impl Broker {
         stdin: &[u8],
         now: Timestamp,
     ) -> (Output, Option<Ticket>) {
-        let cx = Call::new(now, true);
+        self.execute_written(fingerprint, inv, stdin, now, None)
+    }
+
+    /// [`Broker::execute_deferred`] with a model's justification text for a `request`.
+    pub fn execute_written(
+        &self,
+        fingerprint: &str,
+        inv: &Invocation,
+        stdin: &[u8],
+        now: Timestamp,
+        written: Option<Written>,
+    ) -> (Output, Option<Ticket>) {
+        let mut cx = Call::new(now, true);
+        cx.written = written;
         let out = self.run(fingerprint, inv, stdin, &cx);
         (out, cx.ticket.get())
     }
@@ -285,6 +338,19 @@ impl Broker {
         out
     }
 
+    /// Whether `actor` could run the rate-limited `command` at `now`, without taking a use.
+    fn rate_allows(
+        &self,
+        actor: &Member,
+        command: &'static str,
+        rate: RateLimit,
+        now: Timestamp,
+    ) -> bool {
+        let rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tat = rates.get(&(actor.id, command)).copied().unwrap_or(0);
+        rate.take(command, &mut tat, now).is_ok()
+    }
+
     fn dispatch(&self, actor: &Member, inv: &Invocation, stdin: &[u8], cx: &Call) -> Result<Reply> {
         match &inv.command {
             Command::Whoami => self.whoami(actor),
@@ -310,6 +376,7 @@ impl Broker {
                 self.review(actor, *id, verdict, comment, cx)
             }
             Command::Rule(op) => self.rule(actor, op, cx),
+            Command::Notify(op) => self.notify(actor, op, cx),
             Command::Approve { id, comment } => self.approve(actor, *id, comment.as_deref(), cx),
             Command::Deny { id, reason } => self.deny(actor, *id, reason, cx),
             Command::Cert { id, key } => {

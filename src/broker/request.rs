@@ -7,6 +7,7 @@ use super::{Broker, Call, Reply, require_manager};
 use crate::audit::AuditEvent;
 use crate::commands::RequestArgs;
 use crate::error::{Error, Result};
+use crate::justify::llm::Prompt;
 use crate::model::{GrantRole, Member, Name, Timestamp, format_duration, parse_duration};
 use crate::policy::{self, Ask, Asking, DENIALS_WINDOW_SECS, History};
 use crate::verdict::ReviewVerdict;
@@ -58,6 +59,7 @@ impl Broker {
                     approvers: approvers.len(),
                     history: &history,
                     rules: &rules,
+                    written: cx.written.as_ref(),
                 };
                 let req = self.policy.open(id, &asking, now)?;
                 tx.put_request(&req)?;
@@ -139,6 +141,44 @@ impl Broker {
     }
 
     /// Owners and admins other than `requester`: who can approve their requests.
+    /// What a model is told about a `request` by the key `fingerprint`, read before the
+    /// request runs (and outside any transaction): None when there is no model, the request
+    /// would be refused anyway (unknown key or target, rate limit), or nothing can be said.
+    pub fn model_prompt(
+        &self,
+        fingerprint: &str,
+        a: &RequestArgs,
+        now: Timestamp,
+    ) -> Option<Prompt> {
+        self.model.as_ref()?;
+        let actor = self.member_for_key(fingerprint).ok()??;
+        if !self.rate_allows(&actor, "request", self.policy.request_rate, now) {
+            return None;
+        }
+        let name: Name = a.target.parse().ok()?;
+        let role = a
+            .role
+            .as_deref()
+            .map(str::parse::<GrantRole>)
+            .transpose()
+            .ok()?;
+        let ask = Ask {
+            role,
+            duration_secs: parse_duration(&a.duration).ok()?,
+            reason: &a.reason,
+            start: None,
+            break_glass: a.break_glass,
+        };
+        let found = find(&self.store, &name, &self.hosts_for(&name).ok()?).ok()??;
+        let preview = policy::resolve(&found, role, actor.role).ok()?;
+        let j = crate::justify::deterministic(&actor, &found, &preview, &ask);
+        Some(Prompt {
+            facts: j.text,
+            flags: j.flags,
+            reason: a.reason.trim().to_string(),
+        })
+    }
+
     fn approvers_other_than(&self, requester: &Member) -> Result<Vec<Member>> {
         Ok(self
             .store

@@ -24,9 +24,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::justify;
+use crate::justify::llm::Written;
 use crate::model::{
-    Decision, Grant, GrantRole, Member, OpenEntry, Request, Role, Timestamp, format_duration,
-    is_hidden_char,
+    Decision, Grant, GrantRole, JustificationSource, Member, OpenEntry, Request, Role, Timestamp,
+    format_duration, is_hidden_char,
 };
 use crate::rule::Rule;
 use crate::target::Found;
@@ -172,6 +173,8 @@ pub struct Asking<'a> {
     pub history: &'a History,
     /// The auto-approval rules, by name.
     pub rules: &'a [Rule],
+    /// A model's text for the justification, if one wrote it (the flags stay the broker's).
+    pub written: Option<&'a Written>,
 }
 
 /// What one approval did.
@@ -288,7 +291,12 @@ impl Policy {
             self.check_break_glass(a)?;
         }
         let preview = resolve(found, ask.role, requester.role)?;
-        let justification = justify::deterministic(requester, found, &preview, ask);
+        let mut justification = justify::deterministic(requester, found, &preview, ask);
+        if let Some(w) = a.written {
+            justification.text = w.text.clone();
+            justification.source = JustificationSource::Model;
+            justification.model = Some(w.model.clone());
+        }
         let risk = risk::score(
             &preview,
             ask.duration_secs,

@@ -59,6 +59,7 @@ fn open_with(
         approvers,
         history: &History::default(),
         rules: &[],
+        written: None,
     };
     p.open(id, &asking, now)
 }
@@ -617,6 +618,7 @@ fn break_glass_needs_a_person_a_reference_a_short_window_and_no_overdue_review()
                 approvers: 0,
                 history,
                 rules: &[],
+                written: None,
             };
             p.open(1, &asking, T0)
         };
@@ -686,6 +688,7 @@ fn a_review_is_once_by_another_approver_and_marks_lateness() {
         approvers: 1,
         history: &History::default(),
         rules: &[],
+        written: None,
     };
     let mut r = p.open(1, &asking, T0).unwrap();
     let adam = member("adam", Role::Admin);

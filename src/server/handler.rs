@@ -15,7 +15,7 @@ use super::admission::{Seat, Startup};
 use super::{Shared, Signals, send_output};
 use crate::broker::{Output, wants_json};
 use crate::ca;
-use crate::commands::{Invocation, Parsed, parse_line};
+use crate::commands::{Command, Invocation, Parsed, parse_line};
 use crate::error::Error;
 use crate::model::{Timestamp, printable};
 
@@ -115,7 +115,19 @@ impl Conn {
             } else {
                 // Everything else is microseconds of work: run it here, then wait for the
                 // group flush without holding a thread. Nothing is sent before it is durable.
-                let (out, ticket) = broker.execute_deferred(&fp, &inv, &stdin, Timestamp::now());
+                // A `request` may first ask a model for its justification's text (bounded by
+                // the model's timeout, outside any transaction).
+                let written = match (&inv.command, broker.model()) {
+                    (Command::Request(a), Some(model)) => {
+                        match broker.model_prompt(&fp, a, Timestamp::now()) {
+                            Some(prompt) => model.write(prompt).await,
+                            None => None,
+                        }
+                    }
+                    _ => None,
+                };
+                let (out, ticket) =
+                    broker.execute_written(&fp, &inv, &stdin, Timestamp::now(), written);
                 match ticket {
                     Some(t) => match broker.store().wait_durable(t).await {
                         Ok(()) => out,

@@ -1,6 +1,8 @@
 //! Test helpers: a real broker process on 127.0.0.1:0, stock OpenSSH clients, and a real sshd.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -163,6 +165,15 @@ impl Broker {
 
     /// Like `start_new`, with settings in config.toml changed: `("login_grace_secs", "1")`.
     pub fn start_with_config(settings: &[(&str, &str)]) -> Broker {
+        Self::start_with_tables(settings, |_| String::new())
+    }
+
+    /// Like `start_with_config`, with tables appended to config.toml (`[[notify]]`,
+    /// `[justify]`), written by `tables` given the temp dir (for secret files).
+    pub fn start_with_tables(
+        settings: &[(&str, &str)],
+        tables: impl FnOnce(&Path) -> String,
+    ) -> Broker {
         let tmp = tempfile::tempdir().unwrap();
         let owner = keygen(tmp.path(), "olga");
         let data = tmp.path().join("data");
@@ -189,6 +200,7 @@ impl Broker {
             let end = start + text[start..].find('\n').unwrap();
             text.replace_range(start..end, &format!("{key} = {value}"));
         }
+        text.push_str(&tables(tmp.path()));
         std::fs::write(&cfg, text).unwrap();
         let mut b = Broker {
             tmp,
@@ -226,6 +238,15 @@ impl Broker {
             .unwrap_or_else(|| panic!("broker did not start: {line:?}; log: {}", self.log()));
         self.addr = addr.parse().unwrap();
         self.child = Some(child);
+    }
+
+    /// Writes a 0600 secret file under the temp dir and returns its path.
+    pub fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
     }
 
     pub fn log(&self) -> String {
@@ -477,6 +498,15 @@ impl Sshd {
             std::thread::sleep(Duration::from_millis(20));
         }
         Sshd { child, port, log }
+    }
+
+    /// Writes a 0600 secret file under the temp dir and returns its path.
+    pub fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
     }
 
     pub fn log(&self) -> String {

@@ -1,4 +1,7 @@
 //! The deterministic justification: restates a request's scope and flags a reason too thin for it.
+//! A model may write the text instead ([`llm`]); the flags are always these.
+
+pub mod llm;
 
 use crate::model::{GrantRole, Justification, JustificationSource, Member, format_duration};
 use crate::policy::{Ask, Resolved};
@@ -129,6 +132,7 @@ pub fn deterministic(
         text,
         flags,
         source: JustificationSource::Deterministic,
+        model: None,
     }
 }
 

@@ -1,0 +1,236 @@
+//! Group commit (one flush serves every change committed before it) and the watches that
+//! wake `wait` when a request changes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+
+use crate::error::{Error, Result};
+
+/// A committed change's place in the flush order; durable once the flusher has passed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// Group commit. Committed changes take a ticket; one flusher thread flushes whatever has
+/// committed since its last flush, so one flush serves every change that came before it.
+pub(super) struct GroupFlush {
+    shared: Arc<FlushShared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct FlushShared {
+    state: Mutex<FlushState>,
+    /// Wakes the flusher (work to do) and blocking waiters (a flush finished).
+    signal: Condvar,
+    /// Tells async waiters that `flushed` moved.
+    flushed_tx: tokio::sync::watch::Sender<u64>,
+    /// The newest outbox entry that is durable: what the delivery worker may send. A change
+    /// that is lost in a crash must never have been announced.
+    notices_tx: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct FlushState {
+    registered: u64,
+    /// The newest outbox entry committed, and the newest one a flush has covered.
+    notice_high: u64,
+    notice_durable: u64,
+    flushed: u64,
+    failed: Option<String>,
+    stop: bool,
+}
+
+impl GroupFlush {
+    /// Starts the flusher; `notices_on_disk` is the newest outbox entry already stored.
+    pub(super) fn start(db: sled::Db, notices_on_disk: u64) -> Result<GroupFlush> {
+        let shared = Arc::new(FlushShared {
+            state: Mutex::new(FlushState {
+                notice_high: notices_on_disk,
+                notice_durable: notices_on_disk,
+                ..FlushState::default()
+            }),
+            signal: Condvar::new(),
+            flushed_tx: tokio::sync::watch::channel(0).0,
+            notices_tx: tokio::sync::watch::channel(notices_on_disk).0,
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("sshjit-flush".into())
+            .spawn(move || flusher(&s, &db))
+            .map_err(Error::io("cannot start the flush thread"))?;
+        Ok(GroupFlush {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Follows the newest durable outbox entry.
+    pub(super) fn durable_notices(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.notices_tx.subscribe()
+    }
+
+    pub(super) fn latest(&self) -> Ticket {
+        Ticket(self.shared.lock().registered)
+    }
+
+    /// A ticket for a change that just committed, which wrote outbox entries up to `notice`.
+    pub(super) fn register(&self, notice: Option<u64>) -> Ticket {
+        let mut st = self.shared.lock();
+        st.registered += 1;
+        if let Some(n) = notice {
+            st.notice_high = st.notice_high.max(n);
+        }
+        self.shared.signal.notify_all();
+        Ticket(st.registered)
+    }
+
+    pub(super) fn wait_blocking(&self, t: Ticket) -> Result<()> {
+        let mut st = self.shared.lock();
+        loop {
+            if st.flushed >= t.0 {
+                return Ok(());
+            }
+            if let Some(e) = &st.failed {
+                return Err(Error::Storage(format!("flush failed: {e}")));
+            }
+            st = self
+                .shared
+                .signal
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    pub(super) async fn wait(&self, t: Ticket) -> Result<()> {
+        let mut rx = self.shared.flushed_tx.subscribe();
+        loop {
+            {
+                let st = self.shared.lock();
+                if st.flushed >= t.0 {
+                    return Ok(());
+                }
+                if let Some(e) = &st.failed {
+                    return Err(Error::Storage(format!("flush failed: {e}")));
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::Storage("the flush thread stopped".into()));
+            }
+        }
+    }
+}
+
+impl FlushShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FlushState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How long the flusher lets commits gather before it flushes, unless enough are waiting.
+/// A flush costs about a millisecond of I/O here; sharing it is what makes durable writes cheap.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+/// A gap this long with no new commit ends the gathering.
+const QUIET: std::time::Duration = std::time::Duration::from_micros(300);
+/// Flush at once when this many commits are waiting.
+const GATHER_MAX: u64 = 16;
+
+fn flusher(s: &FlushShared, db: &sled::Db) {
+    loop {
+        let covers = {
+            let mut st = s.lock();
+            while st.registered == st.flushed && !st.stop {
+                st = s.signal.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.registered == st.flushed {
+                return;
+            }
+            // Keep gathering while commits keep coming (up to GATHER); a lone commit waits
+            // at most one short quiet period.
+            let deadline = std::time::Instant::now() + GATHER;
+            loop {
+                let seen = st.registered;
+                if seen - st.flushed >= GATHER_MAX || st.stop {
+                    break;
+                }
+                let left = deadline
+                    .saturating_duration_since(std::time::Instant::now())
+                    .min(QUIET);
+                if left.is_zero() {
+                    break;
+                }
+                st = s
+                    .signal
+                    .wait_timeout(st, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+                if st.registered == seen {
+                    break;
+                }
+            }
+            (st.registered, st.notice_high)
+        };
+        let (covers, notices) = covers;
+        let result = db.flush();
+        let mut st = s.lock();
+        match result {
+            Ok(_) => {
+                st.flushed = covers;
+                st.notice_durable = notices;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "flush failed; changes are not acknowledged");
+                st.failed = Some(e.to_string());
+            }
+        }
+        let (flushed, notices) = (st.flushed, st.notice_durable);
+        drop(st);
+        s.signal.notify_all();
+        s.flushed_tx.send_replace(flushed);
+        s.notices_tx
+            .send_if_modified(|n| std::mem::replace(n, notices) != notices);
+    }
+}
+
+impl Drop for GroupFlush {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.signal.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Who waits for which request to change (`wait`), woken when a change to it commits.
+#[derive(Default)]
+pub(super) struct RequestWatch {
+    waiters: Mutex<HashMap<u64, Arc<tokio::sync::Notify>>>,
+}
+
+impl RequestWatch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<tokio::sync::Notify>>> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn subscribe(&self, id: u64) -> Arc<tokio::sync::Notify> {
+        self.lock().entry(id).or_default().clone()
+    }
+
+    pub(super) fn forget(&self, id: u64) {
+        let mut map = self.lock();
+        if map.get(&id).is_some_and(|n| Arc::strong_count(n) == 1) {
+            map.remove(&id);
+        }
+    }
+
+    pub(super) fn wake(&self, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        let map = self.lock();
+        for id in ids {
+            if let Some(n) = map.get(id) {
+                n.notify_waiters();
+            }
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! The only module that touches sled: typed records, indexes, and one transaction per change.
+//!
+//! Architecture invariant: every state change goes through [`Store::apply`], whose closure
+//! must return at least one audit event; the change and its audit entries commit in one sled
+//! transaction, and the database is flushed before the caller hears of success (with group
+//! commit: concurrent changes share one flush).
+
+mod flush;
+mod outbox;
+mod tables;
+mod tx;
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{Transactional, Tree};
+
+use crate::audit::{self, AuditEvent, GENESIS, VerifyReport};
+use crate::error::{Error, Result};
+use crate::model::{
+    Decision, Host, IdentityId, Member, Name, OpenEntry, Request, RequestState, Timestamp,
+};
+use crate::rule::Rule;
+use crate::target::{Target, TargetKind};
+pub use flush::Ticket;
+use flush::{GroupFlush, RequestWatch};
+use tables::{Tables, TxTables};
+
+/// A result inside a transaction: aborts carry our error, conflicts are retried by sled.
+pub type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
+
+impl From<Error> for ConflictableTransactionError<Error> {
+    fn from(e: Error) -> Self {
+        ConflictableTransactionError::Abort(e)
+    }
+}
+
+/// A certificate the broker issued, kept for status and forensics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    pub serial: u64,
+    pub request_id: u64,
+    pub member: Name,
+    pub key_id: String,
+    pub principals: Vec<String>,
+    pub valid_after: Timestamp,
+    pub valid_before: Timestamp,
+    pub key_fingerprint: String,
+    pub issued_at: Timestamp,
+    /// The forced command, for a fleet command's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_command: Option<String>,
+}
+
+const HEAD: &[u8] = b"audit_head";
+/// sled's page cache size.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+const NEXT_REQUEST: &[u8] = b"last_request_id";
+const OWNERS: &[u8] = b"owner_count";
+const NEXT_IDENTITY: &[u8] = b"last_identity_id";
+
+/// The broker's database.
+pub struct Store {
+    db: sled::Db,
+    flusher: GroupFlush,
+    watch: RequestWatch,
+    /// Whether changes write notifications (see [`Store::set_outbox`]).
+    outbox_on: std::sync::atomic::AtomicBool,
+    t: Tables,
+}
+
+/// A view of every tree inside one transaction, at the change's time.
+pub struct Tx<'a> {
+    now: Timestamp,
+    /// Requests this change writes, so their waiters can be woken once it commits.
+    touched: &'a RefCell<Vec<u64>>,
+    outbox_on: bool,
+    t: TxTables<'a>,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let config = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            // sled's page cache defaults to 1 GiB; the broker's working set is far smaller.
+            .cache_capacity(CACHE_BYTES);
+        // sled releases its file lock when its last background thread lets go, a moment after
+        // the previous handle in this process is dropped: give that moment before refusing.
+        let mut tries = 0;
+        let db = loop {
+            match config.open().map_err(|e| open_error(dir, e)) {
+                Err(Error::DatabaseInUse(_)) if tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
+        Ok(Store {
+            flusher: GroupFlush::start(db.clone(), last_key(&db.open_tree("outbox")?)?)?,
+            t: Tables::open(&db)?,
+            watch: RequestWatch::default(),
+            outbox_on: std::sync::atomic::AtomicBool::new(false),
+            db,
+        })
+    }
+
+    /// Applies one state change and its audit events atomically, and returns once it is flushed.
+    pub fn apply<T>(
+        &self,
+        now: Timestamp,
+        actor: &str,
+        change: impl Fn(&Tx<'_>) -> TxResult<(T, Vec<AuditEvent>)>,
+    ) -> Result<T> {
+        let (out, ticket) = self.commit(now, actor, change)?;
+        self.flusher.wait_blocking(ticket)?;
+        Ok(out)
+    }
+
+    /// Waits until the change with `ticket` is flushed. Nobody may hear of a change before.
+    pub async fn wait_durable(&self, ticket: Ticket) -> Result<()> {
+        self.flusher.wait(ticket).await
+    }
+
+    /// Commits one state change and its audit events atomically, without waiting for the
+    /// flush: the caller must [`Store::wait_durable`] before acknowledging it.
+    pub fn commit<T>(
+        &self,
+        now: Timestamp,
+        actor: &str,
+        change: impl Fn(&Tx<'_>) -> TxResult<(T, Vec<AuditEvent>)>,
+    ) -> Result<(T, Ticket)> {
+        let trees = self.t.all();
+        let outbox_on = self.outbox_on.load(std::sync::atomic::Ordering::Relaxed);
+        let touched = RefCell::new(Vec::new());
+        let out = trees.as_slice().transaction(|views| {
+            touched.borrow_mut().clear();
+            let tx = Tx {
+                now,
+                touched: &touched,
+                outbox_on,
+                t: TxTables::new(views)
+                    .ok_or_else(|| Error::Internal("a transaction is missing a table".into()))?,
+            };
+            let (out, events) = change(&tx)?;
+            if events.is_empty() {
+                return Err(Error::Internal("a state change carried no audit event".into()).into());
+            }
+            let mut notice = None;
+            for event in &events {
+                let seq = tx.append_audit(now, actor, event)?;
+                if tx.record_notice(seq, actor, event)? {
+                    notice = Some(seq);
+                }
+            }
+            Ok((out, notice))
+        });
+        match out {
+            Ok((v, notice)) => {
+                let ticket = self.flusher.register(notice);
+                self.watch.wake(&touched.borrow());
+                Ok((v, ticket))
+            }
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    /// A handle that is woken whenever a change to request `id` commits. Create the
+    /// `notified()` future (and `enable` it) before reading the request, so no change is missed;
+    /// what it wakes for may not be flushed yet: [`Store::wait_durable`] the
+    /// [`Store::latest_ticket`] before telling anyone.
+    pub fn watch_request(&self, id: u64) -> Arc<tokio::sync::Notify> {
+        self.watch.subscribe(id)
+    }
+
+    /// Forgets request `id`'s watch once nobody holds it.
+    pub fn unwatch_request(&self, id: u64) {
+        self.watch.forget(id);
+    }
+
+    /// The ticket of the latest committed change: once it is durable, so is everything before.
+    pub fn latest_ticket(&self) -> Ticket {
+        self.flusher.latest()
+    }
+
+    /// Whether `init` has run on this database.
+    pub fn is_initialized(&self) -> Result<bool> {
+        Ok(self.t.meta.contains_key(HEAD)?)
+    }
+
+    pub fn member(&self, name: &Name) -> Result<Option<Member>> {
+        get_json(&self.t.members, name.as_str().as_bytes())
+    }
+
+    /// The member who owns the identity key with this SHA-256 fingerprint.
+    pub fn member_by_key(&self, fingerprint: &str) -> Result<Option<Member>> {
+        match self.t.keys.get(fingerprint.as_bytes())? {
+            Some(name) => get_json(&self.t.members, &name),
+            None => Ok(None),
+        }
+    }
+
+    pub fn members(&self) -> Result<Vec<Member>> {
+        scan_json(&self.t.members)
+    }
+
+    pub fn host(&self, name: &Name) -> Result<Option<Host>> {
+        get_json(&self.t.hosts, name.as_str().as_bytes())
+    }
+
+    pub fn hosts(&self) -> Result<Vec<Host>> {
+        scan_json(&self.t.hosts)
+    }
+
+    /// The fleet or command with this name (hosts are [`Store::host`]).
+    pub fn target(&self, name: &Name) -> Result<Option<Target>> {
+        get_json(&self.t.targets, name.as_str().as_bytes())
+    }
+
+    /// Every fleet and command, by name.
+    pub fn targets(&self) -> Result<Vec<Target>> {
+        scan_json(&self.t.targets)
+    }
+
+    /// Every auto-approval rule, by name.
+    pub fn rules(&self) -> Result<Vec<Rule>> {
+        scan_json(&self.t.rules)
+    }
+
+    pub fn rule(&self, name: &Name) -> Result<Option<Rule>> {
+        get_json(&self.t.rules, name.as_str().as_bytes())
+    }
+
+    /// Break-glass grants waiting for review, soonest due first, at most `limit`.
+    pub fn reviews_waiting(&self, limit: usize) -> Result<Vec<Request>> {
+        let mut out = Vec::new();
+        for kv in self.t.reviews.iter().take(limit) {
+            let (k, _) = kv?;
+            if let Some(r) = self.request(u64_at(&k, 8)?)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The break-glass grants of `identity` waiting for review: (request id, overdue at `now`).
+    pub fn reviews_of(&self, identity: IdentityId, now: Timestamp) -> Result<Vec<(u64, bool)>> {
+        let mut out = Vec::new();
+        for kv in self.t.reviews.iter() {
+            let (k, v) = kv?;
+            if u64_at(&v, 0)? == identity.0 {
+                out.push((u64_at(&k, 8)?, u64_at(&k, 0)? as i64 <= now.unix()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// What kind of target carries `name`, if any (hosts, fleets and commands share names).
+    pub fn kind_of(&self, name: &Name) -> Result<Option<TargetKind>> {
+        if self.t.hosts.contains_key(name.as_str().as_bytes())? {
+            return Ok(Some(TargetKind::Host));
+        }
+        Ok(self.target(name)?.map(|t| t.kind()))
+    }
+
+    pub fn request(&self, id: u64) -> Result<Option<Request>> {
+        get_json(&self.t.requests, &id.to_be_bytes())
+    }
+
+    /// The newest `limit` requests in `state` at `now`, oldest first.
+    ///
+    /// Pending ones come from the deadline index (only undecided, unexpired requests are at
+    /// or after `now` in it), so that answer never scans decided history.
+    pub fn requests_in(
+        &self,
+        state: Option<RequestState>,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Request>> {
+        let mut out = Vec::new();
+        if state == Some(RequestState::Pending) {
+            for kv in self.t.pending.range(pending_key(now, 0).to_vec()..).rev() {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, _) = kv?;
+                if let Some(r) = self.request(u64_at(&k, 8)?)? {
+                    out.push(r);
+                }
+            }
+            out.sort_by_key(|r| r.id);
+            return Ok(out);
+        }
+        for v in self.t.requests.iter().values().rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let r: Request = serde_json::from_slice(&v?)?;
+            if state.is_none_or(|s| r.state_at(now) == s) {
+                out.push(r);
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// One member identity's newest `limit` requests, oldest first.
+    pub fn requests_of(&self, member: IdentityId, limit: usize) -> Result<Vec<Request>> {
+        let mut out = Vec::new();
+        for kv in self
+            .t
+            .by_member
+            .scan_prefix(member.0.to_be_bytes())
+            .rev()
+            .take(limit)
+        {
+            let (k, _) = kv?;
+            let id = u64_at(&k, k.len() - 8)?;
+            if let Some(r) = self.request(id)? {
+                out.push(r);
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// How many of `member`'s newest `scan` requests were denied at or after `since`, read
+    /// from the index alone.
+    pub fn denials_of(&self, member: IdentityId, since: Timestamp, scan: usize) -> Result<u32> {
+        let mut n = 0;
+        for kv in self
+            .t
+            .by_member
+            .scan_prefix(member.0.to_be_bytes())
+            .rev()
+            .take(scan)
+        {
+            let (_, v) = kv?;
+            if v.len() == 8 && u64_at(&v, 0)? as i64 >= since.unix() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Requests of `identity` (as requester or as host) that are open at `now`: pending, or
+    /// granted with a window not over and not ended. Read outside any transaction, for a
+    /// removal to close them (it checks each again inside its own).
+    pub fn open_requests_of(&self, identity: IdentityId, now: Timestamp) -> Result<Vec<u64>> {
+        let mine = |r: &Request| r.requester_id == identity || r.resource_id == identity;
+        let mut ids = Vec::new();
+        for kv in self.t.pending.range(pending_key(now, 0).to_vec()..) {
+            let (k, _) = kv?;
+            let id = u64_at(&k, 8)?;
+            if self.request(id)?.is_some_and(|r| mine(&r)) {
+                ids.push(id);
+            }
+        }
+        for kv in self.t.grants.scan_prefix(identity.0.to_be_bytes()) {
+            let (k, _) = kv?;
+            let id = u64_at(&k, 8)?;
+            let open = self.request(id)?.is_some_and(|r| {
+                r.grant()
+                    .is_some_and(|g| g.ended.is_none() && now < g.end && mine(&r))
+            });
+            if open {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Certificates issued for a request.
+    pub fn certs_of(&self, request_id: u64) -> Result<Vec<CertRecord>> {
+        self.t
+            .certs
+            .scan_prefix(request_id.to_be_bytes())
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
+    }
+
+    /// Raw audit entries from `from_seq` on, in order.
+    pub fn audit_raw(&self, from_seq: u64) -> impl Iterator<Item = Result<Vec<u8>>> + '_ {
+        self.t
+            .audit
+            .range(from_seq.to_be_bytes()..)
+            .map(|kv| kv.map(|(_, v)| v.to_vec()).map_err(Error::from))
+    }
+
+    /// The number of audit entries.
+    pub fn audit_len(&self) -> Result<u64> {
+        Ok(self.head()?.0)
+    }
+
+    /// Recomputes the whole chain and checks it ends at the recorded head.
+    pub fn verify_audit(&self) -> Result<VerifyReport> {
+        let mut v = audit::Verifier::default();
+        for raw in self.audit_raw(0) {
+            v.push(&raw?);
+        }
+        let (seq, hash) = self.head()?;
+        v.expect_head(seq, &hash);
+        Ok(v.finish())
+    }
+
+    fn head(&self) -> Result<(u64, [u8; 32])> {
+        decode_head(self.t.meta.get(HEAD)?.as_deref())
+    }
+
+    /// Flushes everything to the OS.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Test and tooling access to raw trees (for tamper tests).
+    #[doc(hidden)]
+    pub fn danger_audit_tree(&self) -> &Tree {
+        &self.t.audit
+    }
+}
+
+/// Reading hosts and targets by name, the same way from the store and inside a transaction,
+/// so finding a target is written once. A transaction's errors keep sled's conflicts (which
+/// it retries) apart from ours.
+pub trait Lookup {
+    type Err: From<Error>;
+    fn host(&self, name: &Name) -> std::result::Result<Option<Host>, Self::Err>;
+    fn target(&self, name: &Name) -> std::result::Result<Option<Target>, Self::Err>;
+}
+
+impl Lookup for Store {
+    type Err = Error;
+    fn host(&self, name: &Name) -> Result<Option<Host>> {
+        Store::host(self, name)
+    }
+    fn target(&self, name: &Name) -> Result<Option<Target>> {
+        Store::target(self, name)
+    }
+}
+
+impl Lookup for Tx<'_> {
+    type Err = ConflictableTransactionError<Error>;
+    fn host(&self, name: &Name) -> TxResult<Option<Host>> {
+        Tx::host(self, name)
+    }
+    fn target(&self, name: &Name) -> TxResult<Option<Target>> {
+        Tx::target(self, name)
+    }
+}
+
+fn open_error(dir: &Path, e: sled::Error) -> Error {
+    let text = e.to_string();
+    if text.contains("WouldBlock") || text.contains("could not acquire lock") {
+        Error::DatabaseInUse(dir.to_path_buf())
+    } else {
+        Error::Storage(format!(
+            "cannot open the database in {}: {text}",
+            dir.display()
+        ))
+    }
+}
+
+/// The newest key of a tree keyed by big-endian u64 (0 if empty).
+fn last_key(tree: &Tree) -> Result<u64> {
+    match tree.last()? {
+        Some((k, _)) => u64_at(&k, 0),
+        None => Ok(0),
+    }
+}
+
+fn decode_head(v: Option<&[u8]>) -> Result<(u64, [u8; 32])> {
+    match v {
+        None => Ok((0, GENESIS)),
+        Some(v) if v.len() == 40 => {
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&v[8..]);
+            Ok((u64_at(v, 0)?, hash))
+        }
+        Some(_) => Err(Error::Internal("the audit head record is corrupt".into())),
+    }
+}
+
+fn pending_key(until: Timestamp, id: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&(until.unix().max(0) as u64).to_be_bytes());
+    k[8..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Result<u64> {
+    bytes
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| Error::Internal("a stored key or counter is corrupt".into()))
+}
+
+fn get_json<T: DeserializeOwned>(tree: &Tree, key: &[u8]) -> Result<Option<T>> {
+    match tree.get(key)? {
+        Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+        None => Ok(None),
+    }
+}
+
+fn scan_json<T: DeserializeOwned>(tree: &Tree) -> Result<Vec<T>> {
+    tree.iter()
+        .values()
+        .map(|v| Ok(serde_json::from_slice(&v?)?))
+        .collect()
+}
+
+fn tx_get<T: DeserializeOwned>(tree: &TransactionalTree, key: &[u8]) -> TxResult<Option<T>> {
+    match tree.get(key)? {
+        Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(Error::from)?)),
+        None => Ok(None),
+    }
+}
+
+fn tx_put<T: Serialize>(tree: &TransactionalTree, key: &[u8], value: &T) -> TxResult<()> {
+    let bytes = serde_json::to_vec(value).map_err(Error::from)?;
+    tree.insert(key, bytes)?;
+    Ok(())
+}
+
+/// The database directory inside a data dir.
+pub fn db_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("db")
+}
