@@ -17,8 +17,8 @@ use sshjit::datadir::{self, DataDir};
 use sshjit::model::Timestamp;
 use sshjit::notify::deliver::EndpointRecord;
 use sshjit::notify::schedule::fire_due;
+use util::Broker;
 use util::http::{Received, Receiver, Reply};
-use util::{Broker, Identity};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const WAIT: Duration = Duration::from_secs(20);
@@ -356,6 +356,25 @@ fn run(b: &InProcess, fp: &str, line: &str, now: Timestamp) -> Value {
     serde_json::from_str(&out.stdout).unwrap()
 }
 
+/// Adds the editor alice and the host web-01 (with `options`); returns alice's fingerprint.
+fn alice_and_web(b: &InProcess, owner: &str, options: &str) -> String {
+    let alice = sshjit::ca::generate_key("alice").unwrap();
+    let public = alice.public_key().to_openssh().unwrap();
+    run(
+        b,
+        owner,
+        &format!("member add alice --role editor --key '{public}'"),
+        T0,
+    );
+    run(
+        b,
+        owner,
+        &format!("host add web-01 --address 10.0.0.1 --login editor=deploy {options}"),
+        T0,
+    );
+    sshjit::ca::fingerprint(alice.public_key().key_data())
+}
+
 /// One delivery pass at `now` over everything committed.
 fn step(b: &InProcess, now: Timestamp) -> Option<Timestamp> {
     let durable = b.store().last_notice().unwrap();
@@ -501,23 +520,7 @@ fn a_timeout_is_a_failure_to_retry() {
 fn expiry_escalation_and_window_end_fall_due_once() {
     let rx = Receiver::start();
     let (_tmp, b, fp) = in_process(&table(&rx.url("/")));
-    let alice = sshjit::ca::generate_key("alice").unwrap();
-    let alice_fp = sshjit::ca::fingerprint(alice.public_key().key_data());
-    run(
-        &b,
-        &fp,
-        &format!(
-            "member add alice --role editor --key '{}'",
-            alice.public_key().to_openssh().unwrap()
-        ),
-        T0,
-    );
-    run(
-        &b,
-        &fp,
-        "host add web-01 --address 10.0.0.1 --login editor=deploy --escalate-after 10m --break-glass",
-        T0,
-    );
+    let alice_fp = alice_and_web(&b, &fp, "--escalate-after 10m --break-glass");
     let waiting = run(
         &b,
         &alice_fp,
@@ -611,23 +614,7 @@ fn a_members_own_endpoint_hears_their_window_ending() {
     let (_tmp, b, fp) = in_process(&format!(
         "\n[[notify]]\nurl = \"{url}\"\nsecret_file = \"DIR/hook_secret\"\nmember = \"alice\"\n"
     ));
-    let alice = sshjit::ca::generate_key("alice").unwrap();
-    let alice_fp = sshjit::ca::fingerprint(alice.public_key().key_data());
-    run(
-        &b,
-        &fp,
-        &format!(
-            "member add alice --role editor --key '{}'",
-            alice.public_key().to_openssh().unwrap()
-        ),
-        T0,
-    );
-    run(
-        &b,
-        &fp,
-        "host add web-01 --address 10.0.0.1 --login editor=deploy",
-        T0,
-    );
+    let alice_fp = alice_and_web(&b, &fp, "");
     let id = run(
         &b,
         &alice_fp,
@@ -650,21 +637,7 @@ fn a_members_own_endpoint_hears_their_window_ending() {
 #[test]
 fn bad_notify_config_stops_the_broker_with_what_to_fix() {
     let tmp = tempfile::tempdir().unwrap();
-    let owner: Identity = util::keygen(tmp.path(), "olga");
-    let data = tmp.path().join("data");
-    let out = std::process::Command::new(util::bin())
-        .args([
-            "init",
-            "--owner",
-            "olga",
-            "--owner-key",
-            &owner.public,
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let data = util::init_data_dir(tmp.path(), &util::keygen(tmp.path(), "olga"));
     let base = std::fs::read_to_string(data.join("config.toml")).unwrap();
     let open_secret = tmp.path().join("open_secret");
     std::fs::write(&open_secret, SECRET).unwrap();

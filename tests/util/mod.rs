@@ -148,6 +148,25 @@ impl Person {
     }
 }
 
+/// `init` a data dir `DIR/data` with `owner` as the OWNER olga; returns its path.
+pub fn init_data_dir(dir: &Path, owner: &Identity) -> PathBuf {
+    let data = dir.join("data");
+    let out = Command::new(bin())
+        .args([
+            "init",
+            "--owner",
+            "olga",
+            "--owner-key",
+            &owner.public,
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "init failed: {out:?}");
+    data
+}
+
 /// A broker daemon process over a data dir in a temp dir.
 pub struct Broker {
     pub tmp: tempfile::TempDir,
@@ -176,20 +195,7 @@ impl Broker {
     ) -> Broker {
         let tmp = tempfile::tempdir().unwrap();
         let owner = keygen(tmp.path(), "olga");
-        let data = tmp.path().join("data");
-        let out = Command::new(bin())
-            .args([
-                "init",
-                "--owner",
-                "olga",
-                "--owner-key",
-                &owner.public,
-                "--data-dir",
-            ])
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "init failed: {out:?}");
+        let data = init_data_dir(tmp.path(), &owner);
         let cfg = data.join("config.toml");
         let mut text = std::fs::read_to_string(&cfg).unwrap();
         for (key, value) in settings {
