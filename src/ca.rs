@@ -298,6 +298,48 @@ pub struct HostConfig {
     pub host: String,
     pub sshd_config: Vec<String>,
     pub files: Vec<HostFile>,
+    /// The session guard, with `--session-guard`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<SessionGuard>,
+}
+
+/// The session guard's setup: sshjit-guard at `path`, run by pam_exec from the session stack
+/// of `pam_file`, so every connection of an sshjit certificate ends with its window.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SessionGuard {
+    pub path: String,
+    pub pam_file: String,
+    /// The line `pam_file` gets (in place of any earlier sshjit-guard line).
+    pub pam_line: String,
+}
+
+impl SessionGuard {
+    /// Checks where the guard and the PAM file are; the line is made by [`HostConfig::add_guard`].
+    pub fn new(path: &str, pam_service: &str) -> Result<SessionGuard> {
+        validate_host_dir(path).map_err(|_| {
+            Error::invalid(format!(
+                "--guard-path '{}' must be an absolute path of letters, digits, '/', '.', '_' and '-', such as /usr/local/sbin/sshjit-guard",
+                printable(path, 60)
+            ))
+        })?;
+        let service_ok = !pam_service.is_empty()
+            && pam_service.len() <= 64
+            && !pam_service.starts_with('.')
+            && pam_service
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !service_ok {
+            return Err(Error::invalid(format!(
+                "--pam-service '{}' is not a PAM service name; use the name of sshd's file in /etc/pam.d, normally sshd",
+                printable(pam_service, 60)
+            )));
+        }
+        Ok(SessionGuard {
+            path: path.to_string(),
+            pam_file: format!("/etc/pam.d/{pam_service}"),
+            pam_line: String::new(),
+        })
+    }
 }
 
 /// Builds the host setup for `host` under `dir` (normally `/etc/ssh`): a principals file for
@@ -336,6 +378,7 @@ pub fn host_config(
         host: host.name.to_string(),
         sshd_config,
         files,
+        guard: None,
     }
 }
 
@@ -360,6 +403,25 @@ pub fn validate_host_dir(dir: &str) -> Result<()> {
 }
 
 impl HostConfig {
+    /// Adds the session guard: sshd must use PAM, and the PAM session stack runs the guard
+    /// for every connection with the CA key under `dir`.
+    pub fn add_guard(&mut self, mut g: SessionGuard, dir: &str) {
+        let dir = dir.trim_end_matches('/');
+        g.pam_line = format!(
+            "session required pam_exec.so quiet {} pam --ca {dir}/sshjit_ca.pub --host {}",
+            g.path, self.host
+        );
+        self.sshd_config.push("UsePAM yes".into());
+        if let Some(conf) = self
+            .files
+            .iter_mut()
+            .find(|f| f.path.ends_with("/sshjit.conf"))
+        {
+            conf.content.push_str("UsePAM yes\n");
+        }
+        self.guard = Some(g);
+    }
+
     /// A POSIX shell script that writes every file or none (run as root on the host): each
     /// file is staged beside its target, and only when all are staged are they moved into
     /// place; on any failure the staged files and the directories it made are removed.
@@ -386,6 +448,17 @@ mkd() {
 }
 ",
         );
+        if let Some(g) = &self.guard {
+            // Checked before anything is written: all or nothing.
+            s.push_str(&format!(
+                "[ -x '{0}' ] || {{ echo 'sshjit: install sshjit-guard at {0} first (it is built beside sshjit-broker), then run this again' >&2; exit 1; }}\n\
+                 [ -f '{1}' ] || {{ echo 'sshjit: {1} does not exist; is this the PAM service sshd uses? (see --pam-service)' >&2; exit 1; }}\n\
+                 {{ grep -v 'pam_exec.so .*sshjit-guard pam' '{1}' || true; }} > '{1}.sshjit-new'\n\
+                 staged=\"$staged {1}.sshjit-new\"\n\
+                 echo '{2}' >> '{1}.sshjit-new'\n",
+                g.path, g.pam_file, g.pam_line
+            ));
+        }
         for f in &self.files {
             if let Some((parent, _)) = f.path.rsplit_once('/') {
                 s.push_str(&format!("mkd '{parent}'\n"));
@@ -397,6 +470,9 @@ mkd() {
         }
         for f in &self.files {
             s.push_str(&format!("mv -f '{0}.sshjit-new' '{0}'\n", f.path));
+        }
+        if let Some(g) = &self.guard {
+            s.push_str(&format!("mv -f '{0}.sshjit-new' '{0}'\n", g.pam_file));
         }
         s.push_str("staged=''\nmade=''\n");
         s.push_str("echo 'sshjit: host files written; check with sshd -t and reload sshd' >&2\n");

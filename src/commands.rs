@@ -143,10 +143,37 @@ pub enum Command {
         /// Print a shell script that writes the files, instead of showing them.
         #[arg(long)]
         script: bool,
+        #[command(flatten)]
+        guard: GuardArgs,
     },
     /// Read and check the audit log (owners and admins).
     #[command(subcommand)]
     Audit(AuditCommand),
+}
+
+/// `host-config --session-guard` and where its parts go on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct GuardArgs {
+    /// Also install the session guard, which ends every sshjit session when its window ends
+    /// (a PAM session hook; sshjit-guard must be installed on the host first).
+    #[arg(long)]
+    pub session_guard: bool,
+    /// Where sshjit-guard is installed on the host.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/usr/local/sbin/sshjit-guard",
+        requires = "session_guard"
+    )]
+    pub guard_path: String,
+    /// The PAM service sshd uses (its file in /etc/pam.d).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "sshd",
+        requires = "session_guard"
+    )]
+    pub pam_service: String,
 }
 
 /// `request` arguments.

@@ -32,6 +32,7 @@ pub mod contract;
 pub mod datadir;
 pub mod dev;
 pub mod error;
+pub mod guard;
 pub mod justify;
 pub mod model;
 pub mod notify;

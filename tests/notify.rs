@@ -25,7 +25,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// A `[[notify]]` table for `url`, with its secret file written under `dir`.
 fn standard_table(dir: &Path, url: &str) -> String {
-    let secret = Broker::secret_file(dir, "hook_secret", SECRET);
+    let secret = util::secret_file(dir, "hook_secret", SECRET);
     format!(
         "\n[[notify]]\nname = \"ops\"\nurl = \"{url}\"\nformat = \"standard\"\nsecret_file = \"{}\"\n",
         secret.display()
@@ -335,7 +335,7 @@ fn in_process(tables: &str) -> (tempfile::TempDir, InProcess, String) {
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str(&tables.replace("DIR", tmp.path().to_str().unwrap()));
     std::fs::write(&cfg, text).unwrap();
-    Broker::secret_file(tmp.path(), "hook_secret", SECRET);
+    util::secret_file(tmp.path(), "hook_secret", SECRET);
     let broker = datadir::open(&dir).unwrap().broker;
     (
         tmp,
@@ -641,7 +641,7 @@ fn bad_notify_config_stops_the_broker_with_what_to_fix() {
     let base = std::fs::read_to_string(data.join("config.toml")).unwrap();
     let open_secret = tmp.path().join("open_secret");
     std::fs::write(&open_secret, SECRET).unwrap();
-    let good_secret = Broker::secret_file(tmp.path(), "good", SECRET);
+    let good_secret = util::secret_file(tmp.path(), "good", SECRET);
     let cases = [
         ("[[notify]]\nurl = \"http://x/\"\nformat = \"teams\"\n".to_string(), "unknown variant"),
         (format!("[[notify]]\nurl = \"http://x/\"\nsecret_file = \"{}\"\n", open_secret.display()), "chmod 600"),

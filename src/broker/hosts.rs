@@ -8,7 +8,7 @@ use super::targets::{check_approvals, target_options};
 use super::{Broker, Call, Reply, require_manager};
 use crate::audit::AuditEvent;
 use crate::ca;
-use crate::commands::HostCommand;
+use crate::commands::{GuardArgs, HostCommand};
 use crate::contract::CaPubkeyView;
 use crate::error::{Error, Result};
 use crate::model::{
@@ -148,15 +148,23 @@ impl Broker {
         name: &str,
         dir: &str,
         script: bool,
+        guard: &GuardArgs,
     ) -> Result<Reply> {
         require_manager(actor, "print host setup")?;
         let name: Name = name.parse()?;
         ca::validate_host_dir(dir)?;
+        let guard = guard
+            .session_guard
+            .then(|| ca::SessionGuard::new(&guard.guard_path, &guard.pam_service))
+            .transpose()?;
         let Some(host) = self.store.host(&name)? else {
             return Err(self.unknown_target(&name, Some(TargetKind::Host))?);
         };
         let command_logins = self.command_logins(&host)?;
-        let cfg = ca::host_config(&host, &command_logins, &self.ca.public_key()?, dir);
+        let mut cfg = ca::host_config(&host, &command_logins, &self.ca.public_key()?, dir);
+        if let Some(g) = guard {
+            cfg.add_guard(g, dir);
+        }
         let json = serde_json::to_value(&cfg)?;
         let text = if script {
             cfg.script()
@@ -171,11 +179,20 @@ impl Broker {
             for f in &cfg.files {
                 t.push_str(&format!("\n# {}\n{}", f.path, f.content));
             }
-            let dir_flag = if dir == "/etc/ssh" {
+            if let Some(g) = &cfg.guard {
+                t.push_str(&format!(
+                    "\n# {} (the session guard; replaces any earlier sshjit-guard line)\n{}\n# Install sshjit-guard (built beside sshjit-broker) at {}, mode 0755, owned by root.\n",
+                    g.pam_file, g.pam_line, g.path
+                ));
+            }
+            let mut dir_flag = if dir == "/etc/ssh" {
                 String::new()
             } else {
                 format!(" --dir {dir}")
             };
+            if cfg.guard.is_some() {
+                dir_flag.push_str(" --session-guard");
+            }
             t.push_str(&format!(
                 "\n# Or run: ssh -p PORT BROKER host-config {name}{dir_flag} --script | sudo sh\n"
             ));

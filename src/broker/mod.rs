@@ -390,9 +390,12 @@ impl Broker {
             Command::Host(cmd) => self.host(actor, cmd, cx),
             Command::Fleet(op) => self.fleet(actor, op, cx),
             Command::Command(op) => self.command(actor, op, cx),
-            Command::HostConfig { name, dir, script } => {
-                self.host_config(actor, name, dir, *script)
-            }
+            Command::HostConfig {
+                name,
+                dir,
+                script,
+                guard,
+            } => self.host_config(actor, name, dir, *script, guard),
             Command::Audit(cmd) => self.audit(actor, cmd),
         }
     }

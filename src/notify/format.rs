@@ -102,7 +102,9 @@ pub fn slack(n: &Notice, approvers: &[Name]) -> Message {
     let mut blocks = vec![section(&format!("*{}*", slack_escape(&headline)))];
     if let Some(r) = &n.request {
         let shown = views::request_text(r, n.at).replace('`', "'");
-        blocks.push(section(&format!("```{}```", slack_escape(&shown))));
+        for part in chunks(&slack_escape(&shown), SECTION_MAX - 6) {
+            blocks.push(section(&format!("```{part}```")));
+        }
         let actions = actions(n.event, r.id);
         if !actions.is_empty() {
             blocks.push(section(&slack_escape(&actions)));
@@ -122,6 +124,36 @@ pub fn slack(n: &Notice, approvers: &[Name]) -> Message {
         headers: vec![("content-type".into(), "application/json".into())],
         body: body.to_string(),
     }
+}
+
+/// Slack refuses a section whose text is longer than this (after escaping).
+pub const SECTION_MAX: usize = 3000;
+
+/// `s` in pieces of at most `max` bytes, cut at line ends where it can be, never inside a
+/// character or an escape such as `&amp;`.
+fn chunks(s: &str, max: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while rest.len() > max {
+        let mut limit = max;
+        while !rest.is_char_boundary(limit) {
+            limit -= 1;
+        }
+        let mut cut = rest[..limit].rfind('\n').map_or(limit, |i| i + 1);
+        // Do not split an entity: back up to its '&' if no ';' closes it before the cut.
+        if let Some(amp) = rest[..cut].rfind('&')
+            && !rest[amp..cut].contains(';')
+            && amp > 0
+        {
+            cut = amp;
+        }
+        out.push(rest[..cut].to_string());
+        rest = &rest[cut..];
+    }
+    if !rest.is_empty() {
+        out.push(rest.to_string());
+    }
+    out
 }
 
 fn section(text: &str) -> serde_json::Value {
@@ -225,6 +257,19 @@ mod tests {
             sign(&secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330", body),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
+    }
+
+    #[test]
+    fn long_text_is_cut_into_sections_slack_accepts() {
+        let s = slack_escape(&format!("x\n{}\ny", "&".repeat(990)));
+        let parts = chunks(&s, SECTION_MAX - 6);
+        assert!(parts.len() >= 2, "{parts:?}");
+        assert!(parts.iter().all(|p| p.len() <= SECTION_MAX - 6));
+        assert_eq!(parts.concat(), s);
+        assert!(parts.iter().all(|p| !p.ends_with("&am") && !p.starts_with("p;")));
+        // Multi-byte characters are never split.
+        let wide = "é".repeat(5000);
+        assert_eq!(chunks(&wide, 2999).concat(), wide);
     }
 
     #[test]

@@ -167,6 +167,15 @@ pub fn init_data_dir(dir: &Path, owner: &Identity) -> PathBuf {
     data
 }
 
+/// Writes a 0600 secret file `dir/name` and returns its path.
+pub fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
 /// A broker daemon process over a data dir in a temp dir.
 pub struct Broker {
     pub tmp: tempfile::TempDir,
@@ -244,15 +253,6 @@ impl Broker {
             .unwrap_or_else(|| panic!("broker did not start: {line:?}; log: {}", self.log()));
         self.addr = addr.parse().unwrap();
         self.child = Some(child);
-    }
-
-    /// Writes a 0600 secret file under the temp dir and returns its path.
-    pub fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        p
     }
 
     pub fn log(&self) -> String {
@@ -504,15 +504,6 @@ impl Sshd {
             std::thread::sleep(Duration::from_millis(20));
         }
         Sshd { child, port, log }
-    }
-
-    /// Writes a 0600 secret file under the temp dir and returns its path.
-    pub fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        p
     }
 
     pub fn log(&self) -> String {
