@@ -129,8 +129,15 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = fs::read_to_string(path)
             .map_err(Error::io(format!("cannot read {}", path.display())))?;
-        let cfg: Config = toml::from_str(&text)
-            .map_err(|e| Error::Config(format!("{} is invalid: {e}", path.display())))?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| {
+            let mut m = format!("{} is invalid: {e}", path.display());
+            if m.contains("notify")
+                && (m.contains("expected a sequence") || m.contains("duplicate key"))
+            {
+                m.push_str(" (each endpoint is its own [[notify]] table, with double brackets)");
+            }
+            Error::Config(m)
+        })?;
         cfg.policy.validate()?;
         cfg.limits
             .validate()

@@ -130,9 +130,9 @@ pub fn request_text(r: &Request, now: Timestamp) -> String {
     s.push_str(&format!("  risk           {}\n", r.risk.explain()));
     match &r.justification.model {
         Some(m) => s.push_str(&format!(
-            "  justification  {} (written by the model {})\n",
-            r.justification.text,
-            escape_for_log(m)
+            "  justification  [written by the model {}] {}\n",
+            escape_for_log(m),
+            r.justification.text
         )),
         None => s.push_str(&format!("  justification  {}\n", r.justification.text)),
     }

@@ -648,6 +648,9 @@ fn bad_notify_config_stops_the_broker_with_what_to_fix() {
         (format!("[[notify]]\nurl = \"http://x/\"\nsecret_file = \"{}/missing\"\n", tmp.path().display()), "cannot read"),
         (format!("[[notify]]\nurl = \"gopher://x/\"\nsecret_file = \"{}\"\n", good_secret.display()), "http:// or https://"),
         ("[justify]\nendpoint = \"file:///etc/passwd\"\nmodel = \"m\"\n".to_string(), "http:// or https://"),
+        ("[justify]\nendpoint = \"http://127.0.0.1:11434/v1\"\nmodel = \"m\"\n".to_string(), "not a chat-completions URL"),
+        ("[notify]\nurl = \"http://x/\"\nformat = \"slack\"\n".to_string(), "double brackets"),
+        ("[[notify]]\nurl = \"http://x/a\"\nformat = \"slack\"\n[[notify]]\nurl = \"http://x/b\"\nformat = \"slack\"\n".to_string(), "already named x"),
         ("[justify]\nendpoint = \"http://x/v1/chat/completions\"\nmodel = \"m\"\ntimeout_ms = 0\n".to_string(), "timeout_ms"),
     ];
     for (table, want) in cases {
@@ -663,4 +666,53 @@ fn bad_notify_config_stops_the_broker_with_what_to_fix() {
             "{table}: {err}"
         );
     }
+}
+
+/// An endpoint that never answers delays neither the others nor a graceful stop.
+#[test]
+fn a_silent_endpoint_delays_neither_the_others_nor_a_stop() {
+    let dead = Receiver::start();
+    dead.respond(|_| Reply::ok().after(Duration::from_secs(120)));
+    let good = Receiver::start();
+    let (dead_url, good_url) = (dead.url("/hook"), good.url("/hook"));
+    let mut b = Broker::start_with_tables(&[], |_| {
+        format!(
+            "\n[[notify]]\nname = \"dead\"\nurl = \"{dead_url}\"\nformat = \"slack\"\n\n[[notify]]\nname = \"good\"\nurl = \"{good_url}\"\nformat = \"slack\"\n"
+        )
+    });
+    let alice = b.add_member("alice", "editor");
+    b.ssh(
+        &b.owner,
+        "host add web-01 --address 10.0.0.1 --login editor=deploy",
+    )
+    .ok();
+    for i in 0..3 {
+        b.ssh(
+            &alice,
+            &format!("request web-01 --role editor --for 1h --reason 'INC-{i} queue stuck'"),
+        )
+        .ok();
+    }
+    let start = std::time::Instant::now();
+    while good
+        .received()
+        .iter()
+        .filter(|r| r.text().contains("request "))
+        .count()
+        < 3
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the healthy endpoint waited behind the silent one: {:?}",
+            good.received()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopping = std::time::Instant::now();
+    assert!(b.stop().success());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "the stop waited {:?} for a delivery",
+        stopping.elapsed()
+    );
 }

@@ -166,7 +166,12 @@ impl Broker {
             role,
             duration_secs: parse_duration(&a.duration).ok()?,
             reason: &a.reason,
-            start: None,
+            start: a
+                .start
+                .as_deref()
+                .map(|s| Timestamp::parse_start(s, now))
+                .transpose()
+                .ok()?,
             break_glass: a.break_glass,
         };
         let found = find(&self.store, &name, &self.hosts_for(&name).ok()?).ok()??;

@@ -164,7 +164,14 @@ fn describe_request(r: &RequestView) -> String {
         format_duration(r.duration_secs),
         r.state,
     );
-    s.push_str(&format!("justification: {}\n", r.justification.text));
+    match &r.justification.model {
+        Some(m) => s.push_str(&format!(
+            "justification: [written by the model {}] {}\n",
+            crate::model::escape_for_log(m),
+            r.justification.text
+        )),
+        None => s.push_str(&format!("justification: {}\n", r.justification.text)),
+    }
     s.push_str(&format!("risk: {}\n", r.risk.explain()));
     if let Some(by) = &r.approved_by_rule {
         s.push_str(&format!(

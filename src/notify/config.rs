@@ -91,7 +91,7 @@ pub fn load(tables: &[NotifyConfig], config: &Path) -> Result<Vec<Endpoint>> {
             |m: String| Error::Config(format!("{}: [[notify]] #{}: {m}", config.display(), i + 1));
         let host = check_url(&t.url).map_err(at)?;
         let secret = match (&t.secret_file, t.format) {
-            (Some(f), _) => Some(read_secret(f, 16).map_err(at)?),
+            (Some(f), _) => Some(read_secret(&beside(config, f), 16).map_err(at)?),
             (None, Format::Standard) => {
                 return Err(at(
                     "format \"standard\" signs each message: set secret_file to a 0600 file holding the secret (for example whsec_ and base64 of 32 random bytes)".into(),
@@ -116,6 +116,11 @@ pub fn load(tables: &[NotifyConfig], config: &Path) -> Result<Vec<Endpoint>> {
             .transpose()
             .map_err(|e| at(format!("member: {e}")))?;
         let name = t.name.clone().unwrap_or(host);
+        if out.iter().any(|e| e.name == name) {
+            return Err(at(format!(
+                "another endpoint is already named {name}; give each a distinct name = \"...\""
+            )));
+        }
         if !name.chars().all(|c| c.is_ascii_graphic()) || name.is_empty() || name.len() > 64 {
             return Err(at(
                 "name must be 1-64 printable characters without spaces".into()
@@ -136,6 +141,15 @@ pub fn load(tables: &[NotifyConfig], config: &Path) -> Result<Vec<Endpoint>> {
         });
     }
     Ok(out)
+}
+
+/// A file named in config.toml: a relative path is relative to config.toml's directory (the
+/// data dir), not to wherever the broker was started.
+pub fn beside(config: &Path, file: &Path) -> PathBuf {
+    match config.parent() {
+        Some(dir) if file.is_relative() => dir.join(file),
+        _ => file.to_path_buf(),
+    }
 }
 
 /// Checks an http(s) URL and returns its host, for naming it without its path or token.
@@ -162,8 +176,14 @@ pub fn check_url(url: &str) -> std::result::Result<String, String> {
 
 /// Reads a secret file: it must exist, be a file, and be readable by its owner only.
 pub fn read_secret(path: &Path, min_len: usize) -> std::result::Result<Vec<u8>, String> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        format!(
+            "cannot read the secret file {}: {e}; create it with: printf 'whsec_%s\\n' \"$(head -c 32 /dev/urandom | base64)\" > {} && chmod 600 {} (owned by the user the broker runs as)",
+            path.display(),
+            path.display(),
+            path.display()
+        )
+    })?;
     if !meta.is_file() {
         return Err(format!("{} is not a file", path.display()));
     }

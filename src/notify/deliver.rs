@@ -36,6 +36,10 @@ pub struct EndpointRecord {
     pub last_error_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_delivered_at: Option<Timestamp>,
+    /// The endpoint did not answer well (no answer, 5xx, 408, 429): nothing is sent to it
+    /// before this time, its failed notification's next retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest_until: Option<Timestamp>,
     /// Set when the endpoint answered 410 Gone: nothing more is sent until its URL changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled: Option<String>,
@@ -61,10 +65,25 @@ pub enum Outcome {
     /// the `Retry-After` header in seconds, when the endpoint sent one.
     Failed {
         error: String,
+        /// The HTTP status, if the endpoint answered.
+        status: Option<u16>,
         retry_after: Option<u64>,
     },
     /// 410 Gone: the endpoint asks never to be called again.
     Gone,
+}
+
+impl Outcome {
+    /// Whether the endpoint itself is unwell (no answer, 5xx, 408, 429), rather than this
+    /// one message refused: then the rest waits for its next retry.
+    pub fn endpoint_down(&self) -> bool {
+        match self {
+            Outcome::Failed { status, .. } => {
+                status.is_none_or(|s| s >= 500 || s == 408 || s == 429)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// What to do after an attempt.
@@ -121,12 +140,14 @@ pub fn post(agent: &ureq::Agent, url: &str, m: &Message) -> Outcome {
                 .and_then(|v| v.trim().parse::<u64>().ok());
             Outcome::Failed {
                 error: format!("HTTP {status}"),
+                status: Some(status),
                 retry_after,
             }
         }
         // The URL may carry a token: it never reaches the log or `notify status`.
         Err(e) => Outcome::Failed {
             error: escape_for_log(&e.to_string().replace(url, "<url>")),
+            status: None,
             retry_after: None,
         },
     }
@@ -139,6 +160,7 @@ pub fn agent(timeout: Duration) -> ureq::Agent {
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
         .max_redirects(0)
+        .user_agent(concat!("sshjit/", env!("CARGO_PKG_VERSION")))
         .build()
         .into()
 }
@@ -176,69 +198,107 @@ impl Deliverer {
         &self.endpoints
     }
 
-    /// One pass at `now` over everything due, up to the newest durable outbox entry
-    /// `durable`. Returns when the soonest retry falls due.
+    /// One pass at `now` over every endpoint, up to the newest durable outbox entry
+    /// `durable`, then prunes. Returns when the soonest retry falls due. (The server runs
+    /// [`Deliverer::step_endpoint`] for each endpoint on its own thread instead.)
     pub fn step(&self, store: &Store, durable: u64, now: Timestamp) -> Result<Option<Timestamp>> {
         let mut soonest: Option<Timestamp> = None;
-        let approvers = Approvers::read(store)?;
-        for e in &self.endpoints {
-            let Some(mut rec) = store.endpoint_state::<EndpointRecord>(&e.id)? else {
-                continue;
-            };
-            if rec.disabled.is_some() {
-                continue;
-            }
-            for (seq, mut retry) in store.endpoint_retries::<Retry>(&e.id)? {
-                if retry.next_at > now {
-                    soonest = Some(soonest.map_or(retry.next_at, |s| s.min(retry.next_at)));
-                    continue;
-                }
-                let Some(n) = store.notice(seq)? else {
-                    store.save_endpoint::<_, Retry>(&e.id, &rec, Some((seq, None)))?;
-                    continue;
-                };
-                retry.attempts += 1;
-                let outcome = self.send(e, &n, &approvers, now);
-                let keep = self.settle(e, &mut rec, &n, &outcome, &mut retry, now);
-                store.save_endpoint(&e.id, &rec, Some((seq, keep.then_some(&retry))))?;
-                if keep && rec.disabled.is_none() {
-                    soonest = Some(soonest.map_or(retry.next_at, |s| s.min(retry.next_at)));
-                }
-                if rec.disabled.is_some() {
-                    break;
-                }
-            }
-            while rec.disabled.is_none() && rec.cursor < durable {
-                let batch = store.notices_after(rec.cursor, BATCH)?;
-                let batch: Vec<Notice> = batch.into_iter().filter(|n| n.seq <= durable).collect();
-                if batch.is_empty() {
-                    break;
-                }
-                for n in batch {
-                    rec.cursor = n.seq;
-                    if !e.wants(n.event, n.requester()) {
-                        store.save_endpoint::<_, Retry>(&e.id, &rec, None)?;
-                        continue;
-                    }
-                    let mut retry = Retry {
-                        attempts: 1,
-                        first_at: now,
-                        next_at: now,
-                        last_error: String::new(),
-                    };
-                    let outcome = self.send(e, &n, &approvers, now);
-                    let keep = self.settle(e, &mut rec, &n, &outcome, &mut retry, now);
-                    store.save_endpoint(&e.id, &rec, keep.then_some((n.seq, Some(&retry))))?;
-                    if keep && rec.disabled.is_none() {
-                        soonest = Some(soonest.map_or(retry.next_at, |s| s.min(retry.next_at)));
-                    }
-                    if rec.disabled.is_some() {
-                        break;
-                    }
-                }
+        for i in 0..self.endpoints.len() {
+            if let Some(t) = self.step_endpoint(i, store, durable, now)? {
+                soonest = Some(soonest.map_or(t, |s| s.min(t)));
             }
         }
         self.prune(store, durable)?;
+        Ok(soonest)
+    }
+
+    /// One pass for endpoint `i`: its due retries, then what is new. An endpoint that does
+    /// not answer (or answers 5xx, 408 or 429) is left alone for the rest of the pass, so a
+    /// dead endpoint costs one timeout per pass, not one per notification.
+    pub fn step_endpoint(
+        &self,
+        i: usize,
+        store: &Store,
+        durable: u64,
+        now: Timestamp,
+    ) -> Result<Option<Timestamp>> {
+        let Some(e) = self.endpoints.get(i) else {
+            return Ok(None);
+        };
+        let Some(mut rec) = store.endpoint_state::<EndpointRecord>(&e.id)? else {
+            return Ok(None);
+        };
+        if rec.disabled.is_some() {
+            return Ok(None);
+        }
+        if let Some(t) = rec.rest_until.filter(|t| *t > now) {
+            return Ok(Some(t));
+        }
+        let approvers = Approvers::read(store)?;
+        let mut soonest: Option<Timestamp> = None;
+        let mut note = |t: Timestamp| soonest = Some(soonest.map_or(t, |s: Timestamp| s.min(t)));
+        let mut down = false;
+        rec.rest_until = None;
+        for (seq, mut retry) in store.endpoint_retries::<Retry>(&e.id)? {
+            if retry.next_at > now || down {
+                note(retry.next_at.max(rec.rest_until.unwrap_or(now)));
+                continue;
+            }
+            let Some(n) = store.notice(seq)? else {
+                store.save_endpoint::<_, Retry>(&e.id, &rec, Some((seq, None)))?;
+                continue;
+            };
+            retry.attempts += 1;
+            let outcome = self.send(e, &n, &approvers, now);
+            let keep = self.settle(e, &mut rec, &n, &outcome, &mut retry, now);
+            store.save_endpoint(&e.id, &rec, Some((seq, keep.then_some(&retry))))?;
+            if rec.disabled.is_some() {
+                return Ok(None);
+            }
+            if keep {
+                note(retry.next_at);
+            }
+            if outcome.endpoint_down() {
+                down = true;
+                rec.rest_until = Some(retry.next_at);
+                store.save_endpoint::<_, Retry>(&e.id, &rec, None)?;
+            }
+        }
+        while !down && rec.cursor < durable {
+            let batch = store.notices_after(rec.cursor, BATCH)?;
+            let batch: Vec<Notice> = batch.into_iter().filter(|n| n.seq <= durable).collect();
+            if batch.is_empty() {
+                break;
+            }
+            for n in batch {
+                rec.cursor = n.seq;
+                if !e.wants(n.event, n.requester()) {
+                    store.save_endpoint::<_, Retry>(&e.id, &rec, None)?;
+                    continue;
+                }
+                let mut retry = Retry {
+                    attempts: 1,
+                    first_at: now,
+                    next_at: now,
+                    last_error: String::new(),
+                };
+                let outcome = self.send(e, &n, &approvers, now);
+                let keep = self.settle(e, &mut rec, &n, &outcome, &mut retry, now);
+                store.save_endpoint(&e.id, &rec, keep.then_some((n.seq, Some(&retry))))?;
+                if rec.disabled.is_some() {
+                    return Ok(None);
+                }
+                if keep {
+                    note(retry.next_at);
+                }
+                if outcome.endpoint_down() {
+                    down = true;
+                    rec.rest_until = Some(retry.next_at);
+                    store.save_endpoint::<_, Retry>(&e.id, &rec, None)?;
+                    break;
+                }
+            }
+        }
         Ok(soonest)
     }
 
@@ -297,12 +357,15 @@ impl Deliverer {
         post(&self.agent, &e.url, &m)
     }
 
-    /// Drops outbox entries that every endpoint is done with.
-    fn prune(&self, store: &Store, durable: u64) -> Result<()> {
+    /// Drops outbox entries that every endpoint still sending is done with (a disabled one
+    /// gets nothing more, so it holds nothing back).
+    pub fn prune(&self, store: &Store, durable: u64) -> Result<()> {
         let mut done = durable;
         for e in &self.endpoints {
-            if let Some(rec) = store.endpoint_state::<EndpointRecord>(&e.id)? {
-                done = done.min(rec.cursor);
+            match store.endpoint_state::<EndpointRecord>(&e.id)? {
+                Some(rec) if rec.disabled.is_some() => continue,
+                Some(rec) => done = done.min(rec.cursor),
+                None => {}
             }
             if let Some((seq, _)) = store.endpoint_retries::<Retry>(&e.id)?.first() {
                 done = done.min(seq - 1);
@@ -379,6 +442,7 @@ mod tests {
     fn failed(retry_after: Option<u64>) -> Outcome {
         Outcome::Failed {
             error: "HTTP 503".into(),
+            status: Some(503),
             retry_after,
         }
     }

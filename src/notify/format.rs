@@ -10,7 +10,7 @@ use sha2::Sha256;
 use super::{Event, Notice};
 use crate::audit::AuditEvent;
 use crate::contract::RequestView;
-use crate::model::{Name, Timestamp, escape_for_log};
+use crate::model::{Name, Request, RequestState, Timestamp, escape_for_log};
 use crate::views;
 
 /// A message ready to post.
@@ -105,13 +105,11 @@ pub fn slack(n: &Notice, approvers: &[Name]) -> Message {
         for part in chunks(&slack_escape(&shown), SECTION_MAX - 6) {
             blocks.push(section(&format!("```{part}```")));
         }
-        let actions = actions(n.event, r.id);
+        let actions = actions(r, n.at);
         if !actions.is_empty() {
             blocks.push(section(&slack_escape(&actions)));
         }
-        if !approvers.is_empty()
-            && matches!(n.event, Event::RequestCreated | Event::RequestEscalated)
-        {
+        if r.state_at(n.at) == RequestState::Pending && !approvers.is_empty() {
             let names: Vec<&str> = approvers.iter().map(Name::as_str).collect();
             blocks.push(section(&format!(
                 "can approve: {}",
@@ -215,29 +213,40 @@ pub fn headline(n: &Notice) -> String {
             "sshjit: break-glass request {id} by {} on {what}: review OVERDUE",
             r.requester
         ),
-        Event::GrantEnding => {
-            format!("sshjit: your access to {what} (request {id}) ends in 10 minutes")
-        }
+        Event::GrantEnding => match r.grant() {
+            Some(g) => format!(
+                "sshjit: your access to {what} (request {id}) ends at {}",
+                g.end
+            ),
+            None => format!("sshjit: your access to {what} (request {id}) is ending"),
+        },
         Event::ApproverChanged | Event::Test => format!("sshjit: {} about request {id}", n.event),
     }
 }
 
-/// The commands that act on a request after `event`, as an approver types them.
-fn actions(event: Event, id: u64) -> String {
-    match event {
-        Event::RequestCreated | Event::RequestEscalated => format!(
+/// The commands that act on a request as it stands at `at`: approve or deny while it is
+/// pending, review while a break-glass grant waits for one, nothing otherwise.
+fn actions(r: &Request, at: Timestamp) -> String {
+    let id = r.id;
+    if r.state_at(at) == RequestState::Pending {
+        format!(
             "approve: `sshjit-broker admin approve {id}`\ndeny: `sshjit-broker admin deny {id} --reason '...'`"
-        ),
-        Event::BreakGlassUsed | Event::ReviewDue | Event::ReviewOverdue => format!(
+        )
+    } else if r.break_glass && r.review.is_none() {
+        format!(
             "review: `sshjit-broker admin review {id} --ok --comment '...'` or `--flag --comment '...'`"
-        ),
-        _ => String::new(),
+        )
+    } else {
+        String::new()
     }
 }
 
 /// Slack's three escapes, after hidden and control characters are made visible.
 pub fn slack_escape(s: &str) -> String {
-    escape_for_log(s)
+    s.split('\n')
+        .map(escape_for_log)
+        .collect::<Vec<_>>()
+        .join("\n")
         .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -266,10 +275,19 @@ mod tests {
         assert!(parts.len() >= 2, "{parts:?}");
         assert!(parts.iter().all(|p| p.len() <= SECTION_MAX - 6));
         assert_eq!(parts.concat(), s);
-        assert!(parts.iter().all(|p| !p.ends_with("&am") && !p.starts_with("p;")));
+        assert!(
+            parts
+                .iter()
+                .all(|p| !p.ends_with("&am") && !p.starts_with("p;"))
+        );
         // Multi-byte characters are never split.
         let wide = "é".repeat(5000);
         assert_eq!(chunks(&wide, 2999).concat(), wide);
+    }
+
+    #[test]
+    fn slack_text_keeps_its_lines() {
+        assert_eq!(slack_escape("a <b>\nc & d\n"), "a &lt;b&gt;\nc &amp; d\n");
     }
 
     #[test]

@@ -203,10 +203,9 @@ pub fn timers_of(r: &Request) -> Vec<(Timestamp, Event)> {
             }
         }
         Decision::Approved { grant } if grant.ended.is_none() => {
+            // Ten minutes before the end, or at the start of a shorter window.
             let ending = Timestamp::from_unix(grant.end.unix().saturating_sub(ENDING_NOTICE_SECS));
-            if ending > grant.start {
-                out.push((ending, Event::GrantEnding));
-            }
+            out.push((ending.max(grant.start), Event::GrantEnding));
             if let (Some(due), None) = (r.review_due, &r.review) {
                 out.push((grant.end.min(due), Event::ReviewDue));
                 out.push((due, Event::ReviewOverdue));

@@ -1,6 +1,7 @@
-//! The broker's two background loops: the scheduler, which records what falls due (expiry,
-//! escalation, a window's end, a review) once when its time passes, and the delivery worker,
-//! which sends durable outbox entries. Neither blocks a command; both stop with the server.
+//! The broker's background work: the scheduler, which records what falls due (expiry,
+//! escalation, a window's end, a review) once when its time passes, and a delivery thread per
+//! endpoint, which sends durable outbox entries. None blocks a command; all stop with the
+//! server.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,34 +41,73 @@ pub fn fire_due(store: &Store, now: Timestamp) -> Result<usize> {
     }
 }
 
-/// Runs the scheduler (every second) and, with endpoints configured, the delivery worker,
-/// until `stop` resolves.
-pub async fn run(broker: Arc<Broker>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut durable = broker.store().durable_notices();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let b = broker.clone();
-        let upto = *durable.borrow_and_update();
-        let pass = tokio::task::spawn_blocking(move || {
-            let now = Timestamp::now();
-            if let Err(e) = fire_due(b.store(), now) {
+/// Starts the scheduler (each second) and one delivery thread per endpoint, until `stop`
+/// turns true. They are plain threads: a delivery waiting on a slow endpoint delays neither
+/// the others nor the broker's shutdown (the process exits without waiting for them; what
+/// was cut off is sent again after the restart).
+pub fn start(broker: Arc<Broker>, stop: tokio::sync::watch::Receiver<bool>) -> Result<()> {
+    let stopping = move |stop: &tokio::sync::watch::Receiver<bool>| *stop.borrow();
+    let b = broker.clone();
+    let s = stop.clone();
+    spawn("sshjit-due", move || {
+        while !stopping(&s) {
+            if let Err(e) = fire_due(b.store(), Timestamp::now()) {
                 tracing::error!(error = %e, "cannot record what fell due; will try again");
             }
-            if let Some(d) = b.deliverer()
-                && let Err(e) = d.step(b.store(), upto, now)
-            {
-                tracing::error!(error = %e, "notification delivery failed; will try again");
-            }
-        });
-        let _ = pass.await;
-        // A burst of changes is sent in a few passes, not one pass per change.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        tokio::select! {
-            _ = tick.tick() => {}
-            r = durable.changed() => if r.is_err() { return },
-            _ = stop.wait_for(|s| *s) => return,
+            pause(&s, Duration::from_secs(1));
         }
+    })?;
+    let count = broker.deliverer().map_or(0, |d| d.endpoints().len());
+    for i in 0..count {
+        let b = broker.clone();
+        let s = stop.clone();
+        spawn(&format!("sshjit-notify-{i}"), move || {
+            let durable = b.store().durable_notices();
+            let mut seen = 0;
+            let mut due: Option<Timestamp> = Some(Timestamp::now());
+            while !stopping(&s) {
+                let upto = *durable.borrow();
+                let now = Timestamp::now();
+                if upto > seen || due.is_some_and(|t| t <= now) {
+                    seen = upto;
+                    if let Some(d) = b.deliverer() {
+                        match d.step_endpoint(i, b.store(), upto, now).and_then(|t| {
+                            d.prune(b.store(), upto)?;
+                            Ok(t)
+                        }) {
+                            Ok(t) => due = t,
+                            Err(e) => {
+                                tracing::error!(error = %e, "notification delivery failed; will try again");
+                                due = Some(now.plus(5));
+                            }
+                        }
+                    }
+                }
+                // New durable notifications are noticed within this pause.
+                pause(&s, Duration::from_millis(100));
+            }
+        })?;
+    }
+    Ok(())
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map(|_| ())
+        .map_err(Error::io("cannot start a background thread"))
+}
+
+/// Sleeps for `d`, or less if `stop` turns true meanwhile.
+fn pause(stop: &tokio::sync::watch::Receiver<bool>, d: Duration) {
+    let end = std::time::Instant::now() + d;
+    while !*stop.borrow() {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
     }
 }
 

@@ -84,10 +84,7 @@ pub async fn run(
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let mut refusals = RefusalLog::default();
     // What falls due, and the notifications, run beside the server and stop with it.
-    let background = tokio::spawn(crate::notify::schedule::run(
-        broker.clone(),
-        shared.stopping.subscribe(),
-    ));
+    crate::notify::schedule::start(broker.clone(), shared.stopping.subscribe())?;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -125,9 +122,6 @@ pub async fn run(
     {
         tracing::warn!("some commands did not finish within the shutdown grace period");
     }
-    // A notification being sent may take up to its attempt timeout; it is sent again after
-    // a restart if it is cut off here.
-    let _ = tokio::time::timeout(Duration::from_secs(2), background).await;
     broker.store().flush()?;
     tracing::info!("stopped");
     Ok(())
