@@ -6,8 +6,10 @@
 //! - [`verdict`]: risk scores, rule approvals and break-glass reviews, as requests record them;
 //! - [`rule`]: owner-made auto-approval rules and their conditions;
 //! - [`policy`]: the access rules, pure, with `now` as an argument;
-//! - [`justify`]: the deterministic justification written for each request;
+//! - [`justify`]: the justification written for each request (deterministic, or by a model);
 //! - [`audit`]: typed audit events and the SHA-256 hash chain;
+//! - [`notify`]: notifications: the outbox, what falls due, webhook delivery and formats;
+//! - [`guard`]: the host-side session guard's decisions (`sshjit-guard`);
 //! - [`store`]: the only module that touches sled; one transaction per change, audit included;
 //! - [`ca`]: key files, the certificate profile, signing, and host setup;
 //! - [`commands`]: the command language (clap), shared by the server and its clients;

@@ -94,46 +94,18 @@ impl Guarded {
             ),
         )
         .unwrap();
-        let sshd = tmp.path().join(&service);
-        std::os::unix::fs::symlink("/usr/sbin/sshd", &sshd).unwrap();
-        let port = free_port();
-        let host_key = keygen(tmp.path(), "host_key").key;
         let plain = keygen(tmp.path(), "plain");
         std::fs::write(
             tmp.path().join("authorized_keys"),
             format!("{}\n", plain.public),
         )
         .unwrap();
-        let config = tmp.path().join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}/sshd.pid\nUsePAM yes\nPermitRootLogin yes\n\
-                 StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 AuthorizedKeysFile {}/authorized_keys\nTrustedUserCAKeys {}.pub\nAllowTcpForwarding yes\n\
-                 Subsystem sftp /usr/lib/openssh/sftp-server\nLogLevel VERBOSE\n",
-                host_key.display(),
-                tmp.path().display(),
-                tmp.path().display(),
-                ca.display()
-            ),
-        )
-        .unwrap();
-        let _ = std::fs::create_dir_all("/run/sshd");
-        let child = Command::new(&sshd)
-            .args(["-D", "-e", "-f"])
-            .arg(&config)
-            .stderr(std::fs::File::create(tmp.path().join("sshd.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "sshd did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let extra = format!(
+            "AuthorizedKeysFile {}/authorized_keys\nTrustedUserCAKeys {}.pub\n",
+            tmp.path().display(),
+            ca.display()
+        );
+        let (child, port) = sshd_with_pam(tmp.path(), &service, &extra);
         Guarded {
             tmp,
             sshd: child,
@@ -189,6 +161,44 @@ impl Guarded {
             std::fs::read_to_string(self.tmp.path().join("sshd.log")).unwrap_or_default()
         )
     }
+}
+
+/// Starts sshd as the PAM service `service` (a symlink of that name) with `UsePAM yes` and
+/// `extra` config lines; returns it and its port.
+fn sshd_with_pam(dir: &Path, service: &str, extra: &str) -> (Child, u16) {
+    let sshd = dir.join(service);
+    std::os::unix::fs::symlink("/usr/sbin/sshd", &sshd).unwrap();
+    let port = free_port();
+    let host_key = keygen(dir, "host_key").key;
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}/sshd.pid\nUsePAM yes\nPermitRootLogin yes\n\
+             StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nAllowTcpForwarding yes\n\
+             Subsystem sftp /usr/lib/openssh/sftp-server\nLogLevel VERBOSE\n{extra}",
+            host_key.display(),
+            dir.display(),
+        ),
+    )
+    .unwrap();
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let child = Command::new(&sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "sshd did not start: {}",
+            std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, port)
 }
 
 impl Drop for Guarded {
@@ -327,18 +337,26 @@ fn a_forwarding_connection_and_its_live_stream_are_ended() {
     stream.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ping");
     ends_at_window_end(&g, &mut ssh, before, "an ssh -N -L connection");
-    // The forwarded stream is closed too.
+    // The forwarded stream is closed too: EOF or a reset, not silence, and no echo.
     stream
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
     let _ = stream.write_all(b"more");
     let mut rest = Vec::new();
-    let r = stream.read_to_end(&mut rest);
-    assert!(r.is_ok() || r.is_err(), "unreachable");
-    assert!(
-        !rest.ends_with(b"more") || rest.is_empty(),
-        "the stream still echoes after the end"
-    );
+    match stream.read_to_end(&mut rest) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            panic!("the forwarded stream is still open after the end")
+        }
+        _ => assert!(
+            !rest.ends_with(b"more"),
+            "the stream still echoes after the end"
+        ),
+    }
 }
 
 #[test]
@@ -479,4 +497,130 @@ fn a_login_whose_certificate_cannot_be_read_does_not_start() {
         String::from_utf8_lossy(&out.stderr).contains("cannot read the CA key"),
         "{out:?}"
     );
+}
+
+/// The real broker's certificate, on a host set up by `host-config --session-guard`: the
+/// script installs the guard's PAM line (once, however often it runs), and the guard reads
+/// the broker's own profile (key id, serial, window) and leaves a login with time left alone.
+#[test]
+fn the_brokers_certificate_on_a_host_set_up_by_host_config() {
+    require_root();
+    pam_module("pam_exec.so");
+    let b = util::Broker::start_new();
+    let me = util::current_user();
+    let alice = b.add_member("alice", "editor");
+    b.ssh(
+        &b.owner,
+        &format!("host add web-01 --address 127.0.0.1 --port 22 --login editor={me}"),
+    )
+    .ok();
+    let service = format!(
+        "sshjit-guard-test-{}-{}",
+        std::process::id(),
+        SERIAL.fetch_add(1, Ordering::SeqCst)
+    );
+    let pam_file = PathBuf::from(format!("/etc/pam.d/{service}"));
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _cleanup = Remove(pam_file.clone());
+    std::fs::write(&pam_file, "@include common-account\n").unwrap();
+    let dir = b.tmp.path().join("host-web-01");
+    let line = format!(
+        "host-config web-01 --dir {} --script --session-guard --guard-path {} --pam-service {service}",
+        dir.display(),
+        guard_bin()
+    );
+    let script = b.ssh(&b.owner, &line).ok().stdout;
+    for _ in 0..2 {
+        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let pam = std::fs::read_to_string(&pam_file).unwrap();
+    let want = format!(
+        "session required pam_exec.so quiet {} pam --ca {}/sshjit_ca.pub --host web-01",
+        guard_bin(),
+        dir.display()
+    );
+    assert_eq!(
+        pam.lines()
+            .filter(|l| l.contains("sshjit-guard"))
+            .collect::<Vec<_>>(),
+        vec![want.as_str()],
+        "{pam}"
+    );
+    assert!(pam.starts_with("@include common-account\n"), "{pam}");
+    // Without the guard installed, the script refuses before it writes anything.
+    let missing = script.replace(guard_bin(), "/nonexistent/sshjit-guard");
+    let out = Command::new("sh").arg("-c").arg(&missing).output().unwrap();
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("install sshjit-guard"),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&pam_file).unwrap(), pam);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut sshd, port) = sshd_with_pam(
+        tmp.path(),
+        &service,
+        &format!("Include {}/sshd_config.d/sshjit.conf\n", dir.display()),
+    );
+    let (id, key, cert) = b.granted_cert(
+        &alice,
+        &b.owner,
+        "request web-01 --role editor --for 30m --reason 'INC-1 look at the queue' --json",
+        "alice-key",
+    );
+    let until = sshjit::model::Timestamp::parse_rfc3339(cert["valid_before"].as_str().unwrap())
+        .unwrap()
+        .unix();
+    let mut ssh = Command::new(require("ssh"));
+    ssh.args(ssh_opts(tmp.path()))
+        .arg("-i")
+        .arg(&key.key)
+        .args(["-p", &port.to_string()])
+        .arg(format!("{me}@127.0.0.1"))
+        .arg("sleep 3; echo still-here");
+    let mut child = ssh.stdout(Stdio::piped()).spawn().unwrap();
+    // While it runs, the guard watches this connection until the certificate's end.
+    let want = format!("--key-id sshjit:{id}:alice");
+    let start = Instant::now();
+    let watcher = loop {
+        let found = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains("sshjit-guard watch") && cmd.contains(&want)).then_some(cmd)
+        });
+        if let Some(c) = found {
+            break c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no watcher for {want}: {}",
+            std::fs::read_to_string(tmp.path().join("sshd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(watcher.contains(&format!("--until {until}")), "{watcher}");
+    assert!(
+        watcher.contains(&format!("--serial {}", cert["serial"])),
+        "{watcher}"
+    );
+    assert!(watcher.contains("--host web-01"), "{watcher}");
+    let st =
+        util::wait_timeout(&mut child, Duration::from_secs(15)).expect("the login did not finish");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(st.success() && out.contains("still-here"), "{out}");
+    let _ = sshd.kill();
+    let _ = sshd.wait();
 }
