@@ -195,7 +195,9 @@ fn watch(
             return;
         }
         let now = now_secs_f64();
-        if now >= end as f64 {
+        // The last line goes out a moment before the end, so it reaches the client before
+        // the connection is cut.
+        if now >= end as f64 - CLOSING_LEAD {
             break;
         }
         if let Some(&at) = warnings.first()
@@ -205,14 +207,23 @@ fn watch(
             tell(pid, &guard::warning(host, end, unix_now()));
             continue;
         }
-        let next = warnings.first().copied().unwrap_or(end) as f64;
+        let next = warnings
+            .first()
+            .map_or(end as f64 - CLOSING_LEAD, |w| *w as f64);
         // Wake at least each second to notice a connection that ended by itself.
         std::thread::sleep(Duration::from_secs_f64((next - now).clamp(0.01, 1.0)));
     }
     tell(pid, &guard::closing(host, end));
+    let left = end as f64 - now_secs_f64();
+    if left > 0.0 {
+        std::thread::sleep(Duration::from_secs_f64(left));
+    }
     record(log, &guard::log_line(host, login, user));
     end_tree(pid, started);
 }
+
+/// How long before the end the closing line is written (seconds).
+const CLOSING_LEAD: f64 = 0.5;
 
 /// Ends the process `root` (if it is still the one that started at `started`) and everything
 /// under it: SIGTERM, then SIGKILL after a second for whatever is left. Processes are named

@@ -118,8 +118,18 @@ pub fn next(outcome: &Outcome, attempts: u32, first_at: Timestamp, now: Timestam
     }
 }
 
-/// Posts a message and says how it went.
-pub fn post(agent: &ureq::Agent, url: &str, m: &Message) -> Outcome {
+/// `Retry-After` in seconds from `now`: delay-seconds, or an HTTP date.
+pub fn retry_after(value: &str, now: Timestamp) -> Option<u64> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(secs);
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    Some(u64::try_from(at.timestamp() - now.unix()).unwrap_or(0))
+}
+
+/// Posts a message at `now` and says how it went.
+pub fn post(agent: &ureq::Agent, url: &str, m: &Message, now: Timestamp) -> Outcome {
     let mut req = agent.post(url);
     for (k, v) in &m.headers {
         req = req.header(k, v);
@@ -137,7 +147,7 @@ pub fn post(agent: &ureq::Agent, url: &str, m: &Message) -> Outcome {
                 .headers()
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
+                .and_then(|v| retry_after(v, now));
             Outcome::Failed {
                 error: format!("HTTP {status}"),
                 status: Some(status),
@@ -354,7 +364,7 @@ impl Deliverer {
             }
             _ => format::slack(n, &approvers),
         };
-        post(&self.agent, &e.url, &m)
+        post(&self.agent, &e.url, &m, now)
     }
 
     /// Drops outbox entries that every endpoint still sending is done with (a disabled one
@@ -460,6 +470,15 @@ mod tests {
         assert_eq!(next(&failed(None), 40, T0, late), Next::GiveUp);
         assert_eq!(next(&Outcome::Delivered, 3, T0, late), Next::Done);
         assert_eq!(next(&Outcome::Gone, 1, T0, T0), Next::Disable);
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        assert_eq!(retry_after(" 120 ", T0), Some(120));
+        // T0 is 2027-01-15T08:00:00Z.
+        assert_eq!(retry_after("Fri, 15 Jan 2027 08:02:00 GMT", T0), Some(120));
+        assert_eq!(retry_after("Fri, 15 Jan 2027 07:00:00 GMT", T0), Some(0));
+        assert_eq!(retry_after("soon", T0), None);
     }
 
     #[test]
