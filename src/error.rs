@@ -117,7 +117,7 @@ pub enum Error {
     ReviewOverdue { ids: Vec<u64> },
     /// No host of the target has a login for the role.
     #[error(
-        "no host of {kind} {name} has a login for role {role}; ask for the other role, or ask an admin to add hosts with a {role} login"
+        "no host of {kind} {name} has a login for role {role}; ask for the other role, or ask an admin to add hosts with a login for {role}"
     )]
     NoLoginForRole {
         kind: TargetKind,

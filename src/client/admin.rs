@@ -93,7 +93,7 @@ async fn pending_table(conn: &Connection, args: &[&str]) -> Result<AdminOutput> 
             }
         ));
     }
-    s.push_str("\nshow one with: sshjit-broker admin show ID; decide with: admin approve ID / admin deny ID --reason TEXT\n");
+    s.push_str("\nshow one with: sshjit-broker admin show ID; decide with: sshjit-broker admin approve ID / sshjit-broker admin deny ID --reason TEXT\n");
     Ok(text_output(s))
 }
 

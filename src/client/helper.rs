@@ -53,9 +53,16 @@ pub async fn request(
             TargetKind::Fleet => "sshjit ssh HOST, for any host of the fleet".to_string(),
             TargetKind::Host => format!("sshjit ssh {}", a.target),
         };
-        text.push_str(&format!(
-            "\nFollow it with: sshjit status {id}\nOnce approved, fetch your certificate with: sshjit login {id} (or just: {next})\n",
-        ));
+        if req.state == RequestState::Approved {
+            // A rule or break-glass granted it at once: nobody needs to approve it.
+            text.push_str(&format!(
+                "\nGranted now: fetch your certificate with: sshjit login {id} (or just: {next})\n",
+            ));
+        } else {
+            text.push_str(&format!(
+                "\nFollow it with: sshjit status {id}\nOnce approved, fetch your certificate with: sshjit login {id} (or just: {next})\n",
+            ));
+        }
         conn.close().await;
         return Ok(Printed {
             text,

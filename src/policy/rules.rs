@@ -79,7 +79,7 @@ pub fn check(rule: &Rule, c: &Candidate<'_>) -> Result<Vec<String>, String> {
             matched.push(format!("base role {} >= {role}", m.role))
         }
         Who::BaseRole { role } => return Err(format!("it needs base role {role} or higher")),
-        Who::Kind { kind } if *kind == m.kind => matched.push(format!("a {kind}")),
+        Who::Kind { kind } if *kind == m.kind => matched.push(format!("kind {kind}")),
         Who::Kind { kind } => return Err(format!("it is only for {kind}s")),
     }
     if let Some(w) = &rule.window {
