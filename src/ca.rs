@@ -303,13 +303,19 @@ pub struct HostConfig {
     pub guard: Option<SessionGuard>,
 }
 
+/// Ends the guard's PAM line (a PAM comment), so the script finds and replaces its own line
+/// whatever the guard's path.
+const GUARD_MARK: &str = "# sshjit-guard";
+
 /// The session guard's setup: sshjit-guard at `path`, run by pam_exec from the session stack
 /// of `pam_file`, so every connection of an sshjit certificate ends with its window.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SessionGuard {
     pub path: String,
     pub pam_file: String,
-    /// The line `pam_file` gets (in place of any earlier sshjit-guard line).
+    /// The line `pam_file` gets, before its first session line so that no other module (such
+    /// as pam_env with a user's ~/.pam_environment) can change what the guard reads first;
+    /// it replaces any earlier line of the guard.
     pub pam_line: String,
 }
 
@@ -408,7 +414,7 @@ impl HostConfig {
     pub fn add_guard(&mut self, mut g: SessionGuard, dir: &str) {
         let dir = dir.trim_end_matches('/');
         g.pam_line = format!(
-            "session required pam_exec.so quiet {} pam --ca {dir}/sshjit_ca.pub --host {}",
+            "session required pam_exec.so quiet {} pam --ca {dir}/sshjit_ca.pub --host {} {GUARD_MARK}",
             g.path, self.host
         );
         self.sshd_config.push("UsePAM yes".into());
@@ -453,9 +459,8 @@ mkd() {
             s.push_str(&format!(
                 "[ -x '{0}' ] || {{ echo 'sshjit: install sshjit-guard at {0} first (it is built beside sshjit-broker), then run this again' >&2; exit 1; }}\n\
                  [ -f '{1}' ] || {{ echo 'sshjit: {1} does not exist; is this the PAM service sshd uses? (see --pam-service)' >&2; exit 1; }}\n\
-                 {{ grep -v 'pam_exec.so .*sshjit-guard pam' '{1}' || true; }} > '{1}.sshjit-new'\n\
                  staged=\"$staged {1}.sshjit-new\"\n\
-                 echo '{2}' >> '{1}.sshjit-new'\n",
+                 LC_ALL=C awk -v line='{2}' -v mark='{GUARD_MARK}' 'index($0, mark) {{ next }} !done && /^[[:space:]]*(-?session[[:space:]]|@include[[:space:]]+common-session)/ {{ print line; done = 1 }} {{ print }} END {{ if (!done) print line }}' '{1}' > '{1}.sshjit-new'\n",
                 g.path, g.pam_file, g.pam_line
             ));
         }

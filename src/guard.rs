@@ -38,9 +38,22 @@ const METHODS: [&str; 6] = [
     "none",
 ];
 
-/// Judges a login from sshd's `SSH_AUTH_INFO_0` (`None` if it is not set) against the CA key,
-/// at `now` (Unix seconds).
-pub fn judge(auth_info: Option<&str>, ca: &PublicKey, now: u64) -> Verdict {
+/// The CA keys in a `sshjit_ca.pub` file: one per line (sshd allows several, for a key
+/// rotation); blank lines and `#` comments are skipped. None if any other line is not a key.
+pub fn ca_keys(text: &str) -> Option<Vec<PublicKey>> {
+    let keys: Option<Vec<PublicKey>> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| PublicKey::from_openssh(l).ok())
+        .collect();
+    keys.filter(|k| !k.is_empty())
+}
+
+/// Judges a login from sshd's `SSH_AUTH_INFO_0` (`None` if it is not set) against the CA keys,
+/// at `now` (Unix seconds). With several sshjit certificates (several publickey steps), the
+/// earliest end wins.
+pub fn judge(auth_info: Option<&str>, cas: &[PublicKey], now: u64) -> Verdict {
     let Some(info) = auth_info else {
         return Verdict::Refuse(
             "SSH_AUTH_INFO_0 is not set, so the login cannot be checked (the guard runs from sshd's PAM session stack with UsePAM yes)".into(),
@@ -53,7 +66,9 @@ pub fn judge(auth_info: Option<&str>, ca: &PublicKey, now: u64) -> Verdict {
     let mut verdict = Verdict::NotOurs;
     for line in lines {
         let mut words = line.split_whitespace();
+        // sshd writes some methods with a submethod: `keyboard-interactive/pam`.
         let method = words.next().unwrap_or_default();
+        let method = method.split_once('/').map_or(method, |(m, _)| m);
         if !METHODS.contains(&method) {
             return Verdict::Refuse(format!(
                 "SSH_AUTH_INFO_0 holds an unreadable line ({} bytes)",
@@ -75,7 +90,7 @@ pub fn judge(auth_info: Option<&str>, ca: &PublicKey, now: u64) -> Verdict {
                 return Verdict::Refuse(format!("the login's certificate cannot be read: {e}"));
             }
         };
-        if cert.signature_key() != ca.key_data() {
+        if !cas.iter().any(|ca| cert.signature_key() == ca.key_data()) {
             continue;
         }
         if cert.valid_before() <= now {
@@ -85,11 +100,17 @@ pub fn judge(auth_info: Option<&str>, ca: &PublicKey, now: u64) -> Verdict {
                 cert.valid_before()
             ));
         }
-        verdict = Verdict::Guard(Login {
-            key_id: cert.key_id().to_string(),
-            serial: cert.serial(),
-            valid_before: cert.valid_before(),
-        });
+        let sooner = match &verdict {
+            Verdict::Guard(l) => cert.valid_before() < l.valid_before,
+            _ => true,
+        };
+        if sooner {
+            verdict = Verdict::Guard(Login {
+                key_id: cert.key_id().to_string(),
+                serial: cert.serial(),
+                valid_before: cert.valid_before(),
+            });
+        }
     }
     verdict
 }
@@ -170,7 +191,11 @@ mod tests {
         let ca = generate_key("ca").unwrap();
         let other = generate_key("other").unwrap();
         let ours = cert_line(&ca, 2_000_000_000);
-        let v = judge(Some(&ours), ca.public_key(), 1_900_000_000);
+        let v = judge(
+            Some(&ours),
+            std::slice::from_ref(ca.public_key()),
+            1_900_000_000,
+        );
         assert_eq!(
             v,
             Verdict::Guard(Login {
@@ -181,28 +206,72 @@ mod tests {
         );
         // Another CA's certificate, a plain key, a password: untouched.
         assert_eq!(
-            judge(Some(&cert_line(&other, 2_000_000_000)), ca.public_key(), 0),
+            judge(
+                Some(&cert_line(&other, 2_000_000_000)),
+                std::slice::from_ref(ca.public_key()),
+                0
+            ),
             Verdict::NotOurs
         );
         let plain = format!("publickey {}", ca.public_key().to_openssh().unwrap());
-        assert_eq!(judge(Some(&plain), ca.public_key(), 0), Verdict::NotOurs);
         assert_eq!(
-            judge(Some("password\n"), ca.public_key(), 0),
+            judge(Some(&plain), std::slice::from_ref(ca.public_key()), 0),
+            Verdict::NotOurs
+        );
+        assert_eq!(
+            judge(Some("password\n"), std::slice::from_ref(ca.public_key()), 0),
             Verdict::NotOurs
         );
         // Two methods, one of them ours.
         let both = format!("password\n{ours}\n");
         assert!(matches!(
-            judge(Some(&both), ca.public_key(), 0),
+            judge(Some(&both), std::slice::from_ref(ca.public_key()), 0),
             Verdict::Guard(_)
         ));
+    }
+
+    #[test]
+    fn submethods_several_certificates_and_several_ca_keys() {
+        let ca = generate_key("ca").unwrap();
+        let next = generate_key("next").unwrap();
+        let cas = ca_keys(&format!(
+            "# rotated in 2026\n{}\n\n{}\n",
+            ca.public_key().to_openssh().unwrap(),
+            next.public_key().to_openssh().unwrap()
+        ))
+        .unwrap();
+        assert_eq!(cas.len(), 2);
+        assert_eq!(ca_keys("# nothing\n"), None);
+        assert_eq!(ca_keys("not a key\n"), None);
+        // keyboard-interactive/pam is a method with a submethod: not ours, not unreadable.
+        assert_eq!(
+            judge(Some("keyboard-interactive/pam\n"), &cas, 0),
+            Verdict::NotOurs
+        );
+        // A second factor after an sshjit certificate, signed by the rotated-in key.
+        let later = cert_line(&next, 2_000_000_000);
+        let line = format!("{later}\nkeyboard-interactive/pam\n");
+        assert!(matches!(judge(Some(&line), &cas, 0), Verdict::Guard(_)));
+        // Two sshjit certificates: the earlier end wins, whichever comes first.
+        let sooner = cert_line(&ca, 1_950_000_000);
+        for info in [format!("{later}\n{sooner}"), format!("{sooner}\n{later}")] {
+            match judge(Some(&info), &cas, 0) {
+                Verdict::Guard(l) => assert_eq!(l.valid_before, 1_950_000_000),
+                v => panic!("{v:?}"),
+            }
+        }
     }
 
     #[test]
     fn what_cannot_be_read_is_refused() {
         let ca = generate_key("ca").unwrap();
         let ours = cert_line(&ca, 2_000_000_000);
-        let refused = |s: Option<&str>| matches!(judge(s, ca.public_key(), 0), Verdict::Refuse(_));
+        let refused = |s: Option<&str>| {
+            matches!(
+                judge(s, std::slice::from_ref(ca.public_key()), 0),
+                Verdict::Refuse(_)
+            )
+        };
         assert!(refused(None));
         assert!(refused(Some("")));
         assert!(refused(Some("garbage")));
@@ -215,7 +284,11 @@ mod tests {
         // Past its end: sshd would not have let it in; the guard does not either.
         assert!(!refused(Some(&ours)));
         assert!(matches!(
-            judge(Some(&ours), ca.public_key(), 2_000_000_000),
+            judge(
+                Some(&ours),
+                std::slice::from_ref(ca.public_key()),
+                2_000_000_000
+            ),
             Verdict::Refuse(_)
         ));
     }

@@ -527,7 +527,13 @@ fn the_brokers_certificate_on_a_host_set_up_by_host_config() {
         }
     }
     let _cleanup = Remove(pam_file.clone());
-    std::fs::write(&pam_file, "@include common-account\n").unwrap();
+    // As Debian's: pam_env reads the user's ~/.pam_environment in the session stack, so the
+    // guard's line must come before it.
+    std::fs::write(
+        &pam_file,
+        "@include common-account\nsession required pam_env.so user_readenv=1\n",
+    )
+    .unwrap();
     let dir = b.tmp.path().join("host-web-01");
     let line = format!(
         "host-config web-01 --dir {} --script --session-guard --guard-path {} --pam-service {service}",
@@ -541,7 +547,7 @@ fn the_brokers_certificate_on_a_host_set_up_by_host_config() {
     }
     let pam = std::fs::read_to_string(&pam_file).unwrap();
     let want = format!(
-        "session required pam_exec.so quiet {} pam --ca {}/sshjit_ca.pub --host web-01",
+        "session required pam_exec.so quiet {} pam --ca {}/sshjit_ca.pub --host web-01 # sshjit-guard",
         guard_bin(),
         dir.display()
     );
@@ -552,7 +558,11 @@ fn the_brokers_certificate_on_a_host_set_up_by_host_config() {
         vec![want.as_str()],
         "{pam}"
     );
-    assert!(pam.starts_with("@include common-account\n"), "{pam}");
+    assert_eq!(
+        pam,
+        format!("@include common-account\n{want}\nsession required pam_env.so user_readenv=1\n"),
+        "the guard's line comes first in the session stack"
+    );
     // Without the guard installed, the script refuses before it writes anything.
     let missing = script.replace(guard_bin(), "/nonexistent/sshjit-guard");
     let out = Command::new("sh").arg("-c").arg(&missing).output().unwrap();
@@ -587,7 +597,7 @@ fn the_brokers_certificate_on_a_host_set_up_by_host_config() {
         .arg("sleep 3; echo still-here");
     let mut child = ssh.stdout(Stdio::piped()).spawn().unwrap();
     // While it runs, the guard watches this connection until the certificate's end.
-    let want = format!("--key-id sshjit:{id}:alice");
+    let want = format!("--key-id=sshjit:{id}:alice");
     let start = Instant::now();
     let watcher = loop {
         let found = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
@@ -605,12 +615,12 @@ fn the_brokers_certificate_on_a_host_set_up_by_host_config() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(watcher.contains(&format!("--until {until}")), "{watcher}");
+    assert!(watcher.contains(&format!("--until={until}")), "{watcher}");
     assert!(
-        watcher.contains(&format!("--serial {}", cert["serial"])),
+        watcher.contains(&format!("--serial={}", cert["serial"])),
         "{watcher}"
     );
-    assert!(watcher.contains("--host web-01"), "{watcher}");
+    assert!(watcher.contains("--host=web-01"), "{watcher}");
     let st =
         util::wait_timeout(&mut child, Duration::from_secs(15)).expect("the login did not finish");
     let mut out = String::new();
@@ -623,4 +633,47 @@ fn the_brokers_certificate_on_a_host_set_up_by_host_config() {
     assert!(st.success() && out.contains("still-here"), "{out}");
     let _ = sshd.kill();
     let _ = sshd.wait();
+}
+
+/// Hundreds of processes that ignore SIGTERM, and a loop that keeps forking, end with the
+/// connection: nothing of it is left 2 s after the end.
+#[test]
+fn processes_that_fork_or_ignore_signals_are_ended_too() {
+    let g = Guarded::start("");
+    let (key, before) = g.cert("gina", 6);
+    let many = "trap '' TERM HUP; for i in $(seq 1 300); do sleep 611 & done; wait";
+    let forks = "trap '' TERM HUP; while :; do (sleep 612 &); sleep 0.01; done";
+    let mut a = g
+        .ssh(&key, &["root@127.0.0.1", many])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut b = g
+        .ssh(&key, &["root@127.0.0.1", forks])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ends_at_window_end(&g, &mut a, before, "300 sleepers");
+    ends_at_window_end(&g, &mut b, before, "a fork loop");
+    let left_at = before as f64 + SLACK.as_secs_f64();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    if now < left_at {
+        std::thread::sleep(Duration::from_secs_f64(left_at - now));
+    }
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    let left = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| l.trim() == "sleep 611" || l.trim() == "sleep 612")
+        .count();
+    assert_eq!(
+        left,
+        0,
+        "{left} processes of the connection outlived it: {}",
+        g.log()
+    );
 }

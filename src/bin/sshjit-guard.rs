@@ -13,7 +13,6 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use russh::keys::ssh_key::PublicKey;
 use sshjit::guard::{self, Login, Verdict};
 
 #[derive(Parser)]
@@ -112,15 +111,20 @@ fn pam(ca: &Path, host: &str, log: Option<&Path>, warn: &[u64]) -> ExitCode {
         eprintln!("sshjit-guard: {why}");
         ExitCode::FAILURE
     };
-    let ca_key = match std::fs::read_to_string(ca)
-        .map_err(|e| e.to_string())
-        .and_then(|t| PublicKey::from_openssh(t.trim()).map_err(|e| e.to_string()))
-    {
-        Ok(k) => k,
+    let cas = match std::fs::read_to_string(ca) {
+        Ok(text) => match guard::ca_keys(&text) {
+            Some(k) => k,
+            None => {
+                return refuse(&format!(
+                    "cannot read the CA key {}: every line must be a public key or a # comment",
+                    ca.display()
+                ));
+            }
+        },
         Err(e) => return refuse(&format!("cannot read the CA key {}: {e}", ca.display())),
     };
     let info = std::env::var("SSH_AUTH_INFO_0").ok();
-    let login = match guard::judge(info.as_deref(), &ca_key, unix_now()) {
+    let login = match guard::judge(info.as_deref(), &cas, unix_now()) {
         Verdict::NotOurs => return ExitCode::SUCCESS,
         Verdict::Refuse(why) => return refuse(&why),
         Verdict::Guard(login) => login,
@@ -139,25 +143,26 @@ fn pam(ca: &Path, host: &str, log: Option<&Path>, warn: &[u64]) -> ExitCode {
     let mut watcher = Command::new(exe);
     watcher
         .arg("watch")
-        .args(["--pid", &pid.to_string(), "--started", &started.to_string()])
-        .args(["--until", &login.valid_before.to_string()])
-        .args([
-            "--key-id",
-            &login.key_id,
-            "--serial",
-            &login.serial.to_string(),
-        ])
-        .args(["--host", host, "--user", &user])
+        // `--name=VALUE`: a value that starts with '-' stays a value.
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--started={started}"))
+        .arg(format!("--until={}", login.valid_before))
+        .arg(format!("--key-id={}", login.key_id))
+        .arg(format!("--serial={}", login.serial))
+        .arg(format!("--host={host}"))
+        .arg(format!("--user={user}"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         // Its own process group: nothing sent to the session's group reaches it.
         .process_group(0);
     if let Some(l) = log {
-        watcher.arg("--log").arg(l);
+        let mut arg = std::ffi::OsString::from("--log=");
+        arg.push(l);
+        watcher.arg(arg);
     }
     for w in warn {
-        watcher.args(["--warn", &w.to_string()]);
+        watcher.arg(format!("--warn={w}"));
     }
     match watcher.spawn() {
         Ok(_) => {
@@ -226,85 +231,158 @@ fn watch(
 const CLOSING_LEAD: f64 = 0.5;
 
 /// Ends the process `root` (if it is still the one that started at `started`) and everything
-/// under it: SIGTERM, then SIGKILL after a second for whatever is left. Processes are named
-/// by pid and start time, so a reused pid is never hit.
+/// of its connection: first every process is frozen (SIGSTOP, which nothing can catch, so
+/// nothing frozen can fork away), round after round until a scan of /proc finds nothing new,
+/// then all are killed (SIGKILL). A process belongs to the connection if its parent does, or
+/// if it is in a session that one of the connection's processes leads (so an orphan that a
+/// double fork left behind is still found). Processes are named by pid and start time, so a
+/// reused pid is never hit.
 fn end_tree(root: i32, started: u64) {
-    let mut targets: Vec<(i32, u64)> = vec![(root, started)];
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let mut targets: HashMap<i32, u64> = HashMap::from([(root, started)]);
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
     loop {
-        // Whatever the tree started meanwhile joins (orphans keep their place in the list).
-        let alive: Vec<(i32, u64)> = targets
+        let procs = scan();
+        let sessions: BTreeSet<i32> = procs
             .iter()
-            .copied()
-            .filter(|(p, t)| running(*p, *t))
+            .filter(|(pid, p)| {
+                p.session == **pid && targets.get(pid) == Some(&p.start) && **pid != root
+            })
+            .map(|(pid, _)| *pid)
             .collect();
-        for (p, _) in &alive {
-            for c in descendants(*p) {
-                if let Some(t) = start_time(c)
-                    && !targets.contains(&(c, t))
-                {
-                    targets.push((c, t));
-                }
+        let mut grew = false;
+        loop {
+            let joining: Vec<(i32, u64)> = procs
+                .iter()
+                .filter(|(pid, p)| {
+                    !targets.contains_key(pid)
+                        && p.start >= started
+                        && (procs
+                            .get(&p.parent)
+                            .is_some_and(|pp| targets.get(&p.parent) == Some(&pp.start))
+                            || sessions.contains(&p.session))
+                })
+                .map(|(pid, p)| (*pid, p.start))
+                .collect();
+            if joining.is_empty() {
+                break;
             }
+            grew = true;
+            targets.extend(joining);
         }
-        let alive: Vec<i32> = targets
+        let live: Vec<i32> = targets
             .iter()
-            .filter(|(p, t)| running(*p, *t))
-            .map(|(p, _)| *p)
+            .filter(|(pid, start)| {
+                procs
+                    .get(pid)
+                    .is_some_and(|p| p.start == **start && p.state != 'Z')
+            })
+            .map(|(pid, _)| *pid)
             .collect();
-        if alive.is_empty() || std::time::Instant::now() >= deadline + Duration::from_secs(2) {
+        let all_frozen = live
+            .iter()
+            .all(|pid| procs.get(pid).is_some_and(|p| matches!(p.state, 'T' | 't')));
+        if live.is_empty() {
             return;
         }
-        let late = std::time::Instant::now() >= deadline;
-        for p in alive {
-            let sig = if late { libc::SIGKILL } else { libc::SIGTERM };
-            // SAFETY: kill has no memory effects; a pid that ended since is an error we ignore.
-            unsafe { libc::kill(p, sig) };
+        if (!grew && all_frozen) || std::time::Instant::now() >= deadline {
+            for pid in &live {
+                // SAFETY: kill has no memory effects; a pid that ended since is an error we ignore.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+            if std::time::Instant::now() >= deadline + Duration::from_millis(500) {
+                return;
+            }
+        } else {
+            for pid in &live {
+                // SAFETY: as above.
+                unsafe { libc::kill(*pid, libc::SIGSTOP) };
+            }
         }
-        std::thread::sleep(Duration::from_millis(if late { 20 } else { 100 }));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
-/// Whether the process `pid` that started at `started` is still running (not a zombie).
-fn running(pid: i32, started: u64) -> bool {
-    start_time(pid) == Some(started) && stat_field(pid, 0).as_deref() != Some("Z")
+/// What the guard needs to know of a process.
+struct Proc {
+    parent: i32,
+    session: i32,
+    state: char,
+    start: u64,
 }
 
-/// Writes a line to every terminal the connection's processes use.
+/// Every process, from one pass over /proc.
+fn scan() -> HashMap<i32, Proc> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split(' ').collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
+        if let (Some(state), Some(parent), Some(session), Some(start)) = (
+            f.first().and_then(|s| s.chars().next()),
+            num(1),
+            num(3),
+            num(19),
+        ) {
+            out.insert(
+                pid,
+                Proc {
+                    parent: parent as i32,
+                    session: session as i32,
+                    state,
+                    start: start as u64,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Writes a line to every terminal the connection's processes use. It opens each terminal
+/// through the process's own descriptor (/proc/PID/fd/N), never by a path the process could
+/// have made point elsewhere, and writes without blocking.
 fn tell(root: i32, line: &str) {
-    let mut ttys = BTreeSet::new();
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut seen = BTreeSet::new();
     for p in descendants(root).into_iter().chain([root]) {
         for fd in 0..3 {
-            if let Ok(target) = std::fs::read_link(format!("/proc/{p}/fd/{fd}"))
-                && target.starts_with("/dev/pts/")
-            {
-                ttys.insert(target);
+            let link = format!("/proc/{p}/fd/{fd}");
+            if !std::fs::read_link(&link).is_ok_and(|t| t.starts_with("/dev/pts/")) {
+                continue;
             }
-        }
-    }
-    for tty in ttys {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
-            .open(&tty)
-        {
-            let _ = write!(f, "\r\n{line}\r\n");
+            let Ok(mut f) = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+                .open(&link)
+            else {
+                continue;
+            };
+            let is_tty = f
+                .metadata()
+                .is_ok_and(|m| m.file_type().is_char_device() && seen.insert(m.rdev()));
+            if is_tty {
+                let _ = write!(f, "\r\n{line}\r\n");
+            }
         }
     }
 }
 
-/// Every process below `root`, from /proc.
+/// Every process below `root`.
 fn descendants(root: i32) -> Vec<i32> {
+    let procs = scan();
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            if let Some(ppid) = stat_field(pid, 1).and_then(|v| v.parse().ok()) {
-                children.entry(ppid).or_default().push(pid);
-            }
-        }
+    for (pid, p) in &procs {
+        children.entry(p.parent).or_default().push(*pid);
     }
     let mut out = Vec::new();
     let mut todo = vec![root];

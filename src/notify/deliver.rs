@@ -259,20 +259,14 @@ impl Deliverer {
                 continue;
             };
             retry.attempts += 1;
-            let outcome = self.send(e, &n, &approvers, now);
-            let keep = self.settle(e, &mut rec, &n, &outcome, &mut retry, now);
-            store.save_endpoint(&e.id, &rec, Some((seq, keep.then_some(&retry))))?;
+            let keep = self.attempt(store, e, &mut rec, &n, &mut retry, &approvers, now)?;
             if rec.disabled.is_some() {
                 return Ok(None);
             }
             if keep {
                 note(retry.next_at);
             }
-            if outcome.endpoint_down() {
-                down = true;
-                rec.rest_until = Some(retry.next_at);
-                store.save_endpoint::<_, Retry>(&e.id, &rec, None)?;
-            }
+            down = rec.rest_until.is_some();
         }
         while !down && rec.cursor < durable {
             let batch = store.notices_after(rec.cursor, BATCH)?;
@@ -292,24 +286,43 @@ impl Deliverer {
                     next_at: now,
                     last_error: String::new(),
                 };
-                let outcome = self.send(e, &n, &approvers, now);
-                let keep = self.settle(e, &mut rec, &n, &outcome, &mut retry, now);
-                store.save_endpoint(&e.id, &rec, keep.then_some((n.seq, Some(&retry))))?;
+                let keep = self.attempt(store, e, &mut rec, &n, &mut retry, &approvers, now)?;
                 if rec.disabled.is_some() {
                     return Ok(None);
                 }
                 if keep {
                     note(retry.next_at);
                 }
-                if outcome.endpoint_down() {
+                if rec.rest_until.is_some() {
                     down = true;
-                    rec.rest_until = Some(retry.next_at);
-                    store.save_endpoint::<_, Retry>(&e.id, &rec, None)?;
                     break;
                 }
             }
         }
         Ok(soonest)
+    }
+
+    /// Sends `n` once and records how it went (in one write with its retry, if it needs
+    /// one); true if it must be tried again. An endpoint that is down rests until then
+    /// (`rec.rest_until`).
+    #[allow(clippy::too_many_arguments)]
+    fn attempt(
+        &self,
+        store: &Store,
+        e: &Endpoint,
+        rec: &mut EndpointRecord,
+        n: &Notice,
+        retry: &mut Retry,
+        approvers: &Approvers,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let outcome = self.send(e, n, approvers, now);
+        let keep = self.settle(e, rec, n, &outcome, retry, now);
+        if outcome.endpoint_down() && rec.disabled.is_none() {
+            rec.rest_until = Some(retry.next_at);
+        }
+        store.save_endpoint(&e.id, rec, Some((n.seq, keep.then_some(&*retry))))?;
+        Ok(keep)
     }
 
     /// Counts an attempt's outcome in `rec` and `retry`; true if it must be tried again.
