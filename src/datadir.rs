@@ -312,10 +312,24 @@ pub fn open(dir: &DataDir) -> Result<Opened> {
 /// `check-config`: every check `serve` makes of a data dir before it opens the database, each
 /// as `(what, Err(what to change))`, without opening the database (a running broker holds it).
 pub fn check(dir: &DataDir) -> Vec<(String, Result<()>)> {
-    let mut out = vec![(
-        "config.toml".to_string(),
-        Config::load(&dir.config()).map(|_| ()),
-    )];
+    let loaded = Config::load(&dir.config());
+    let mut out = Vec::new();
+    if let Ok(cfg) = &loaded {
+        // What the optional tables set up, so an operator sees they were picked up.
+        if let Ok(endpoints) = notify::config::load(&cfg.notify, &dir.config())
+            && !endpoints.is_empty()
+        {
+            let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
+            out.push((format!("[[notify]]: {}", names.join(", ")), Ok(())));
+        }
+        if let Some(j) = &cfg.justify {
+            out.push((
+                format!("[justify]: model {}", crate::model::printable(&j.model, 60)),
+                Ok(()),
+            ));
+        }
+    }
+    out.insert(0, ("config.toml".to_string(), loaded.map(|_| ())));
     out.push(("modes and owners".into(), check_files(dir, current_uid())));
     for (name, path) in [("ca_key", dir.ca_key()), ("host_key", dir.host_key())] {
         out.push((name.into(), ca::read_private_key(&path).map(|_| ())));

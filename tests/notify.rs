@@ -666,6 +666,23 @@ fn bad_notify_config_stops_the_broker_with_what_to_fix() {
             "{table}: {err}"
         );
     }
+    // A good config: check-config says what it picked up.
+    let good = format!(
+        "{base}\n[[notify]]\nname = \"ops\"\nurl = \"http://x/\"\nsecret_file = \"{}\"\n[justify]\nendpoint = \"http://x/v1/chat/completions\"\nmodel = \"m\"\n",
+        good_secret.display()
+    );
+    std::fs::write(data.join("config.toml"), good).unwrap();
+    let out = std::process::Command::new(util::bin())
+        .args(["check-config", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("ok      [[notify]]: ops") && text.contains("ok      [justify]: model m"),
+        "{text}"
+    );
 }
 
 /// An endpoint that never answers delays neither the others nor a graceful stop.
