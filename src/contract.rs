@@ -417,6 +417,13 @@ pub struct EndpointView {
     pub member: Option<Name>,
     /// Notifications not yet delivered: waiting for a retry, or not yet tried.
     pub pending: u64,
+    #[serde(flatten)]
+    pub counts: DeliveryCounts,
+}
+
+/// How an endpoint's deliveries went: kept by the broker, shown by `notify status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryCounts {
     pub delivered: u64,
     /// Given up after a day of retries.
     pub failed: u64,

@@ -398,7 +398,7 @@ fn a_failed_delivery_is_retried_with_backoff_and_the_same_id() {
     // First attempt fails; the next is at the Retry-After, not the 5 s backoff.
     assert_eq!(step(&b, T0), Some(T0.plus(120)));
     assert_eq!(rx.received().len(), 1);
-    assert_eq!(record(&b).last_error.as_deref(), Some("HTTP 503"));
+    assert_eq!(record(&b).counts.last_error.as_deref(), Some("HTTP 503"));
     // Not due yet: nothing is sent.
     assert_eq!(step(&b, T0.plus(119)), Some(T0.plus(120)));
     assert_eq!(rx.received().len(), 1);
@@ -429,7 +429,7 @@ fn a_failed_delivery_is_retried_with_backoff_and_the_same_id() {
     );
     got.iter().for_each(assert_signed);
     let rec = record(&b);
-    assert_eq!((rec.delivered, rec.failed), (1, 0));
+    assert_eq!((rec.counts.delivered, rec.counts.failed), (1, 0));
     // Delivered and done: a later pass sends nothing.
     step(&b, T0.plus(9999));
     assert_eq!(rx.received().len(), 3);
@@ -450,7 +450,7 @@ fn retries_stop_after_a_day_and_count_as_failed() {
         assert!(tries < 100);
     }
     let rec = record(&b);
-    assert_eq!((rec.delivered, rec.failed), (0, 1));
+    assert_eq!((rec.counts.delivered, rec.counts.failed), (0, 1));
     assert_eq!(rx.received().len(), tries + 1);
     // 5 s doubling to an hour: about 30 attempts in a day.
     assert!(
@@ -507,7 +507,8 @@ fn a_timeout_is_a_failure_to_retry() {
     assert_eq!(next, Some(T0.plus(5)));
     let rec = d.status(b.store()).unwrap().remove(0).1;
     assert!(
-        rec.last_error
+        rec.counts
+            .last_error
             .as_deref()
             .unwrap()
             .to_lowercase()

@@ -22,7 +22,7 @@ impl Broker {
                 let durable = *self.store.durable_notices().borrow();
                 let mut views = Vec::new();
                 for (e, rec, retries) in d.status(&self.store)? {
-                    let waiting = if rec.disabled.is_some() {
+                    let waiting = if rec.counts.disabled.is_some() {
                         0
                     } else {
                         self.store
@@ -40,12 +40,7 @@ impl Broker {
                         .into(),
                         member: e.member.clone(),
                         pending: waiting + retries.len() as u64,
-                        delivered: rec.delivered,
-                        failed: rec.failed,
-                        last_error: rec.last_error,
-                        last_error_at: rec.last_error_at,
-                        last_delivered_at: rec.last_delivered_at,
-                        disabled: rec.disabled,
+                        counts: rec.counts,
                     });
                 }
                 let text = status_text(&views);
@@ -82,7 +77,11 @@ fn status_text(views: &[EndpointView]) -> String {
             Some(m) => format!("{} ({m})", v.name),
             None => v.name.clone(),
         };
-        let error = match (&v.disabled, &v.last_error, v.last_error_at) {
+        let error = match (
+            &v.counts.disabled,
+            &v.counts.last_error,
+            v.counts.last_error_at,
+        ) {
             (Some(d), _, _) => {
                 format!("DISABLED: {d}; fix or remove it in config.toml and restart")
             }
@@ -91,7 +90,7 @@ fn status_text(views: &[EndpointView]) -> String {
         };
         s.push_str(&format!(
             "{name:<20} {:<8} {:>7} {:>9} {:>6}  {error}\n",
-            v.format, v.pending, v.delivered, v.failed
+            v.format, v.pending, v.counts.delivered, v.counts.failed
         ));
     }
     s

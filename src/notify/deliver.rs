@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{Endpoint, Format};
 use super::format::{self, Message};
 use super::{Event, Notice};
+use crate::contract::DeliveryCounts;
 use crate::error::Result;
 use crate::model::{Name, Timestamp, escape_for_log};
 use crate::store::Store;
@@ -28,21 +29,12 @@ const BATCH: usize = 200;
 pub struct EndpointRecord {
     /// Every outbox entry up to here was sent, is waiting for a retry, or was not wanted.
     pub cursor: u64,
-    pub delivered: u64,
-    pub failed: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error_at: Option<Timestamp>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_delivered_at: Option<Timestamp>,
+    #[serde(flatten)]
+    pub counts: DeliveryCounts,
     /// The endpoint did not answer well (no answer, 5xx, 408, 429): nothing is sent to it
     /// before this time, its failed notification's next retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rest_until: Option<Timestamp>,
-    /// Set when the endpoint answered 410 Gone: nothing more is sent until its URL changes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disabled: Option<String>,
 }
 
 /// An endpoint with its record and its notifications waiting for a retry (by outbox seq).
@@ -238,7 +230,7 @@ impl Deliverer {
         let Some(mut rec) = store.endpoint_state::<EndpointRecord>(&e.id)? else {
             return Ok(None);
         };
-        if rec.disabled.is_some() {
+        if rec.counts.disabled.is_some() {
             return Ok(None);
         }
         if let Some(t) = rec.rest_until.filter(|t| *t > now) {
@@ -260,7 +252,7 @@ impl Deliverer {
             };
             retry.attempts += 1;
             let keep = self.attempt(store, e, &mut rec, &n, &mut retry, &approvers, now)?;
-            if rec.disabled.is_some() {
+            if rec.counts.disabled.is_some() {
                 return Ok(None);
             }
             if keep {
@@ -287,7 +279,7 @@ impl Deliverer {
                     last_error: String::new(),
                 };
                 let keep = self.attempt(store, e, &mut rec, &n, &mut retry, &approvers, now)?;
-                if rec.disabled.is_some() {
+                if rec.counts.disabled.is_some() {
                     return Ok(None);
                 }
                 if keep {
@@ -318,7 +310,7 @@ impl Deliverer {
     ) -> Result<bool> {
         let outcome = self.send(e, n, approvers, now);
         let keep = self.settle(e, rec, n, &outcome, retry, now);
-        if outcome.endpoint_down() && rec.disabled.is_none() {
+        if outcome.endpoint_down() && rec.counts.disabled.is_none() {
             rec.rest_until = Some(retry.next_at);
         }
         store.save_endpoint(&e.id, rec, Some((n.seq, keep.then_some(&*retry))))?;
@@ -337,8 +329,8 @@ impl Deliverer {
     ) -> bool {
         match next(outcome, retry.attempts, retry.first_at, now) {
             Next::Done => {
-                rec.delivered += 1;
-                rec.last_delivered_at = Some(now);
+                rec.counts.delivered += 1;
+                rec.counts.last_delivered_at = Some(now);
                 false
             }
             Next::RetryAt(at) => {
@@ -346,23 +338,23 @@ impl Deliverer {
                 tracing::warn!(endpoint = %e.name, seq = n.seq, attempts = retry.attempts, error = %error, retry_at = %at, "notification not delivered; will retry");
                 retry.next_at = at;
                 retry.last_error = error.clone();
-                rec.last_error = Some(error);
-                rec.last_error_at = Some(now);
+                rec.counts.last_error = Some(error);
+                rec.counts.last_error_at = Some(now);
                 true
             }
             Next::GiveUp => {
                 let error = error_of(outcome);
                 tracing::error!(endpoint = %e.name, seq = n.seq, attempts = retry.attempts, error = %error, "notification given up after a day of retries");
-                rec.failed += 1;
-                rec.last_error = Some(error);
-                rec.last_error_at = Some(now);
+                rec.counts.failed += 1;
+                rec.counts.last_error = Some(error);
+                rec.counts.last_error_at = Some(now);
                 false
             }
             Next::Disable => {
                 tracing::error!(endpoint = %e.name, seq = n.seq, "endpoint answered 410 Gone; it is disabled until its url changes");
-                rec.disabled = Some(format!("answered 410 Gone at {now}"));
-                rec.last_error = Some("HTTP 410 Gone".into());
-                rec.last_error_at = Some(now);
+                rec.counts.disabled = Some(format!("answered 410 Gone at {now}"));
+                rec.counts.last_error = Some("HTTP 410 Gone".into());
+                rec.counts.last_error_at = Some(now);
                 true
             }
         }
@@ -386,7 +378,7 @@ impl Deliverer {
         let mut done = durable;
         for e in &self.endpoints {
             match store.endpoint_state::<EndpointRecord>(&e.id)? {
-                Some(rec) if rec.disabled.is_some() => continue,
+                Some(rec) if rec.counts.disabled.is_some() => continue,
                 Some(rec) => done = done.min(rec.cursor),
                 None => {}
             }
