@@ -152,6 +152,15 @@ impl Store {
         Ok(out)
     }
 
+    /// Removes a timer that no longer matches its request (left from a time without
+    /// endpoints, when timers were not kept): index upkeep, not a change to audit.
+    pub fn drop_timer(&self, due: Timestamp, id: u64, what: Event) -> Result<()> {
+        self.t
+            .timers
+            .remove(&notify::timer_key(due, id, what)[..])?;
+        Ok(())
+    }
+
     /// When the soonest timer falls due.
     pub fn next_timer(&self) -> Result<Option<Timestamp>> {
         match self.t.timers.first()? {

@@ -157,8 +157,11 @@ impl Tx<'_> {
     /// and the open lists of its requester and its host.
     pub fn put_request(&self, r: &Request) -> TxResult<()> {
         self.touched.borrow_mut().push(r.id);
-        let before = self.request(r.id)?;
-        self.sync_timers(before.as_ref(), r)?;
+        // What falls due matters only to notifications: without an endpoint, no timers.
+        if self.outbox_on {
+            let before = self.request(r.id)?;
+            self.sync_timers(before.as_ref(), r)?;
+        }
         let pk = pending_key(r.pending_until, r.id);
         if matches!(r.decision, Decision::Pending) {
             self.t.pending.insert(&pk[..], &[][..])?;
