@@ -59,7 +59,7 @@ fn unix_now() -> u64 {
 /// A real sshd whose PAM session stack runs the guard.
 struct Guarded {
     tmp: tempfile::TempDir,
-    sshd: Child,
+    _sshd: Running,
     port: u16,
     pam_file: PathBuf,
     ca: PathBuf,
@@ -108,7 +108,7 @@ impl Guarded {
         let (child, port) = sshd_with_pam(tmp.path(), &service, &extra);
         Guarded {
             tmp,
-            sshd: child,
+            _sshd: child,
             port,
             pam_file,
             ca,
@@ -163,9 +163,19 @@ impl Guarded {
     }
 }
 
+/// An sshd that is stopped when dropped, also when a test fails.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts sshd as the PAM service `service` (a symlink of that name) with `UsePAM yes` and
 /// `extra` config lines; returns it and its port.
-fn sshd_with_pam(dir: &Path, service: &str, extra: &str) -> (Child, u16) {
+fn sshd_with_pam(dir: &Path, service: &str, extra: &str) -> (Running, u16) {
     let sshd = dir.join(service);
     std::os::unix::fs::symlink("/usr/sbin/sshd", &sshd).unwrap();
     let port = free_port();
@@ -198,13 +208,12 @@ fn sshd_with_pam(dir: &Path, service: &str, extra: &str) -> (Child, u16) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    (child, port)
+    (Running(child), port)
 }
 
 impl Drop for Guarded {
     fn drop(&mut self) {
-        let _ = self.sshd.kill();
-        let _ = self.sshd.wait();
+        // sshd (`_sshd`) stops right after, when the fields drop.
         let _ = std::fs::remove_file(&self.pam_file);
     }
 }
@@ -574,7 +583,7 @@ fn the_brokers_certificate_on_a_host_set_up_by_host_config() {
     assert_eq!(std::fs::read_to_string(&pam_file).unwrap(), pam);
 
     let tmp = tempfile::tempdir().unwrap();
-    let (mut sshd, port) = sshd_with_pam(
+    let (_sshd, port) = sshd_with_pam(
         tmp.path(),
         &service,
         &format!("Include {}/sshd_config.d/sshjit.conf\n", dir.display()),
@@ -631,8 +640,6 @@ fn the_brokers_certificate_on_a_host_set_up_by_host_config() {
         .read_to_string(&mut out)
         .unwrap();
     assert!(st.success() && out.contains("still-here"), "{out}");
-    let _ = sshd.kill();
-    let _ = sshd.wait();
 }
 
 /// Hundreds of processes that ignore SIGTERM, and a loop that keeps forking, end with the
