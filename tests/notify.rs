@@ -375,6 +375,11 @@ fn alice_and_web(b: &InProcess, owner: &str, options: &str) -> String {
     sshjit::ca::fingerprint(alice.public_key().key_data())
 }
 
+/// Makes a request as the key `fp` at `now`; returns its id.
+fn request(b: &InProcess, fp: &str, line: &str, now: Timestamp) -> u64 {
+    run(b, fp, line, now)["id"].as_u64().unwrap()
+}
+
 /// One delivery pass at `now` over everything committed.
 fn step(b: &InProcess, now: Timestamp) -> Option<Timestamp> {
     let durable = b.store().last_notice().unwrap();
@@ -522,31 +527,25 @@ fn expiry_escalation_and_window_end_fall_due_once() {
     let rx = Receiver::start();
     let (_tmp, b, fp) = in_process(&table(&rx.url("/")));
     let alice_fp = alice_and_web(&b, &fp, "--escalate-after 10m --break-glass");
-    let waiting = run(
+    let waiting = request(
         &b,
         &alice_fp,
         "request web-01 --role editor --for 1h --reason 'INC-1 look at the queue'",
         T0,
-    )["id"]
-        .as_u64()
-        .unwrap();
-    let granted = run(
+    );
+    let granted = request(
         &b,
         &alice_fp,
         "request web-01 --role editor --for 1h --reason 'INC-2 look at the queue'",
         T0,
-    )["id"]
-        .as_u64()
-        .unwrap();
+    );
     run(&b, &fp, &format!("approve {granted}"), T0);
-    let glass = run(
+    let glass = request(
         &b,
         &alice_fp,
         "request web-01 --break-glass --role editor --for 30m --reason 'INC-3 outage'",
         T0,
-    )["id"]
-        .as_u64()
-        .unwrap();
+    );
 
     let due = |now: Timestamp| fire_due(b.store(), now).unwrap();
     assert_eq!(due(T0.plus(599)), 0);
@@ -591,14 +590,12 @@ fn expiry_escalation_and_window_end_fall_due_once() {
         "grant.ending goes to the requester's own endpoint, not the team's"
     );
     // A decided request no longer falls due: approve before expiry, nothing expires.
-    let late = run(
+    let late = request(
         &b,
         &alice_fp,
         "request web-01 --role editor --for 1h --reason 'INC-4 look at the queue'",
         T0.plus(20 * 86_400),
-    )["id"]
-        .as_u64()
-        .unwrap();
+    );
     run(
         &b,
         &fp,
@@ -616,14 +613,12 @@ fn a_members_own_endpoint_hears_their_window_ending() {
         "\n[[notify]]\nurl = \"{url}\"\nsecret_file = \"DIR/hook_secret\"\nmember = \"alice\"\n"
     ));
     let alice_fp = alice_and_web(&b, &fp, "");
-    let id = run(
+    let id = request(
         &b,
         &alice_fp,
         "request web-01 --role editor --for 1h --reason 'INC-2 look at the queue'",
         T0,
-    )["id"]
-        .as_u64()
-        .unwrap();
+    );
     run(&b, &fp, &format!("approve {id}"), T0);
     fire_due(b.store(), T0.plus(3000)).unwrap();
     step(&b, T0.plus(3000));

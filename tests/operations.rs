@@ -23,21 +23,7 @@ fn check_config(dir: &std::path::Path) -> (bool, String) {
 #[test]
 fn check_config_passes_a_fresh_data_dir_and_names_each_problem() {
     let tmp = tempfile::tempdir().unwrap();
-    let owner = keygen(tmp.path(), "olga");
-    let data = tmp.path().join("data");
-    let st = Command::new(bin())
-        .args([
-            "init",
-            "--owner",
-            "olga",
-            "--owner-key",
-            &owner.public,
-            "--data-dir",
-        ])
-        .arg(&data)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let data = util::init_data_dir(tmp.path(), &keygen(tmp.path(), "olga"));
     let (ok, text) = check_config(&data);
     assert!(ok, "{text}");
     assert!(text.contains("is ready to serve"), "{text}");
