@@ -205,6 +205,24 @@ pub enum Error {
     /// A local step of the helper failed (files, ssh-agent, ssh).
     #[error("{0}")]
     Client(String),
+    /// A signed note or checkpoint that does not parse, or whose signature does not verify.
+    #[error("{0}")]
+    BadCheckpoint(String),
+    /// A checkpoint or proof asked of the log beyond what it holds.
+    #[error(
+        "the audit log holds {size} entries, and {asked} is beyond that; ask for a size or entry from 1 to {size}"
+    )]
+    BeyondLog { size: u64, asked: u64 },
+    /// The broker could not prove that its log extends a checkpoint a client verified before:
+    /// the log was cut, rewritten or forked, or it is not the same broker.
+    #[error(
+        "THE BROKER'S AUDIT LOG NO LONGER EXTENDS WHAT THIS CLIENT SAW at {broker}: {detail}. Its log may have been cut, rewritten or forked. Nothing was sent. Report this to your owners and keep {evidence} as evidence; once they confirm the broker was restored on purpose, delete that file and connect again"
+    )]
+    LogNotExtended {
+        broker: String,
+        detail: String,
+        evidence: String,
+    },
     /// The broker refused a command; its code and message.
     #[error("{message}")]
     Remote { code: String, message: String },
@@ -249,6 +267,9 @@ impl Error {
             Error::BrokerKey(_) => "broker_key",
             Error::Auth(_) => "auth",
             Error::Client(_) => "client",
+            Error::BadCheckpoint(_) => "bad_checkpoint",
+            Error::BeyondLog { .. } => "beyond_log",
+            Error::LogNotExtended { .. } => "log_not_extended",
             Error::Remote { code, .. } => code,
             Error::Internal(_) => "internal",
         }
