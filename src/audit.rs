@@ -6,10 +6,12 @@
 //! members cut out. Verification hashes the bytes as stored, so any change to any byte,
 //! including fields this version does not know, breaks the chain.
 
+use base64ct::{Base64, Encoding};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::merkle::{self, Frontier, Hash};
 use crate::model::{Grant, GrantRole, Host, Member, Role, Timestamp};
 use crate::target::TargetKind;
 use crate::verdict::ReviewVerdict;
@@ -342,7 +344,7 @@ fn unseal(raw: &[u8]) -> std::result::Result<Sealed<'_>, String> {
     })
 }
 
-/// The outcome of checking a chain.
+/// The outcome of checking a chain and its Merkle tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
     pub ok: bool,
@@ -350,18 +352,27 @@ pub struct VerifyReport {
     pub entries: u64,
     /// Hex hash of the last good entry.
     pub head: String,
+    /// Base64 Merkle root (RFC 6962) of the entries that verified, as a checkpoint writes it.
+    pub root: String,
+    /// The size of the checkpoint the log was checked against, when one was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_bad_seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
 }
 
-/// Walks a chain entry by entry, in order.
+/// Walks a chain entry by entry, in order, rebuilding its Merkle tree on the way.
 #[derive(Debug)]
 pub struct Verifier {
     expected_seq: u64,
     prev: [u8; 32],
-    failure: Option<(u64, String)>,
+    tree: Frontier,
+    /// A checkpoint the log must extend: its size and root, and the root found at that size.
+    checkpoint: Option<(u64, Hash, Option<Hash>)>,
+    /// The first failure: the entry it names (none when it is about the whole log), and what.
+    failure: Option<(Option<u64>, String)>,
 }
 
 impl Default for Verifier {
@@ -369,6 +380,8 @@ impl Default for Verifier {
         Verifier {
             expected_seq: 1,
             prev: GENESIS,
+            tree: Frontier::new(),
+            checkpoint: None,
             failure: None,
         }
     }
@@ -377,15 +390,39 @@ impl Default for Verifier {
 impl Verifier {
     /// Checks the next entry's raw bytes. After the first failure, later entries are ignored.
     pub fn push(&mut self, raw: &[u8]) {
+        self.push_with(raw, |_, _, _| {});
+    }
+
+    /// [`Verifier::push`], telling `node` each tree node (level 1 and up) the entry completes.
+    pub fn push_with(&mut self, raw: &[u8], node: impl FnMut(u8, u64, &Hash)) {
         if self.failure.is_some() {
             return;
         }
         let seq = self.expected_seq;
         if let Err(problem) = self.check(raw) {
-            self.failure = Some((seq, problem));
+            self.failure = Some((Some(seq), problem));
             return;
         }
         self.expected_seq += 1;
+        self.tree.push(merkle::leaf_hash(raw), node);
+        if let Some((size, _, found @ None)) = &mut self.checkpoint
+            && *size == self.tree.size()
+        {
+            *found = Some(self.tree.root());
+        }
+    }
+
+    /// Requires the log to extend the checkpoint of `size` entries with `root`.
+    pub fn expect_checkpoint(&mut self, size: u64, root: Hash) {
+        let found = (size == 0).then(merkle::empty_root);
+        self.checkpoint = Some((size, root, found));
+    }
+
+    /// Records a problem with the stored tree (found by whoever reads it beside the entries).
+    pub fn fail_tree(&mut self, problem: String) {
+        if self.failure.is_none() {
+            self.failure = Some((None, problem));
+        }
     }
 
     fn check(&mut self, raw: &[u8]) -> std::result::Result<(), String> {
@@ -414,56 +451,77 @@ impl Verifier {
     /// Records a failure found outside the entries themselves (a missing tail, say).
     pub fn fail_at_next(&mut self, problem: String) {
         if self.failure.is_none() {
-            self.failure = Some((self.expected_seq, problem));
+            self.failure = Some((Some(self.expected_seq), problem));
         }
     }
 
-    /// Checks that the chain ends at `head`: `(last seq, hash)` as recorded beside it.
-    pub fn expect_head(&mut self, seq: u64, hash: &[u8; 32]) {
+    /// Checks that the chain ends at `head`: `(last seq, hash)` as recorded beside it, and
+    /// that the tree's frontier recorded there (if any) is the entries' own.
+    pub fn expect_head(&mut self, seq: u64, hash: &[u8; 32], frontier: Option<&Frontier>) {
         if self.failure.is_some() {
             return;
         }
         let last = self.expected_seq - 1;
         if last < seq {
             self.failure = Some((
-                last + 1,
+                Some(last + 1),
                 format!(
                     "the log ends at entry {last} but the recorded head is entry {seq}: entries were removed"
                 ),
             ));
         } else if last > seq || &self.prev != hash {
             self.failure = Some((
-                seq.max(1),
+                Some(seq.max(1)),
                 "the recorded head does not match the last entry".into(),
             ));
+        } else if frontier.is_some_and(|f| f != &self.tree) {
+            self.fail_tree(
+                "the Merkle tree recorded in the head does not match the entries".into(),
+            );
         }
     }
 
     /// The verdict.
-    pub fn finish(self) -> VerifyReport {
+    pub fn finish(mut self) -> VerifyReport {
         let entries = self.expected_seq - 1;
-        match self.failure {
-            None => VerifyReport {
-                ok: true,
-                entries,
-                head: hex::encode(self.prev),
-                first_bad_seq: None,
-                problem: None,
-            },
-            Some((seq, problem)) => VerifyReport {
-                ok: false,
-                entries,
-                head: hex::encode(self.prev),
-                first_bad_seq: Some(seq),
-                problem: Some(problem),
-            },
+        if let Some((size, root, found)) = self.checkpoint
+            && self.failure.is_none()
+        {
+            match found {
+                None => self.fail_at_next(format!(
+                    "the log has {entries} entries, but the checkpoint covers {size}: entries were cut"
+                )),
+                Some(found) if found != root => self.fail_tree(format!(
+                    "the first {size} entries do not hash to the checkpoint's root: entries were changed, or the log was forked, after it was signed"
+                )),
+                Some(_) => {}
+            }
+        }
+        let (first_bad_seq, problem) = match self.failure {
+            None => (None, None),
+            Some((seq, problem)) => (seq, Some(problem)),
+        };
+        VerifyReport {
+            ok: problem.is_none(),
+            entries,
+            head: hex::encode(self.prev),
+            root: Base64::encode_string(&self.tree.root()),
+            checkpoint: self.checkpoint.map(|(size, _, _)| size),
+            first_bad_seq,
+            problem,
         }
     }
 }
 
-/// Verifies an export: one JSON entry per line.
-pub fn verify_lines(text: &str) -> VerifyReport {
+/// Verifies an export (one JSON entry per line), and that it extends `checkpoint` if given.
+pub fn verify_lines(
+    text: &str,
+    checkpoint: Option<&crate::checkpoint::Checkpoint>,
+) -> VerifyReport {
     let mut v = Verifier::default();
+    if let Some(cp) = checkpoint {
+        v.expect_checkpoint(cp.size, cp.root);
+    }
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         v.push(line.as_bytes());
     }
@@ -547,7 +605,7 @@ mod tests {
             c.iter().for_each(|e| full.push(e));
             full.prev
         };
-        v.expect_head(3, &head);
+        v.expect_head(3, &head, None);
         assert_eq!(v.finish().first_bad_seq, Some(3));
     }
 }

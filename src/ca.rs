@@ -249,6 +249,16 @@ impl Ca {
         fingerprint(self.key.public_key().key_data())
     }
 
+    /// The SHA-256 digest of the CA's public key (what its fingerprint shows in base64).
+    pub fn fingerprint_digest(&self) -> Vec<u8> {
+        let fp = self
+            .key
+            .public_key()
+            .key_data()
+            .fingerprint(HashAlg::Sha256);
+        fp.as_bytes().to_vec()
+    }
+
     /// Whether `key` is the CA's own key (which is never certified).
     pub fn is_ca_key(&self, key: &KeyData) -> bool {
         key == self.key.public_key().key_data()

@@ -461,6 +461,35 @@ pub enum AuditCommand {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Print the log's latest signed checkpoint (a C2SP signed note); keep it, and every later
+    /// checkpoint must extend it. Any member.
+    Checkpoint {
+        /// A checkpoint of the first N entries instead of the whole log.
+        #[arg(long, value_name = "N")]
+        size: Option<u64>,
+        /// Print the checkpoint text's SSHSIG signature instead, for 'ssh-keygen -Y verify'.
+        #[arg(long, conflicts_with = "signers")]
+        sshsig: bool,
+        /// Print the allowed_signers line for 'ssh-keygen -Y verify' instead.
+        #[arg(long)]
+        signers: bool,
+    },
+    /// Prove that entry SEQ is in the log (an RFC 6962 inclusion proof). Any member.
+    Prove {
+        seq: u64,
+        /// Against the checkpoint of the first N entries instead of the latest.
+        #[arg(long, value_name = "N")]
+        size: Option<u64>,
+    },
+    /// Prove that the log extends its first N entries (an RFC 6962 consistency proof). Any member.
+    Consistency {
+        /// The size of the checkpoint you hold.
+        #[arg(long, value_name = "N")]
+        from: u64,
+        /// Up to the checkpoint of the first M entries instead of the latest.
+        #[arg(long, value_name = "M")]
+        to: Option<u64>,
+    },
 }
 
 /// What parsing an exec line produced.
@@ -475,7 +504,12 @@ pub enum Parsed {
 impl Command {
     /// Commands whose work grows with the whole audit log.
     pub fn is_heavy(&self) -> bool {
-        matches!(self, Command::Audit(_))
+        matches!(
+            self,
+            Command::Audit(
+                AuditCommand::Log { .. } | AuditCommand::Verify | AuditCommand::Export { .. }
+            )
+        )
     }
 
     /// Commands that wait for something to happen (the server runs them asynchronously).

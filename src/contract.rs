@@ -203,6 +203,8 @@ pub struct CertView {
     pub command: Option<String>,
     /// The fingerprint of the CA that signed it (what the host must trust).
     pub ca_fingerprint: String,
+    /// Its audit entry, and the proof that the entry is in the log.
+    pub log: InclusionView,
 }
 
 /// Where a certificate is used.
@@ -301,6 +303,52 @@ pub struct WhoamiView {
 pub struct CaPubkeyView {
     pub ca_public_key: String,
     pub fingerprint: String,
+}
+
+/// A signed checkpoint of the audit log (`audit checkpoint`, and beside every proof).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointView {
+    /// The log's name: the broker, named by its CA.
+    pub origin: String,
+    /// How many entries it covers.
+    pub size: u64,
+    /// The RFC 6962 Merkle root of those entries, base64.
+    pub root: String,
+    /// The checkpoint as a C2SP signed note: what a client keeps.
+    pub note: String,
+    /// The verifier key of the note's signature (`origin+keyid+base64`).
+    pub key: String,
+    /// The checkpoint text's SSHSIG signature, for `ssh-keygen -Y verify` (`audit checkpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sshsig: Option<String>,
+    /// The signing key as an OpenSSH public key (`audit checkpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_key: Option<String>,
+}
+
+/// The answer to `audit prove`, and the proof a certificate carries: entry `seq` is leaf
+/// `seq - 1` of the tree of `size` entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InclusionView {
+    pub seq: u64,
+    pub size: u64,
+    /// The RFC 6962 audit path, leaf to root, base64.
+    pub proof: Vec<String>,
+    pub checkpoint: CheckpointView,
+    /// The entry itself, as stored (with a certificate: its `certificate_issued` entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+}
+
+/// The answer to `audit consistency`: the tree of `to` entries extends the tree of `from`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsistencyView {
+    pub from: u64,
+    pub to: u64,
+    /// The RFC 6962 consistency proof, base64.
+    pub proof: Vec<String>,
+    /// The checkpoint of `to` entries.
+    pub checkpoint: CheckpointView,
 }
 
 /// An error, as stderr carries it with `--json`: `{"error": {...}}`.

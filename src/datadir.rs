@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::AuditEvent;
 use crate::broker::Broker;
 use crate::ca::{self, Ca};
+use crate::checkpoint::NoteSigner;
 use crate::error::{Error, Result};
 use crate::justify::llm::ModelConfig;
 use crate::model::{GrantRole, Host, IdentityId, Role, Timestamp};
@@ -169,6 +170,10 @@ impl DataDir {
     pub fn host_key(&self) -> PathBuf {
         self.root.join("host_key")
     }
+    /// The key that signs the audit log's checkpoints (its public half beside it, `.pub`).
+    pub fn checkpoint_key(&self) -> PathBuf {
+        self.root.join("checkpoint_key")
+    }
     pub fn db(&self) -> PathBuf {
         store::db_dir(&self.root)
     }
@@ -232,6 +237,7 @@ pub fn init(
     .map_err(Error::io("cannot write ca_key.pub"))?;
     let host_key = ca::generate_key("sshjit-broker-host")?;
     ca::write_private_key(&host_key, &dir.host_key())?;
+    checkpoint_signer(dir, &ca)?;
     let cfg = toml::to_string_pretty(&Config::new(listen))
         .map_err(|e| Error::Internal(format!("cannot encode config: {e}")))?;
     fs::write(
@@ -293,13 +299,15 @@ pub fn open(dir: &DataDir) -> Result<Opened> {
             dir.root.display()
         )));
     }
+    store.build_tree()?;
+    let signer = checkpoint_signer(dir, &ca)?;
     let endpoints = notify::config::load(&config.notify, &dir.config())?;
     let model = config
         .justify
         .as_ref()
         .map(|j| j.load(&dir.config()))
         .transpose()?;
-    let broker = Broker::new(store, ca, config.policy.clone())
+    let broker = Broker::new(store, ca, signer, config.policy.clone())
         .with_notify(endpoints)?
         .with_model(model);
     Ok(Opened {
@@ -307,6 +315,34 @@ pub fn open(dir: &DataDir) -> Result<Opened> {
         broker,
         host_key,
     })
+}
+
+/// The checkpoint signer of the broker with CA `ca`: the key in the data dir, made (with its
+/// `.pub`) when missing, as in a data dir made before checkpoints existed.
+fn checkpoint_signer(dir: &DataDir, ca: &Ca) -> Result<NoteSigner> {
+    let path = dir.checkpoint_key();
+    let key = if path.exists() {
+        ca::read_private_key(&path)?
+    } else {
+        let key = ca::generate_key("sshjit-checkpoint")?;
+        ca::write_private_key(&key, &path)?;
+        tracing::info!(path = %path.display(), "made the key that signs the audit log's checkpoints");
+        key
+    };
+    let signer = NoteSigner::new(&log_origin(ca), key)?;
+    let public = path.with_extension("pub");
+    if !public.exists() {
+        fs::write(&public, format!("{}\n", signer.ssh_public_key()?))
+            .map_err(Error::io(format!("cannot write {}", public.display())))?;
+    }
+    Ok(signer)
+}
+
+/// The origin of the broker's checkpoints (and their key's name): the broker named by its CA,
+/// which hosts already trust and which never changes.
+pub fn log_origin(ca: &Ca) -> String {
+    let digest = ca.fingerprint_digest();
+    format!("sshjit/{}", hex::encode(&digest[..8.min(digest.len())]))
 }
 
 /// `check-config`: every check `serve` makes of a data dir before it opens the database, each
@@ -333,6 +369,15 @@ pub fn check(dir: &DataDir) -> Vec<(String, Result<()>)> {
     out.push(("modes and owners".into(), check_files(dir, current_uid())));
     for (name, path) in [("ca_key", dir.ca_key()), ("host_key", dir.host_key())] {
         out.push((name.into(), ca::read_private_key(&path).map(|_| ())));
+    }
+    let checkpoint = dir.checkpoint_key();
+    if checkpoint.exists() {
+        out.push((
+            "checkpoint_key".into(),
+            ca::read_private_key(&checkpoint).map(|_| ()),
+        ));
+    } else {
+        out.push(("checkpoint_key (made at the next start)".into(), Ok(())));
     }
     let db = if dir.db().join("conf").is_file() || dir.db().join("db").is_file() {
         Ok(())
@@ -373,7 +418,8 @@ pub fn check_files(dir: &DataDir, uid: u32) -> Result<()> {
             )));
         }
     }
-    for path in [dir.ca_key(), dir.host_key()] {
+    let checkpoint = Some(dir.checkpoint_key()).filter(|p| p.exists());
+    for path in [dir.ca_key(), dir.host_key()].into_iter().chain(checkpoint) {
         let owner = meta(&path)?.uid();
         if owner != uid {
             return Err(Error::DataDir(format!(

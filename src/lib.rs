@@ -8,6 +8,9 @@
 //! - [`policy`]: the access rules, pure, with `now` as an argument;
 //! - [`justify`]: the justification written for each request (deterministic, or by a model);
 //! - [`audit`]: typed audit events and the SHA-256 hash chain;
+//! - [`checkpoint`]: signed checkpoints of the audit log (C2SP signed-note, tlog-checkpoint) and their SSHSIG form;
+//! - [`merkle`]: the RFC 6962 Merkle tree over the audit log: roots, inclusion and consistency proofs;
+//! - [`auditor`]: offline `audit verify` against a saved checkpoint, and `audit witness`;
 //! - [`notify`]: notifications: the outbox, what falls due, webhook delivery and formats;
 //! - [`guard`]: the host-side session guard's decisions (`sshjit-guard`);
 //! - [`store`]: the only module that touches sled; one transaction per change, audit included;
@@ -25,8 +28,10 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod audit;
+pub mod auditor;
 pub mod broker;
 pub mod ca;
+pub mod checkpoint;
 pub mod cli_docs;
 pub mod client;
 pub mod commands;
@@ -36,6 +41,7 @@ pub mod dev;
 pub mod error;
 pub mod guard;
 pub mod justify;
+pub mod merkle;
 pub mod model;
 pub mod notify;
 pub mod policy;

@@ -121,21 +121,22 @@ fn tampering_with_the_database_is_named_by_sequence() {
         assert!(store.verify_audit().unwrap().ok);
         assert_eq!(store.audit_len().unwrap(), 8);
         // Rewrite entry 4's address in place.
-        let tree = store.danger_audit_tree();
-        let raw = tree.get(4u64.to_be_bytes()).unwrap().unwrap();
-        let forged = String::from_utf8(raw.to_vec())
+        let raw = store.audit_entry(4).unwrap().unwrap();
+        let forged = String::from_utf8(raw.clone())
             .unwrap()
             .replace("10.0.0.1", "10.6.6.6");
         assert_ne!(forged.as_bytes(), &raw[..]);
-        tree.insert(4u64.to_be_bytes(), forged.as_bytes()).unwrap();
+        store
+            .danger_put_audit_entry(4, Some(forged.as_bytes()))
+            .unwrap();
         let r = store.verify_audit().unwrap();
         assert_eq!((r.ok, r.first_bad_seq, r.entries), (false, Some(4), 3));
         // Put it back, then drop the tail: the recorded head catches it.
-        tree.insert(4u64.to_be_bytes(), raw).unwrap();
+        store.danger_put_audit_entry(4, Some(&raw)).unwrap();
         assert!(store.verify_audit().unwrap().ok);
-        tree.remove(8u64.to_be_bytes()).unwrap();
+        store.danger_put_audit_entry(8, None).unwrap();
         assert_eq!(store.verify_audit().unwrap().first_bad_seq, Some(8));
-        tree.remove(6u64.to_be_bytes()).unwrap();
+        store.danger_put_audit_entry(6, None).unwrap();
         assert_eq!(store.verify_audit().unwrap().first_bad_seq, Some(6));
         store.flush().unwrap();
     }

@@ -8,13 +8,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
-use sshjit::audit::VerifyReport;
 use sshjit::broker::{Output, verify_reply};
 use sshjit::client::{ConnectArgs, Settings, admin};
 use sshjit::datadir::{self, DataDir};
 use sshjit::model::Timestamp;
-use sshjit::store::Store;
-use sshjit::{Error, audit, cli_docs, dev, server};
+use sshjit::{Error, auditor, cli_docs, dev, server};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
@@ -102,7 +100,8 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum AuditCmd {
-    /// Recompute the hash chain of a database or an export and name the first bad entry.
+    /// Recompute the hash chain and Merkle tree of a database or an export, name the first bad
+    /// entry, and check that the log still extends a checkpoint you saved.
     Verify {
         /// A stopped broker's data directory.
         #[arg(long, required_unless_present = "file", conflicts_with = "file")]
@@ -110,6 +109,29 @@ enum AuditCmd {
         /// A JSON-lines export from 'audit export'.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// A checkpoint saved from 'audit checkpoint': the log must still extend it.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        /// The key that signs the checkpoints ('key' of 'audit checkpoint --json', or a
+        /// checkpoint_key.pub); with --data-dir, the data dir's own by default.
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a running broker to prove that its log still extends a checkpoint you saved.
+    Witness {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        /// A checkpoint saved from 'audit checkpoint'.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: PathBuf,
+        /// The key that signs the checkpoints (default: the broker's, which must have signed FILE).
+        #[arg(long)]
+        key: Option<String>,
+        /// Replace FILE's checkpoint with the newer one once it is proven.
+        #[arg(long)]
+        update: bool,
         #[arg(long)]
         json: bool,
     },
@@ -273,12 +295,55 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Cmd::Audit(AuditCmd::Witness {
+            connect,
+            checkpoint,
+            key,
+            update,
+            json,
+        }) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let out = rt.block_on(async {
+                let settings = Settings::resolve(&connect)?;
+                auditor::witness(&settings, &checkpoint, key.as_deref(), update).await
+            });
+            match out {
+                Ok(v) if json => println!("{}", serde_json::to_string(&v)?),
+                Ok(v) => println!(
+                    "the broker's log of {} entries extends your checkpoint of {} entries{}",
+                    v.to,
+                    v.from,
+                    if update {
+                        "; the file now holds the newer checkpoint"
+                    } else {
+                        ""
+                    }
+                ),
+                Err(e) => {
+                    eprint!("{}", Output::error(&e, json).stderr);
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Audit(AuditCmd::Verify {
             data_dir,
             file,
+            checkpoint,
+            key,
             json,
         }) => {
-            let report = match verify_offline(data_dir, file) {
+            let source = match (&data_dir, &file) {
+                (Some(d), _) => Ok(auditor::Source::DataDir(d)),
+                (None, Some(f)) => Ok(auditor::Source::Export(f)),
+                (None, None) => Err(Error::invalid("give --data-dir DIR or --file EXPORT.jsonl")),
+            };
+            let verified =
+                source.and_then(|s| auditor::verify(s, checkpoint.as_deref(), key.as_deref()));
+            let report = match verified {
                 Ok(r) => r,
                 Err(e) => {
                     eprint!("{}", Output::error(&e, json).stderr);
@@ -298,28 +363,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-    }
-}
-
-/// Verifies a stopped broker's database or an export file.
-fn verify_offline(data_dir: Option<PathBuf>, file: Option<PathBuf>) -> Result<VerifyReport, Error> {
-    match (data_dir, file) {
-        (Some(d), _) => {
-            let db = DataDir::new(&d).db();
-            if !db.is_dir() {
-                return Err(Error::DataDir(format!(
-                    "{} holds no broker database; give the --data-dir used with 'init'",
-                    d.display()
-                )));
-            }
-            Store::open(&db)?.verify_audit()
-        }
-        (None, Some(f)) => {
-            let text = std::fs::read_to_string(&f)
-                .map_err(Error::io(format!("cannot read {}", f.display())))?;
-            Ok(audit::verify_lines(&text))
-        }
-        (None, None) => Err(Error::invalid("give --data-dir DIR or --file EXPORT.jsonl")),
     }
 }
 

@@ -356,6 +356,8 @@ impl Broker {
             hosts: scope.hosts.clone(),
             command: scope.command,
             ca_fingerprint: self.ca.fingerprint(),
+            // The serial is its entry's sequence number; the answer waits for its flush.
+            log: self.inclusion(record.serial, record.serial, true)?,
         };
         Reply::of(&view, format!("{line}\n"))
     }

@@ -1,4 +1,5 @@
-//! The audit log over SSH: `audit log`, `audit verify` and `audit export`.
+//! The audit log over SSH: `audit log`, `audit verify` and `audit export` (owners and
+//! admins); the proofs any member may ask for are in `proofs`.
 
 use serde_json::Value;
 
@@ -10,6 +11,14 @@ use crate::model::Member;
 
 impl Broker {
     pub(super) fn audit(&self, actor: &Member, cmd: &AuditCommand) -> Result<Reply> {
+        if matches!(
+            cmd,
+            AuditCommand::Checkpoint { .. }
+                | AuditCommand::Prove { .. }
+                | AuditCommand::Consistency { .. }
+        ) {
+            return self.log_proof(cmd);
+        }
         require_manager(actor, "read the audit log")?;
         match cmd {
             AuditCommand::Log { limit: 0, .. } => Err(Error::invalid("--limit must be at least 1")),
@@ -33,6 +42,9 @@ impl Broker {
             AuditCommand::Export { limit: Some(0), .. } => {
                 Err(Error::invalid("--limit must be at least 1"))
             }
+            AuditCommand::Checkpoint { .. }
+            | AuditCommand::Prove { .. }
+            | AuditCommand::Consistency { .. } => self.log_proof(cmd),
             AuditCommand::Export { from, limit } => {
                 let mut text = String::new();
                 for raw in self
@@ -55,13 +67,23 @@ impl Broker {
 pub fn verify_reply(report: audit::VerifyReport) -> Reply {
     let text = match (&report.first_bad_seq, &report.problem) {
         (Some(seq), Some(p)) => format!(
-            "audit chain BROKEN at entry {seq}: {p} ({} entries before it verify)",
+            "audit log BROKEN at entry {seq}: {p} ({} entries before it verify)",
             report.entries
         ),
-        _ => format!(
-            "audit chain ok: {} entries, head {}",
-            report.entries, report.head
+        (None, Some(p)) => format!(
+            "audit log BROKEN: {p} ({} entries verify one by one)",
+            report.entries
         ),
+        _ => {
+            let against = match report.checkpoint {
+                Some(size) => format!("; it extends the checkpoint of {size} entries"),
+                None => String::new(),
+            };
+            format!(
+                "audit log ok: {} entries, head {}, tree root {}{against}",
+                report.entries, report.head, report.root
+            )
+        }
     };
     let ok = report.ok;
     let mut reply = Reply::new(serde_json::to_value(&report).unwrap_or(Value::Null), text);

@@ -9,6 +9,7 @@ mod hosts;
 mod log;
 mod members;
 mod notify;
+mod proofs;
 mod request;
 mod rules;
 mod targets;
@@ -25,6 +26,7 @@ use serde_json::Value;
 
 use crate::audit::AuditEvent;
 use crate::ca::Ca;
+use crate::checkpoint::NoteSigner;
 use crate::commands::{Command, Invocation, Parsed};
 use crate::error::{Error, Result};
 use crate::justify::llm::{Model, Written};
@@ -160,13 +162,16 @@ pub struct Broker {
     deliverer: Option<Arc<Deliverer>>,
     /// The model that writes justifications, when one is configured.
     model: Option<Model>,
+    /// Signs the audit log's checkpoints.
+    checkpoints: proofs::Checkpoints,
 }
 
 impl Broker {
-    pub fn new(store: Store, ca: Ca, policy: Policy) -> Self {
+    pub fn new(store: Store, ca: Ca, signer: NoteSigner, policy: Policy) -> Self {
         Broker {
             store,
             ca,
+            checkpoints: proofs::Checkpoints::new(signer),
             policy,
             rates: Mutex::new(HashMap::new()),
             deliverer: None,

@@ -12,8 +12,10 @@ use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use serde::de::DeserializeOwned;
 
 use super::known::{self, HostKeyPolicy};
+use super::witness::{Seen, Witness};
 use super::{Identity, Settings};
 use crate::ca;
+use crate::contract::CertView;
 use crate::error::{Error, Result};
 
 /// What a broker command printed and its exit status.
@@ -54,9 +56,13 @@ impl Answer {
     }
 }
 
-/// An authenticated connection to the broker; commands run one per channel.
+/// An authenticated connection to the broker, whose audit log was proven to extend what this
+/// client saw before; commands run one per channel.
 pub struct Connection {
     handle: Handle<Checker>,
+    witness: Witness,
+    /// The checkpoint verified when the connection opened.
+    seen: Option<Seen>,
 }
 
 /// Checks the broker's host key against the known-brokers file.
@@ -142,7 +148,30 @@ impl Connection {
                 settings.identity
             )));
         }
-        Ok(Connection { handle })
+        let mut conn = Connection {
+            handle,
+            witness: settings.witness(),
+            seen: None,
+        };
+        // Every contact is a witness's contact: no command runs on a log that was cut,
+        // rewritten or forked since this client last saw it.
+        conn.seen = Some(conn.witness.on_contact(&conn).await?);
+        Ok(conn)
+    }
+
+    /// The checkpoint of the broker's log verified when the connection opened.
+    pub fn seen(&self) -> Option<&Seen> {
+        self.seen.as_ref()
+    }
+
+    /// Checks that `cert` is in the broker's log, and that the log still extends what this
+    /// client saw, before the certificate is used.
+    pub async fn check_certificate(&self, cert: &CertView) -> Result<()> {
+        let seen = self
+            .seen
+            .as_ref()
+            .ok_or_else(|| Error::Internal("the connection has not checked the log".into()))?;
+        self.witness.check_certificate(self, seen, cert).await
     }
 
     /// Runs one command line on a new channel, sending `stdin` and then EOF.

@@ -317,6 +317,7 @@ pub(super) async fn login_on(
         )
         .await?;
     let cert: CertView = answer.typed()?;
+    conn.check_certificate(&cert).await?;
     let local = local::save(
         &settings.certs_dir,
         &settings.broker,

@@ -8,6 +8,7 @@ pub mod known;
 pub mod listing;
 pub mod local;
 pub mod run;
+pub mod witness;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -139,6 +140,8 @@ pub struct Settings {
     pub broker: String,
     pub identity: Identity,
     pub known_brokers: PathBuf,
+    /// Where the last checkpoint verified of each broker's audit log is kept.
+    pub checkpoints: PathBuf,
     pub accept_new: bool,
     pub fingerprint: Option<String>,
     /// Where certificates and their keys live (`~/.ssh/sshjit`).
@@ -206,11 +209,17 @@ impl Settings {
             broker,
             identity,
             known_brokers: dir.join("known_brokers"),
+            checkpoints: dir.join("checkpoints"),
             accept_new: flags.accept_new_broker_key,
             fingerprint: file.broker_fingerprint,
             certs_dir: certs_dir()?,
             default_role: file.role,
         })
+    }
+
+    /// This client as a witness of this broker's audit log.
+    pub fn witness(&self) -> witness::Witness {
+        witness::Witness::new(&self.checkpoints, &self.broker)
     }
 
     /// The host key policy for this broker.

@@ -26,6 +26,9 @@ struct FlushShared {
     /// The newest outbox entry that is durable: what the delivery worker may send. A change
     /// that is lost in a crash must never have been announced.
     notices_tx: tokio::sync::watch::Sender<u64>,
+    /// The number of audit entries a flush has covered: the most a checkpoint may sign, since
+    /// a checkpoint of entries a crash could lose would make the log look forked.
+    durable_log: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -40,8 +43,13 @@ struct FlushState {
 }
 
 impl GroupFlush {
-    /// Starts the flusher; `notices_on_disk` is the newest outbox entry already stored.
-    pub(super) fn start(db: sled::Db, notices_on_disk: u64) -> Result<GroupFlush> {
+    /// Starts the flusher; `notices_on_disk` is the newest outbox entry already stored, and
+    /// `log_len` reads the number of audit entries committed.
+    pub(super) fn start(
+        db: sled::Db,
+        notices_on_disk: u64,
+        log_len: impl Fn() -> u64 + Send + 'static,
+    ) -> Result<GroupFlush> {
         let shared = Arc::new(FlushShared {
             state: Mutex::new(FlushState {
                 notice_high: notices_on_disk,
@@ -51,11 +59,12 @@ impl GroupFlush {
             signal: Condvar::new(),
             flushed_tx: tokio::sync::watch::channel(0).0,
             notices_tx: tokio::sync::watch::channel(notices_on_disk).0,
+            durable_log: log_len().into(),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("sshjit-flush".into())
-            .spawn(move || flusher(&s, &db))
+            .spawn(move || flusher(&s, &db, &log_len))
             .map_err(Error::io("cannot start the flush thread"))?;
         Ok(GroupFlush {
             shared,
@@ -66,6 +75,13 @@ impl GroupFlush {
     /// Follows the newest durable outbox entry.
     pub(super) fn durable_notices(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.notices_tx.subscribe()
+    }
+
+    /// The number of audit entries a flush has made durable.
+    pub(super) fn durable_log(&self) -> u64 {
+        self.shared
+            .durable_log
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub(super) fn latest(&self) -> Ticket {
@@ -133,7 +149,7 @@ const QUIET: std::time::Duration = std::time::Duration::from_micros(300);
 /// Flush at once when this many commits are waiting.
 const GATHER_MAX: u64 = 16;
 
-fn flusher(s: &FlushShared, db: &sled::Db) {
+fn flusher(s: &FlushShared, db: &sled::Db, log_len: &dyn Fn() -> u64) {
     loop {
         let covers = {
             let mut st = s.lock();
@@ -169,12 +185,16 @@ fn flusher(s: &FlushShared, db: &sled::Db) {
             (st.registered, st.notice_high)
         };
         let (covers, notices) = covers;
+        // Read after every change this flush covers committed, so the flush covers them all.
+        let log = log_len();
         let result = db.flush();
         let mut st = s.lock();
         match result {
             Ok(_) => {
                 st.flushed = covers;
                 st.notice_durable = notices;
+                s.durable_log
+                    .fetch_max(log, std::sync::atomic::Ordering::AcqRel);
             }
             Err(e) => {
                 tracing::error!(error = %e, "flush failed; changes are not acknowledged");

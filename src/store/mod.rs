@@ -6,6 +6,7 @@
 //! commit: concurrent changes share one flush).
 
 mod flush;
+mod log;
 mod outbox;
 mod tables;
 mod tx;
@@ -18,7 +19,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Transactional, Tree};
 
-use crate::audit::{self, AuditEvent, GENESIS, VerifyReport};
+use log::HEAD;
+
+use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
 use crate::model::{
     Decision, Host, IdentityId, Member, Name, OpenEntry, Request, RequestState, Timestamp,
@@ -55,7 +58,6 @@ pub struct CertRecord {
     pub force_command: Option<String>,
 }
 
-const HEAD: &[u8] = b"audit_head";
 /// sled's page cache size.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const NEXT_REQUEST: &[u8] = b"last_request_id";
@@ -101,13 +103,20 @@ impl Store {
                 other => break other?,
             }
         };
-        Ok(Store {
-            flusher: GroupFlush::start(db.clone(), last_key(&db.open_tree("outbox")?)?)?,
-            t: Tables::open(&db)?,
+        let t = Tables::open(&db)?;
+        let meta = t.meta.clone();
+        let log_len = move || {
+            let head = meta.get(HEAD).ok().flatten();
+            head.as_deref().map_or(0, |v| u64_at(v, 0).unwrap_or(0))
+        };
+        let store = Store {
+            flusher: GroupFlush::start(db.clone(), last_key(&t.outbox)?, log_len)?,
+            t,
             watch: RequestWatch::default(),
             outbox_on: std::sync::atomic::AtomicBool::new(false),
             db,
-        })
+        };
+        Ok(store)
     }
 
     /// Applies one state change and its audit events atomically, and returns once it is flushed.
@@ -386,44 +395,10 @@ impl Store {
             .collect()
     }
 
-    /// Raw audit entries from `from_seq` on, in order.
-    pub fn audit_raw(&self, from_seq: u64) -> impl Iterator<Item = Result<Vec<u8>>> + '_ {
-        self.t
-            .audit
-            .range(from_seq.to_be_bytes()..)
-            .map(|kv| kv.map(|(_, v)| v.to_vec()).map_err(Error::from))
-    }
-
-    /// The number of audit entries.
-    pub fn audit_len(&self) -> Result<u64> {
-        Ok(self.head()?.0)
-    }
-
-    /// Recomputes the whole chain and checks it ends at the recorded head.
-    pub fn verify_audit(&self) -> Result<VerifyReport> {
-        let mut v = audit::Verifier::default();
-        for raw in self.audit_raw(0) {
-            v.push(&raw?);
-        }
-        let (seq, hash) = self.head()?;
-        v.expect_head(seq, &hash);
-        Ok(v.finish())
-    }
-
-    fn head(&self) -> Result<(u64, [u8; 32])> {
-        decode_head(self.t.meta.get(HEAD)?.as_deref())
-    }
-
     /// Flushes everything to the OS.
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
-    }
-
-    /// Test and tooling access to raw trees (for tamper tests).
-    #[doc(hidden)]
-    pub fn danger_audit_tree(&self) -> &Tree {
-        &self.t.audit
     }
 }
 
@@ -473,18 +448,6 @@ fn last_key(tree: &Tree) -> Result<u64> {
     match tree.last()? {
         Some((k, _)) => u64_at(&k, 0),
         None => Ok(0),
-    }
-}
-
-fn decode_head(v: Option<&[u8]>) -> Result<(u64, [u8; 32])> {
-    match v {
-        None => Ok((0, GENESIS)),
-        Some(v) if v.len() == 40 => {
-            let mut hash = [0u8; 32];
-            hash.copy_from_slice(&v[8..]);
-            Ok((u64_at(v, 0)?, hash))
-        }
-        Some(_) => Err(Error::Internal("the audit head record is corrupt".into())),
     }
 }
 

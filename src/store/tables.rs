@@ -63,6 +63,8 @@ tables! {
     grants: "grants_by_identity",
     certs: "certs",
     audit: "audit",
+    /// The audit log's Merkle tree: nodes of level 1 and up, by level and index.
+    tree: "audit_tree",
     /// Notifications to send, by the sequence number of the audit entry that records them.
     outbox: "outbox",
     /// What falls due at a time (expiry, escalation, a window's end, a review): by time.

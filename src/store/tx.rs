@@ -261,7 +261,7 @@ impl Tx<'_> {
     /// entry will get. Unique and increasing across restarts, and it ties every certificate to
     /// its place in the log. Valid only when the certificate's event is the transaction's first.
     pub fn next_serial(&self) -> TxResult<u64> {
-        Ok(decode_head(self.t.meta.get(HEAD)?.as_deref())?.0 + 1)
+        self.next_seq()
     }
 
     pub fn put_cert(&self, c: &CertRecord) -> TxResult<()> {
@@ -279,22 +279,5 @@ impl Tx<'_> {
         let next = last + 1;
         self.t.meta.insert(key, &next.to_be_bytes()[..])?;
         Ok(next)
-    }
-
-    /// Appends an audit entry and returns its sequence number.
-    pub(super) fn append_audit(
-        &self,
-        now: Timestamp,
-        actor: &str,
-        event: &AuditEvent,
-    ) -> TxResult<u64> {
-        let (seq, prev) = decode_head(self.t.meta.get(HEAD)?.as_deref())?;
-        let seq = seq + 1;
-        let (raw, hash) = audit::seal(seq, now, actor, event, &prev)?;
-        self.t.audit.insert(&seq.to_be_bytes()[..], raw)?;
-        let mut head = seq.to_be_bytes().to_vec();
-        head.extend_from_slice(&hash);
-        self.t.meta.insert(HEAD, head)?;
-        Ok(seq)
     }
 }

@@ -230,6 +230,11 @@ impl Broker {
 
     /// Starts the daemon on the existing data dir.
     pub fn spawn(&mut self) {
+        self.spawn_on("127.0.0.1:0");
+    }
+
+    /// Starts the daemon on the existing data dir, listening on `listen`.
+    pub fn spawn_on(&mut self, listen: &str) {
         assert!(self.child.is_none());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -237,7 +242,7 @@ impl Broker {
             .open(self.tmp.path().join("broker.log"))
             .unwrap();
         let mut child = Command::new(bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(&self.data)
             .env("SSHJIT_LOG", "info")
             .stdout(Stdio::piped())

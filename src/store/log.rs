@@ -1,0 +1,434 @@
+//! The audit log in the store: entries, their hash chain and RFC 6962 Merkle tree, the head
+//! record that ties both to the last entry, proofs, and verification.
+//!
+//! Architecture invariant: an entry, the tree nodes it completes and the new head are written
+//! in the same transaction as the change the entry records. The head holds the last entry's
+//! sequence number and hash and the tree's frontier at that size, so appending reads one record
+//! and the root at any size is a few reads of stored nodes, never a rehash of the log.
+
+use sled::Tree;
+
+use super::{Store, Tx, TxResult, u64_at};
+use crate::audit::{self, AuditEvent, GENESIS, VerifyReport};
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::merkle::{self, Frontier, Hash, Nodes};
+use crate::model::Timestamp;
+
+/// The key of the head record in `meta`.
+pub(super) const HEAD: &[u8] = b"audit_head";
+/// Entries per batch when the tree is built for a log written before it existed.
+const BUILD_BATCH: u64 = 10_000;
+
+/// The head record: the last entry's sequence number and hash, and the tree's frontier at
+/// that size (absent in a database written before the tree existed, until it is built).
+pub(super) struct Head {
+    pub(super) seq: u64,
+    pub(super) hash: Hash,
+    pub(super) frontier: Option<Frontier>,
+}
+
+impl Head {
+    /// Stored as `seq || hash || frontier hashes`; a bare `seq || hash` predates the tree.
+    pub(super) fn decode(v: Option<&[u8]>) -> Result<Head> {
+        let corrupt = || Error::Internal("the audit head record is corrupt".into());
+        let Some(v) = v else {
+            return Ok(Head {
+                seq: 0,
+                hash: GENESIS,
+                frontier: Some(Frontier::new()),
+            });
+        };
+        if v.len() < 40 || (v.len() - 40) % 32 != 0 {
+            return Err(corrupt());
+        }
+        let seq = u64_at(v, 0)?;
+        let hash = to_hash(&v[8..40]).ok_or_else(corrupt)?;
+        let hashes: Vec<Hash> = v[40..].chunks_exact(32).filter_map(to_hash).collect();
+        let frontier = if hashes.is_empty() && seq > 0 {
+            None
+        } else {
+            Some(Frontier::from_parts(seq, hashes).ok_or_else(corrupt)?)
+        };
+        Ok(Head {
+            seq,
+            hash,
+            frontier,
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let hashes = self.frontier.as_ref().map_or(&[][..], Frontier::hashes);
+        let mut v = Vec::with_capacity(40 + 32 * hashes.len());
+        v.extend_from_slice(&self.seq.to_be_bytes());
+        v.extend_from_slice(&self.hash);
+        for h in hashes {
+            v.extend_from_slice(h);
+        }
+        v
+    }
+}
+
+fn to_hash(b: &[u8]) -> Option<Hash> {
+    b.try_into().ok()
+}
+
+/// A tree node's key: its level, then its index, big-endian (one level is one key range).
+fn node_key(level: u8, index: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = level;
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+impl Tx<'_> {
+    /// Appends an audit entry, the tree nodes it completes and the new head; returns its
+    /// sequence number.
+    pub(super) fn append_audit(
+        &self,
+        now: Timestamp,
+        actor: &str,
+        event: &AuditEvent,
+    ) -> TxResult<u64> {
+        let head = Head::decode(self.t.meta.get(HEAD)?.as_deref())?;
+        let mut frontier = head.frontier.ok_or_else(|| {
+            Error::Internal("the audit log's Merkle tree is not built; restart the broker".into())
+        })?;
+        let seq = head.seq + 1;
+        let (raw, hash) = audit::seal(seq, now, actor, event, &head.hash)?;
+        let mut failed = None;
+        frontier.push(merkle::leaf_hash(&raw), |level, index, node| {
+            if failed.is_none() {
+                failed = self
+                    .t
+                    .tree
+                    .insert(&node_key(level, index)[..], &node[..])
+                    .err();
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        self.t.audit.insert(&seq.to_be_bytes()[..], raw)?;
+        let head = Head {
+            seq,
+            hash,
+            frontier: Some(frontier),
+        };
+        self.t.meta.insert(HEAD, head.encode())?;
+        Ok(seq)
+    }
+
+    /// The sequence number the next audit entry gets.
+    pub(super) fn next_seq(&self) -> TxResult<u64> {
+        let v = self.t.meta.get(HEAD)?;
+        Ok(v.as_deref().map_or(Ok(0), |v| u64_at(v, 0))? + 1)
+    }
+}
+
+/// The stored tree as proofs read it: level 0 is the hash of an entry, higher levels are
+/// stored nodes.
+struct Stored<'a> {
+    audit: &'a Tree,
+    tree: &'a Tree,
+}
+
+impl Nodes for Stored<'_> {
+    type Error = Error;
+
+    fn node(&self, level: u8, index: u64) -> Result<Hash> {
+        let missing = || {
+            Error::Internal(format!(
+                "the audit log's Merkle tree lacks the node at level {level}, index {index}"
+            ))
+        };
+        if level == 0 {
+            let raw = self
+                .audit
+                .get((index + 1).to_be_bytes())?
+                .ok_or_else(missing)?;
+            return Ok(merkle::leaf_hash(&raw));
+        }
+        let v = self.tree.get(node_key(level, index))?.ok_or_else(missing)?;
+        to_hash(&v).ok_or_else(missing)
+    }
+}
+
+impl Store {
+    fn head(&self) -> Result<Head> {
+        Head::decode(self.t.meta.get(HEAD)?.as_deref())
+    }
+
+    fn stored_tree(&self) -> Stored<'_> {
+        Stored {
+            audit: &self.t.audit,
+            tree: &self.t.tree,
+        }
+    }
+
+    /// The number of audit entries committed.
+    pub fn audit_len(&self) -> Result<u64> {
+        Ok(self.head()?.seq)
+    }
+
+    /// The number of audit entries a flush has made durable: the most a checkpoint may cover.
+    pub fn durable_audit_len(&self) -> u64 {
+        self.flusher.durable_log()
+    }
+
+    /// One raw audit entry.
+    pub fn audit_entry(&self, seq: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.t.audit.get(seq.to_be_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Raw audit entries from `from_seq` on, in order.
+    pub fn audit_raw(&self, from_seq: u64) -> impl Iterator<Item = Result<Vec<u8>>> + '_ {
+        self.t
+            .audit
+            .range(from_seq.to_be_bytes()..)
+            .map(|kv| kv.map(|(_, v)| v.to_vec()).map_err(Error::from))
+    }
+
+    /// Refuses a size beyond the committed log.
+    fn within(&self, size: u64) -> Result<()> {
+        let have = self.audit_len()?;
+        if size > have {
+            return Err(Error::BeyondLog {
+                size: have,
+                asked: size,
+            });
+        }
+        Ok(())
+    }
+
+    /// The Merkle root of the first `size` entries.
+    pub fn audit_root(&self, size: u64) -> Result<Hash> {
+        self.within(size)?;
+        merkle::root_at(&self.stored_tree(), size)
+    }
+
+    /// The inclusion proof of entry `seq` in the tree of the first `size` entries.
+    pub fn audit_inclusion(&self, seq: u64, size: u64) -> Result<Vec<Hash>> {
+        self.within(size)?;
+        if seq == 0 || seq > size {
+            return Err(Error::BeyondLog { size, asked: seq });
+        }
+        merkle::inclusion_proof(&self.stored_tree(), seq - 1, size)
+    }
+
+    /// The consistency proof from the tree of `old` entries to the tree of `new` entries.
+    pub fn audit_consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>> {
+        self.within(new)?;
+        if old > new {
+            return Err(Error::BeyondLog {
+                size: new,
+                asked: old,
+            });
+        }
+        merkle::consistency_proof(&self.stored_tree(), old, new)
+    }
+
+    /// Recomputes the whole chain and tree and checks them against the head and the stored
+    /// nodes.
+    pub fn verify_audit(&self) -> Result<VerifyReport> {
+        self.verify_audit_against(None)
+    }
+
+    /// [`Store::verify_audit`], and that the log still extends `checkpoint`.
+    pub fn verify_audit_against(&self, checkpoint: Option<&Checkpoint>) -> Result<VerifyReport> {
+        let mut v = audit::Verifier::default();
+        if let Some(cp) = checkpoint {
+            v.expect_checkpoint(cp.size, cp.root);
+        }
+        // A log from before the tree has no stored nodes yet: only the entries are checked.
+        let built = self.head()?.frontier.is_some();
+        let mut bad_node = None;
+        for raw in self.audit_raw(0) {
+            v.push_with(&raw?, |level, index, hash| {
+                if bad_node.is_some() || !built {
+                    return;
+                }
+                let stored = self.t.tree.get(node_key(level, index)).ok().flatten();
+                if stored.as_deref() != Some(&hash[..]) {
+                    bad_node = Some((level, index));
+                }
+            });
+        }
+        let head = self.head()?;
+        v.expect_head(head.seq, &head.hash, head.frontier.as_ref());
+        if let Some((level, index)) = bad_node {
+            v.fail_tree(format!(
+                "the stored Merkle tree node at level {level}, index {index} does not match the entries"
+            ));
+        }
+        Ok(v.finish())
+    }
+
+    /// Builds the Merkle tree of a log written before the tree existed (once, before serving;
+    /// appending refuses until it is built).
+    pub fn build_tree(&self) -> Result<()> {
+        let before = self.t.meta.get(HEAD)?;
+        let head = Head::decode(before.as_deref())?;
+        if head.frontier.is_some() {
+            return Ok(());
+        }
+        let mut frontier = Frontier::new();
+        let mut batch = sled::Batch::default();
+        for raw in self.audit_raw(0) {
+            frontier.push(merkle::leaf_hash(&raw?), |level, index, node| {
+                batch.insert(&node_key(level, index)[..], &node[..]);
+            });
+            if frontier.size().is_multiple_of(BUILD_BATCH) {
+                self.t.tree.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        self.t.tree.apply_batch(batch)?;
+        if frontier.size() != head.seq {
+            return Err(Error::Storage(format!(
+                "the audit log holds {} entries but its head names entry {}; check it with 'sshjit-broker audit verify --data-dir'",
+                frontier.size(),
+                head.seq
+            )));
+        }
+        let built = Head {
+            frontier: Some(frontier),
+            ..head
+        };
+        self.t
+            .meta
+            .compare_and_swap(HEAD, before, Some(built.encode()))?
+            .map_err(|_| {
+                Error::Internal("the audit head changed while its tree was built".into())
+            })?;
+        self.db.flush()?;
+        tracing::info!(entries = built.seq, "built the audit log's Merkle tree");
+        Ok(())
+    }
+
+    /// Replaces the whole log with `entries`, re-sealed: chain, tree and head made consistent
+    /// again. What someone holding the database could do; it exists for the attack tests.
+    #[doc(hidden)]
+    pub fn danger_reseal_log(&self, entries: &[audit::AuditEntry]) -> Result<()> {
+        self.t.audit.clear()?;
+        self.t.tree.clear()?;
+        self.t.meta.remove(HEAD)?;
+        for e in entries {
+            self.commit(e.at, &e.actor, |_| Ok(((), vec![e.event.clone()])))?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Overwrites one stored entry's bytes, leaving everything else as it is (tamper tests).
+    #[doc(hidden)]
+    pub fn danger_put_audit_entry(&self, seq: u64, raw: Option<&[u8]>) -> Result<()> {
+        match raw {
+            Some(raw) => self.t.audit.insert(seq.to_be_bytes(), raw)?,
+            None => self.t.audit.remove(seq.to_be_bytes())?,
+        };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merkle::MemTree;
+
+    fn append(store: &Store, n: u64) {
+        for i in 0..n {
+            let at = Timestamp::from_unix(1_900_000_000 + i as i64);
+            store
+                .commit(at, "t", |_| Ok(((), vec![AuditEvent::NotifyTest {}])))
+                .unwrap();
+        }
+    }
+
+    fn in_memory(store: &Store) -> MemTree {
+        let mut t = MemTree::new();
+        for raw in store.audit_raw(0) {
+            t.push(merkle::leaf_hash(&raw.unwrap()));
+        }
+        t
+    }
+
+    #[test]
+    fn stored_proofs_match_the_whole_tree_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        append(&store, 70);
+        let m = in_memory(&store);
+        for size in 1..=70u64 {
+            let root = merkle::root_at(&m, size).unwrap();
+            assert_eq!(store.audit_root(size).unwrap(), root, "size {size}");
+            for seq in [1, size / 2 + 1, size] {
+                let proof = store.audit_inclusion(seq, size).unwrap();
+                assert_eq!(proof, merkle::inclusion_proof(&m, seq - 1, size).unwrap());
+            }
+            for old in [0, 1, size / 3, size] {
+                let proof = store.audit_consistency(old, size).unwrap();
+                assert_eq!(proof, merkle::consistency_proof(&m, old, size).unwrap());
+            }
+        }
+        assert!(matches!(
+            store.audit_root(71),
+            Err(Error::BeyondLog {
+                size: 70,
+                asked: 71
+            })
+        ));
+        assert!(matches!(
+            store.audit_inclusion(0, 70),
+            Err(Error::BeyondLog { asked: 0, .. })
+        ));
+        assert!(store.verify_audit().unwrap().ok);
+    }
+
+    #[test]
+    fn a_log_written_before_the_tree_gets_it_built_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        append(&store, 37);
+        let root = store.audit_root(37).unwrap();
+        // The head and tree as a database from before the tree has them.
+        let head = store.t.meta.get(HEAD).unwrap().unwrap();
+        store.t.meta.insert(HEAD, &head[..40]).unwrap();
+        store.t.tree.clear().unwrap();
+        assert!(matches!(
+            store.commit(Timestamp::from_unix(0), "t", |_| Ok((
+                (),
+                vec![AuditEvent::NotifyTest {}]
+            ))),
+            Err(Error::Internal(_))
+        ));
+        assert!(store.verify_audit().unwrap().ok);
+        store.build_tree().unwrap();
+        assert_eq!(store.audit_root(37).unwrap(), root);
+        append(&store, 5);
+        assert_eq!(
+            store.audit_root(42).unwrap(),
+            merkle::root_at(&in_memory(&store), 42).unwrap()
+        );
+        assert!(store.verify_audit().unwrap().ok);
+    }
+
+    #[test]
+    fn a_changed_tree_node_or_frontier_is_named_by_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        append(&store, 8);
+        let node = store.t.tree.get(node_key(1, 0)).unwrap().unwrap();
+        store.t.tree.insert(node_key(1, 0), &[0u8; 32][..]).unwrap();
+        let r = store.verify_audit().unwrap();
+        assert!(!r.ok);
+        assert!(r.problem.unwrap().contains("level 1, index 0"));
+        store.t.tree.insert(node_key(1, 0), node).unwrap();
+        assert!(store.verify_audit().unwrap().ok);
+        let mut head = store.t.meta.get(HEAD).unwrap().unwrap().to_vec();
+        let last = head.len() - 1;
+        head[last] ^= 1;
+        store.t.meta.insert(HEAD, head).unwrap();
+        let r = store.verify_audit().unwrap();
+        assert!(r.problem.unwrap().contains("recorded in the head"));
+    }
+}
