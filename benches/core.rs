@@ -205,6 +205,22 @@ fn audit(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    // The transaction alone: the chain, the tree and the head, without the shared flush.
+    g.bench_function("commit_only", |b| {
+        b.iter(|| {
+            store
+                .commit(T0, "bench", |_tx| {
+                    Ok((
+                        (),
+                        vec![AuditEvent::MemberRemoved {
+                            name: "x".into(),
+                            role: None,
+                        }],
+                    ))
+                })
+                .unwrap()
+        })
+    });
     g.finish();
 }
 

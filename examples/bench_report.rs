@@ -217,6 +217,21 @@ fn main() -> anyhow::Result<()> {
         "< 1 s",
         &|x| x < 1000.0,
     );
+    let us = |x: f64| format!("{x:.0} µs");
+    plain(
+        "Scale: inclusion proof over the whole log, p99",
+        get("scale_proofs", "inclusion_p99_us"),
+        &us,
+        "< 1 ms",
+        &|x| x < 1000.0,
+    );
+    plain(
+        "Scale: consistency proof over the whole log, p99",
+        get("scale_proofs", "consistency_p99_us"),
+        &us,
+        "< 1 ms",
+        &|x| x < 1000.0,
+    );
     let scale_rate = get("scale_audit_verify", "entries")
         .zip(get("scale_audit_verify", "ms"))
         .map(|(n, t)| n / (t.max(1.0) / 1000.0));
@@ -253,10 +268,12 @@ fn main() -> anyhow::Result<()> {
     }
     out.push_str("\nOther criterion figures: ");
     let append = crit_rate(&crit, "audit_append/transaction_with_flush", 1.0);
+    let committed = crit_rate(&crit, "audit_append/commit_only", 1.0);
     let policy = crit_rate(&crit, "policy/open_approve_authorize", 1.0);
     out.push_str(&format!(
-        "audit append (one sled transaction + flush) {}; policy open+approve+authorize {}.\n",
+        "audit append (one sled transaction + flush) {}, without the flush {}; policy open+approve+authorize {}.\n",
         append.map(fmt_rate).unwrap_or("-".into()),
+        committed.map(fmt_rate).unwrap_or("-".into()),
         policy.map(fmt_rate).unwrap_or("-".into())
     ));
     if let Some(kb) = get("scale_db_size", "kb") {

@@ -5,7 +5,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use base64ct::{Base64, Encoding};
@@ -94,17 +93,16 @@ impl Witness {
         }
         let dir = self.file.parent().unwrap_or(std::path::Path::new("."));
         fs::create_dir_all(dir).map_err(Error::io(format!("cannot create {}", dir.display())))?;
-        let tmp = self.file.with_extension("new");
+        // A file of its own for each writer (0600), renamed into place: runs of the client at
+        // the same time never see each other's half-written file.
         let write = || -> std::io::Result<()> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mut f = tempfile::Builder::new()
+                .prefix(".checkpoint-")
+                .tempfile_in(dir)?;
             write!(f, "{HEADER}{}\n{}", seen.verifier.to_vkey(), seen.note)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.file)
+            f.as_file().sync_all()?;
+            f.persist(&self.file).map_err(|e| e.error)?;
+            Ok(())
         };
         write().map_err(Error::io(format!("cannot write {}", self.file.display())))
     }
