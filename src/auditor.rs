@@ -95,15 +95,9 @@ pub async fn witness(
         checkpoint: old,
         note,
     };
-    let from = seen.checkpoint.size.to_string();
-    let answer: ConsistencyView = match conn.call(&["audit", "consistency", "--from", &from]).await
-    {
-        Err(Error::Remote { code, message }) if code == "beyond_log" => {
-            return Err(witness.refuse(format!("entries were cut: {message}")));
-        }
-        other => other?,
-    };
+    let answer = witness.prove_from(&conn, seen.checkpoint.size, None).await;
     conn.close().await;
+    let answer = answer?;
     let next = witness.check(Some(&seen), &answer)?;
     if update {
         std::fs::write(file, &next.note)

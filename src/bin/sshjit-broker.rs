@@ -271,11 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .into_iter()
                 .filter(|w| w != "--json" && w != "--yes")
                 .collect();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let out = rt.block_on(async {
+            let out = client_runtime()?.block_on(async {
                 let settings = Settings::resolve(&connect)?;
                 admin::run(&settings, &words, json, yes).await
             });
@@ -302,11 +298,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             update,
             json,
         }) => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let out = rt.block_on(async {
+            let out = client_runtime()?.block_on(async {
                 let settings = Settings::resolve(&connect)?;
                 auditor::witness(&settings, &checkpoint, key.as_deref(), update).await
             });
@@ -364,6 +356,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// The runtime of a command that talks to a broker as a client: one thread is plenty.
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 async fn serve_dev(listen: Option<String>) -> anyhow::Result<ExitCode> {

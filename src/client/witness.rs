@@ -163,10 +163,8 @@ impl Witness {
     /// checks the proof, and remembers the newer checkpoint.
     pub async fn on_contact(&self, conn: &Connection) -> Result<Seen> {
         let seen = self.load()?;
-        let from = seen.as_ref().map_or(0, |s| s.checkpoint.size).to_string();
-        let answer = self
-            .ask(conn, &["audit", "consistency", "--from", &from])
-            .await?;
+        let from = seen.as_ref().map_or(0, |s| s.checkpoint.size);
+        let answer = self.prove_from(conn, from, None).await?;
         let next = self.check(seen.as_ref(), &answer)?;
         self.save(&next)?;
         Ok(next)
@@ -185,13 +183,8 @@ impl Witness {
                 "the certificate it issued is not proven to be in its log: {e}"
             ))
         })?;
-        let from = seen.checkpoint.size.to_string();
-        let to = inside.size.to_string();
         let answer = self
-            .ask(
-                conn,
-                &["audit", "consistency", "--from", &from, "--to", &to],
-            )
+            .prove_from(conn, seen.checkpoint.size, Some(inside.size))
             .await?;
         let next = self.check(Some(seen), &answer)?;
         if next.checkpoint != inside {
@@ -203,8 +196,20 @@ impl Witness {
         self.save(&next)
     }
 
-    async fn ask(&self, conn: &Connection, words: &[&str]) -> Result<ConsistencyView> {
-        match conn.call(words).await {
+    /// Asks the broker to prove that its log of `to` entries (default: all it has made
+    /// durable) extends its first `from`; a broker whose log is shorter is refused.
+    pub async fn prove_from(
+        &self,
+        conn: &Connection,
+        from: u64,
+        to: Option<u64>,
+    ) -> Result<ConsistencyView> {
+        let (from, to) = (from.to_string(), to.map(|t| t.to_string()));
+        let mut words = vec!["audit", "consistency", "--from", &from];
+        if let Some(to) = &to {
+            words.extend(["--to", to]);
+        }
+        match conn.call(&words).await {
             Err(Error::Remote { code, message }) if code == "beyond_log" => {
                 Err(self.refuse(format!("entries were cut: {message}")))
             }
