@@ -237,6 +237,7 @@ pub fn init(
     .map_err(Error::io("cannot write ca_key.pub"))?;
     let host_key = ca::generate_key("sshjit-broker-host")?;
     ca::write_private_key(&host_key, &dir.host_key())?;
+    ca::write_private_key(&ca::generate_key("sshjit-checkpoint")?, &dir.checkpoint_key())?;
     checkpoint_signer(dir, &ca)?;
     let cfg = toml::to_string_pretty(&Config::new(listen))
         .map_err(|e| Error::Internal(format!("cannot encode config: {e}")))?;
