@@ -237,7 +237,10 @@ pub fn init(
     .map_err(Error::io("cannot write ca_key.pub"))?;
     let host_key = ca::generate_key("sshjit-broker-host")?;
     ca::write_private_key(&host_key, &dir.host_key())?;
-    ca::write_private_key(&ca::generate_key("sshjit-checkpoint")?, &dir.checkpoint_key())?;
+    ca::write_private_key(
+        &ca::generate_key("sshjit-checkpoint")?,
+        &dir.checkpoint_key(),
+    )?;
     checkpoint_signer(dir, &ca)?;
     let cfg = toml::to_string_pretty(&Config::new(listen))
         .map_err(|e| Error::Internal(format!("cannot encode config: {e}")))?;
@@ -482,6 +485,38 @@ mod tests {
             .public_key()
             .to_openssh()
             .unwrap()
+    }
+
+    #[test]
+    fn a_data_dir_from_before_checkpoints_gets_its_key_at_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        let owner = key();
+        init(&dir, "olga", &owner, "127.0.0.1:0", Timestamp::from_unix(1)).unwrap();
+        let public = dir.checkpoint_key().with_extension("pub");
+        let made = fs::read_to_string(&public).unwrap();
+        let ca = Ca::new(ca::read_private_key(&dir.ca_key()).unwrap());
+        assert!(made.trim_end().ends_with(&log_origin(&ca)), "{made}");
+        fs::remove_file(dir.checkpoint_key()).unwrap();
+        fs::remove_file(&public).unwrap();
+        let opened = open(&dir).unwrap();
+        let mode = fs::metadata(dir.checkpoint_key())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        let again = fs::read_to_string(&public).unwrap();
+        assert_ne!(again, made, "a new key");
+        // Its checkpoints verify with the key it published.
+        let words: Vec<&str> = again.split_whitespace().collect();
+        let v = crate::checkpoint::NoteVerifier::from_ssh(words[2], &words[..2].join(" ")).unwrap();
+        let fp = ca::fingerprint(ca::parse_public_key(&owner).unwrap().key_data());
+        let out = opened
+            .broker
+            .run_line(&fp, b"audit checkpoint", b"", Timestamp::from_unix(2));
+        assert_eq!(out.status, 0, "{out:?}");
+        assert_eq!(v.open_checkpoint(&out.stdout).unwrap().size, 2);
     }
 
     #[test]
