@@ -128,6 +128,21 @@ fn a_log_cut_short_and_resealed_is_refused() {
 #[test]
 fn an_old_entry_rewritten_and_everything_resealed_is_refused() {
     let (mut b, member, auditor, saved, _) = seen_broker();
+    // The member holds a certificate from before.
+    member
+        .helper(&[
+            "request",
+            "h0",
+            "--role",
+            "viewer",
+            "--for",
+            "1h",
+            "--reason",
+            "INC-1 read logs",
+        ])
+        .ok();
+    b.ssh(&b.owner, "approve 1").ok();
+    member.helper(&["login", "1"]).ok();
     let addr = b.addr.to_string();
     b.stop();
     reseal(&b.data, |entries| {
@@ -150,7 +165,10 @@ fn an_old_entry_rewritten_and_everything_resealed_is_refused() {
     );
     b.spawn_on(&addr);
     refused(&member.helper(&["--json", "whoami"]), "another root");
-    refused(&witness(&auditor, &saved), "another root");
+    // The auditor's checkpoint is older: the newer log cannot be proven to extend it.
+    refused(&witness(&auditor, &saved), "entries were rewritten");
+    // Its stored certificate is not passed over as "broker unreachable": the refusal stands.
+    refused(&member.helper(&["--json", "ssh", "h0"]), "another root");
 }
 
 #[test]

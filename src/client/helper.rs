@@ -389,6 +389,9 @@ pub async fn certificate_for(
     };
     let conn = match Connection::open(settings).await {
         Ok(c) => c,
+        // A broker whose log no longer extends what this client saw is refused loudly, never
+        // passed over as unreachable.
+        Err(e @ Error::LogNotExtended { .. }) => return Err(e),
         Err(e) => {
             if let Some(c) = stored {
                 eprintln!(
