@@ -183,7 +183,7 @@ pub enum Error {
     /// The configuration file is invalid.
     #[error("{0}")]
     Config(String),
-    /// sled failed underneath us.
+    /// The database engine failed underneath us.
     #[error("storage error: {0}; the last change was not applied")]
     Storage(String),
     /// A file-system operation failed.
@@ -325,12 +325,6 @@ fn name_hint(what: &str, did_you_mean: &Option<String>, known: &[String]) -> Str
             format!("; did you mean {d}? {list}")
         }
         None => format!("; {list}"),
-    }
-}
-
-impl From<sled::Error> for Error {
-    fn from(e: sled::Error) -> Self {
-        Error::Storage(e.to_string())
     }
 }
 

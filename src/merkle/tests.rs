@@ -1,3 +1,5 @@
+//! The Merkle module's tests: hashing, roots and proofs against published vectors and ct-merkle.
+
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::OnceLock;

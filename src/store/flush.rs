@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 
+use super::engine::Engine;
 use crate::error::{Error, Result};
 
 /// A committed change's place in the flush order; durable once the flusher has passed it.
@@ -46,7 +47,7 @@ impl GroupFlush {
     /// Starts the flusher; `notices_on_disk` is the newest outbox entry already stored, and
     /// `log_len` reads the number of audit entries committed.
     pub(super) fn start(
-        db: sled::Db,
+        engine: Arc<dyn Engine>,
         notices_on_disk: u64,
         log_len: impl Fn() -> u64 + Send + 'static,
     ) -> Result<GroupFlush> {
@@ -64,7 +65,7 @@ impl GroupFlush {
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("sshjit-flush".into())
-            .spawn(move || flusher(&s, &db, &log_len))
+            .spawn(move || flusher(&s, engine.as_ref(), &log_len))
             .map_err(Error::io("cannot start the flush thread"))?;
         Ok(GroupFlush {
             shared,
@@ -149,7 +150,7 @@ const QUIET: std::time::Duration = std::time::Duration::from_micros(300);
 /// Flush at once when this many commits are waiting.
 const GATHER_MAX: u64 = 16;
 
-fn flusher(s: &FlushShared, db: &sled::Db, log_len: &dyn Fn() -> u64) {
+fn flusher(s: &FlushShared, engine: &dyn Engine, log_len: &dyn Fn() -> u64) {
     loop {
         let covers = {
             let mut st = s.lock();
@@ -187,7 +188,7 @@ fn flusher(s: &FlushShared, db: &sled::Db, log_len: &dyn Fn() -> u64) {
         let (covers, notices) = covers;
         // Read after every change this flush covers committed, so the flush covers them all.
         let log = log_len();
-        let result = db.flush();
+        let result = engine.flush();
         let mut st = s.lock();
         match result {
             Ok(_) => {

@@ -6,9 +6,7 @@
 //! sequence number and hash and the tree's frontier at that size, so appending reads one record
 //! and the root at any size is a few reads of stored nodes, never a rehash of the log.
 
-use sled::Tree;
-
-use super::{Store, Tx, TxResult, u64_at};
+use super::{Store, Table, Tx, TxResult, u64_at};
 use crate::audit::{self, AuditEvent, GENESIS, VerifyReport};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -99,15 +97,11 @@ impl Tx<'_> {
         let mut failed = None;
         frontier.push(merkle::leaf_hash(&raw), |level, index, node| {
             if failed.is_none() {
-                failed = self
-                    .t
-                    .tree
-                    .insert(&node_key(level, index)[..], &node[..])
-                    .err();
+                failed = self.t.tree.insert(node_key(level, index), node).err();
             }
         });
         if let Some(e) = failed {
-            return Err(e.into());
+            return Err(e);
         }
         self.t.audit.insert(&seq.to_be_bytes()[..], raw)?;
         let head = Head {
@@ -129,8 +123,8 @@ impl Tx<'_> {
 /// The stored tree as proofs read it: level 0 is the hash of an entry, higher levels are
 /// stored nodes.
 struct Stored<'a> {
-    audit: &'a Tree,
-    tree: &'a Tree,
+    audit: &'a Table,
+    tree: &'a Table,
 }
 
 impl Nodes for Stored<'_> {
@@ -178,7 +172,7 @@ impl Store {
 
     /// One raw audit entry.
     pub fn audit_entry(&self, seq: u64) -> Result<Option<Vec<u8>>> {
-        Ok(self.t.audit.get(seq.to_be_bytes())?.map(|v| v.to_vec()))
+        self.t.audit.get(seq.to_be_bytes())
     }
 
     /// Raw audit entries from `from_seq` on, in order.
@@ -186,7 +180,7 @@ impl Store {
         self.t
             .audit
             .range(from_seq.to_be_bytes()..)
-            .map(|kv| kv.map(|(_, v)| v.to_vec()).map_err(Error::from))
+            .map(|kv| kv.map(|(_, v)| v))
     }
 
     /// Refuses a size beyond the committed log.
@@ -273,16 +267,16 @@ impl Store {
             return Ok(());
         }
         let mut frontier = Frontier::new();
-        let mut batch = sled::Batch::default();
+        let mut batch = Vec::new();
         for raw in self.audit_raw(0) {
             frontier.push(merkle::leaf_hash(&raw?), |level, index, node| {
-                batch.insert(&node_key(level, index)[..], &node[..]);
+                batch.push((node_key(level, index).to_vec(), Some(node.to_vec())));
             });
             if frontier.size().is_multiple_of(BUILD_BATCH) {
-                self.t.tree.apply_batch(std::mem::take(&mut batch))?;
+                self.t.tree.apply(std::mem::take(&mut batch))?;
             }
         }
-        self.t.tree.apply_batch(batch)?;
+        self.t.tree.apply(batch)?;
         if frontier.size() != head.seq {
             return Err(Error::Storage(format!(
                 "the audit log holds {} entries but its head names entry {}; check it with 'sshjit-broker audit verify --data-dir'",
@@ -294,13 +288,16 @@ impl Store {
             frontier: Some(frontier),
             ..head
         };
-        self.t
+        if !self
+            .t
             .meta
-            .compare_and_swap(HEAD, before, Some(built.encode()))?
-            .map_err(|_| {
-                Error::Internal("the audit head changed while its tree was built".into())
-            })?;
-        self.db.flush()?;
+            .compare_and_swap(HEAD, before.as_deref(), Some(built.encode()))?
+        {
+            return Err(Error::Internal(
+                "the audit head changed while its tree was built".into(),
+            ));
+        }
+        self.engine.flush()?;
         tracing::info!(entries = built.seq, "built the audit log's Merkle tree");
         Ok(())
     }
@@ -315,18 +312,16 @@ impl Store {
         for e in entries {
             self.commit(e.at, &e.actor, |_| Ok(((), vec![e.event.clone()])))?;
         }
-        self.db.flush()?;
-        Ok(())
+        self.engine.flush()
     }
 
     /// Overwrites one stored entry's bytes, leaving everything else as it is (tamper tests).
     #[doc(hidden)]
     pub fn danger_put_audit_entry(&self, seq: u64, raw: Option<&[u8]>) -> Result<()> {
         match raw {
-            Some(raw) => self.t.audit.insert(seq.to_be_bytes(), raw)?,
-            None => self.t.audit.remove(seq.to_be_bytes())?,
-        };
-        Ok(())
+            Some(raw) => self.t.audit.insert(seq.to_be_bytes(), raw),
+            None => self.t.audit.remove(seq.to_be_bytes()),
+        }
     }
 }
 

@@ -1,13 +1,16 @@
-//! The only module that touches sled: typed records, indexes, and one transaction per change.
+//! The broker's database: typed records, indexes, and one transaction per change, over the
+//! storage port in `engine.rs` (sled behind it in `sled_engine.rs`, the only file naming sled).
 //!
 //! Architecture invariant: every state change goes through [`Store::apply`], whose closure
-//! must return at least one audit event; the change and its audit entries commit in one sled
+//! must return at least one audit event; the change and its audit entries commit in one
 //! transaction, and the database is flushed before the caller hears of success (with group
 //! commit: concurrent changes share one flush).
 
+mod engine;
 mod flush;
 mod log;
 mod outbox;
+mod sled_engine;
 mod tables;
 mod tx;
 
@@ -16,8 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::{Transactional, Tree};
 
 use log::HEAD;
 
@@ -28,18 +29,12 @@ use crate::model::{
 };
 use crate::rule::Rule;
 use crate::target::{Target, TargetKind};
+use engine::{Engine, Table, TxTable};
+pub use engine::{TxError, TxResult};
 pub use flush::Ticket;
 use flush::{GroupFlush, RequestWatch};
+use sled_engine::SledEngine;
 use tables::{Tables, TxTables};
-
-/// A result inside a transaction: aborts carry our error, conflicts are retried by sled.
-pub type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
-
-impl From<Error> for ConflictableTransactionError<Error> {
-    fn from(e: Error) -> Self {
-        ConflictableTransactionError::Abort(e)
-    }
-}
 
 /// A certificate the broker issued, kept for status and forensics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,15 +53,13 @@ pub struct CertRecord {
     pub force_command: Option<String>,
 }
 
-/// sled's page cache size.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const NEXT_REQUEST: &[u8] = b"last_request_id";
 const OWNERS: &[u8] = b"owner_count";
 const NEXT_IDENTITY: &[u8] = b"last_identity_id";
 
 /// The broker's database.
 pub struct Store {
-    db: sled::Db,
+    engine: Arc<dyn Engine>,
     flusher: GroupFlush,
     watch: RequestWatch,
     /// Whether changes write notifications (see [`Store::set_outbox`]).
@@ -86,35 +79,19 @@ pub struct Tx<'a> {
 impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
-        let config = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            // sled's page cache defaults to 1 GiB; the broker's working set is far smaller.
-            .cache_capacity(CACHE_BYTES);
-        // sled releases its file lock when its last background thread lets go, a moment after
-        // the previous handle in this process is dropped: give that moment before refusing.
-        let mut tries = 0;
-        let db = loop {
-            match config.open().map_err(|e| open_error(dir, e)) {
-                Err(Error::DatabaseInUse(_)) if tries < 20 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                other => break other?,
-            }
-        };
-        let t = Tables::open(&db)?;
+        let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(dir)?);
+        let t = Tables::new(&engine);
         let meta = t.meta.clone();
         let log_len = move || {
             let head = meta.get(HEAD).ok().flatten();
             head.as_deref().map_or(0, |v| u64_at(v, 0).unwrap_or(0))
         };
         let store = Store {
-            flusher: GroupFlush::start(db.clone(), last_key(&t.outbox)?, log_len)?,
+            flusher: GroupFlush::start(engine.clone(), last_key(&t.outbox)?, log_len)?,
             t,
             watch: RequestWatch::default(),
             outbox_on: std::sync::atomic::AtomicBool::new(false),
-            db,
+            engine,
         };
         Ok(store)
     }
@@ -144,17 +121,16 @@ impl Store {
         actor: &str,
         change: impl Fn(&Tx<'_>) -> TxResult<(T, Vec<AuditEvent>)>,
     ) -> Result<(T, Ticket)> {
-        let trees = self.t.all();
         let outbox_on = self.outbox_on.load(std::sync::atomic::Ordering::Relaxed);
         let touched = RefCell::new(Vec::new());
-        let out = trees.as_slice().transaction(|views| {
+        let done = RefCell::new(None);
+        self.engine.transact(&|view| {
             touched.borrow_mut().clear();
             let tx = Tx {
                 now,
                 touched: &touched,
                 outbox_on,
-                t: TxTables::new(views)
-                    .ok_or_else(|| Error::Internal("a transaction is missing a table".into()))?,
+                t: TxTables::new(view),
             };
             let (out, events) = change(&tx)?;
             if events.is_empty() {
@@ -167,17 +143,15 @@ impl Store {
                     notice = Some(seq);
                 }
             }
-            Ok((out, notice))
-        });
-        match out {
-            Ok((v, notice)) => {
-                let ticket = self.flusher.register(notice);
-                self.watch.wake(&touched.borrow());
-                Ok((v, ticket))
-            }
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-        }
+            *done.borrow_mut() = Some((out, notice));
+            Ok(())
+        })?;
+        let (v, notice) = done
+            .into_inner()
+            .ok_or_else(|| Error::Internal("a transaction committed without its result".into()))?;
+        let ticket = self.flusher.register(notice);
+        self.watch.wake(&touched.borrow());
+        Ok((v, ticket))
     }
 
     /// A handle that is woken whenever a change to request `id` commits. Create the
@@ -200,7 +174,7 @@ impl Store {
 
     /// Whether `init` has run on this database.
     pub fn is_initialized(&self) -> Result<bool> {
-        Ok(self.t.meta.contains_key(HEAD)?)
+        self.t.meta.contains_key(HEAD)
     }
 
     pub fn member(&self, name: &Name) -> Result<Option<Member>> {
@@ -306,11 +280,11 @@ impl Store {
             out.sort_by_key(|r| r.id);
             return Ok(out);
         }
-        for v in self.t.requests.iter().values().rev() {
+        for kv in self.t.requests.iter().rev() {
             if out.len() >= limit {
                 break;
             }
-            let r: Request = serde_json::from_slice(&v?)?;
+            let r: Request = serde_json::from_slice(&kv?.1)?;
             if state.is_none_or(|s| r.state_at(now) == s) {
                 out.push(r);
             }
@@ -390,21 +364,19 @@ impl Store {
         self.t
             .certs
             .scan_prefix(request_id.to_be_bytes())
-            .values()
-            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
             .collect()
     }
 
     /// Flushes everything to the OS.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+        self.engine.flush()
     }
 }
 
 /// Reading hosts and targets by name, the same way from the store and inside a transaction,
-/// so finding a target is written once. A transaction's errors keep sled's conflicts (which
-/// it retries) apart from ours.
+/// so finding a target is written once. A transaction's errors keep the engine's conflicts
+/// (which it retries) apart from ours.
 pub trait Lookup {
     type Err: From<Error>;
     fn host(&self, name: &Name) -> std::result::Result<Option<Host>, Self::Err>;
@@ -422,7 +394,7 @@ impl Lookup for Store {
 }
 
 impl Lookup for Tx<'_> {
-    type Err = ConflictableTransactionError<Error>;
+    type Err = TxError;
     fn host(&self, name: &Name) -> TxResult<Option<Host>> {
         Tx::host(self, name)
     }
@@ -431,20 +403,8 @@ impl Lookup for Tx<'_> {
     }
 }
 
-fn open_error(dir: &Path, e: sled::Error) -> Error {
-    let text = e.to_string();
-    if text.contains("WouldBlock") || text.contains("could not acquire lock") {
-        Error::DatabaseInUse(dir.to_path_buf())
-    } else {
-        Error::Storage(format!(
-            "cannot open the database in {}: {text}",
-            dir.display()
-        ))
-    }
-}
-
-/// The newest key of a tree keyed by big-endian u64 (0 if empty).
-fn last_key(tree: &Tree) -> Result<u64> {
+/// The newest key of a table keyed by big-endian u64 (0 if empty).
+fn last_key(tree: &Table) -> Result<u64> {
     match tree.last()? {
         Some((k, _)) => u64_at(&k, 0),
         None => Ok(0),
@@ -466,31 +426,28 @@ fn u64_at(bytes: &[u8], at: usize) -> Result<u64> {
         .ok_or_else(|| Error::Internal("a stored key or counter is corrupt".into()))
 }
 
-fn get_json<T: DeserializeOwned>(tree: &Tree, key: &[u8]) -> Result<Option<T>> {
+fn get_json<T: DeserializeOwned>(tree: &Table, key: &[u8]) -> Result<Option<T>> {
     match tree.get(key)? {
         Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
         None => Ok(None),
     }
 }
 
-fn scan_json<T: DeserializeOwned>(tree: &Tree) -> Result<Vec<T>> {
+fn scan_json<T: DeserializeOwned>(tree: &Table) -> Result<Vec<T>> {
     tree.iter()
-        .values()
-        .map(|v| Ok(serde_json::from_slice(&v?)?))
+        .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
         .collect()
 }
 
-fn tx_get<T: DeserializeOwned>(tree: &TransactionalTree, key: &[u8]) -> TxResult<Option<T>> {
+fn tx_get<T: DeserializeOwned>(tree: TxTable<'_>, key: &[u8]) -> TxResult<Option<T>> {
     match tree.get(key)? {
-        Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(Error::from)?)),
+        Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
         None => Ok(None),
     }
 }
 
-fn tx_put<T: Serialize>(tree: &TransactionalTree, key: &[u8], value: &T) -> TxResult<()> {
-    let bytes = serde_json::to_vec(value).map_err(Error::from)?;
-    tree.insert(key, bytes)?;
-    Ok(())
+fn tx_put<T: Serialize>(tree: TxTable<'_>, key: &[u8], value: &T) -> TxResult<()> {
+    tree.insert(key, serde_json::to_vec(value)?)
 }
 
 /// The database directory inside a data dir.

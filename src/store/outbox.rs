@@ -78,11 +78,12 @@ impl Tx<'_> {
 
     /// Removes a timer that fell due; false if it was already gone (the request changed).
     pub fn take_timer(&self, due: Timestamp, id: u64, what: Event) -> TxResult<bool> {
-        Ok(self
-            .t
-            .timers
-            .remove(&notify::timer_key(due, id, what)[..])?
-            .is_some())
+        let key = notify::timer_key(due, id, what);
+        if self.t.timers.get(key)?.is_none() {
+            return Ok(false);
+        }
+        self.t.timers.remove(key)?;
+        Ok(true)
     }
 }
 
@@ -92,9 +93,8 @@ impl Store {
         self.t
             .outbox
             .range((seq + 1).to_be_bytes()..)
-            .values()
             .take(limit)
-            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
             .collect()
     }
 
@@ -112,11 +112,12 @@ impl Store {
 
     /// Deletes outbox entries up to `seq`, which every endpoint is done with.
     pub fn prune_notices(&self, seq: u64) -> Result<usize> {
-        let mut n = 0;
-        for k in self.t.outbox.range(..=seq.to_be_bytes()).keys() {
-            self.t.outbox.remove(k?)?;
-            n += 1;
+        let mut gone = Vec::new();
+        for kv in self.t.outbox.range(..=seq.to_be_bytes()) {
+            gone.push((kv?.0, None));
         }
+        let n = gone.len();
+        self.t.outbox.apply(gone)?;
         Ok(n)
     }
 
@@ -143,8 +144,8 @@ impl Store {
     pub fn due_timers(&self, now: Timestamp, limit: usize) -> Result<Vec<(Timestamp, u64, Event)>> {
         let end = notify::timer_key(now, u64::MAX, Event::Test);
         let mut out = Vec::new();
-        for k in self.t.timers.range(..=end).keys().take(limit) {
-            match notify::parse_timer_key(&k?) {
+        for kv in self.t.timers.range(..=end).take(limit) {
+            match notify::parse_timer_key(&kv?.0) {
                 Some(t) => out.push(t),
                 None => return Err(Error::Internal("a stored timer key is corrupt".into())),
             }
@@ -155,10 +156,7 @@ impl Store {
     /// Removes a timer that no longer matches its request (left from a time without
     /// endpoints, when timers were not kept): index upkeep, not a change to audit.
     pub fn drop_timer(&self, due: Timestamp, id: u64, what: Event) -> Result<()> {
-        self.t
-            .timers
-            .remove(&notify::timer_key(due, id, what)[..])?;
-        Ok(())
+        self.t.timers.remove(notify::timer_key(due, id, what))
     }
 
     /// When the soonest timer falls due.
@@ -195,20 +193,15 @@ impl Store {
         state: &S,
         retry: Option<(u64, Option<&R>)>,
     ) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        batch.insert(
-            format!("e/{endpoint}").as_bytes(),
-            serde_json::to_vec(state)?,
-        );
+        let mut ops = vec![(
+            format!("e/{endpoint}").into_bytes(),
+            Some(serde_json::to_vec(state)?),
+        )];
         if let Some((seq, r)) = retry {
             let mut key = format!("r/{endpoint}/").into_bytes();
             key.extend_from_slice(&seq.to_be_bytes());
-            match r {
-                Some(r) => batch.insert(key, serde_json::to_vec(r)?),
-                None => batch.remove(key),
-            }
+            ops.push((key, r.map(serde_json::to_vec).transpose()?));
         }
-        self.t.deliveries.apply_batch(batch)?;
-        Ok(())
+        self.t.deliveries.apply(ops)
     }
 }

@@ -1,41 +1,53 @@
-//! Every table of the database, registered once: the store, a transaction's view and the
-//! list that a transaction spans all come from this one list.
+//! Every table of the database, registered once: the engines' table numbers and names, the
+//! store's handles and a transaction's view all come from this one list.
 
-use sled::Tree;
-use sled::transaction::TransactionalTree;
+use std::sync::Arc;
 
-use crate::error::Result;
+use super::engine::{Engine, Table, TxEngine, TxTable};
 
 macro_rules! tables {
-    ($($(#[$doc:meta])* $field:ident: $name:literal,)+) => {
-        /// The open trees, one per table.
+    ($($(#[$doc:meta])* $field:ident: $variant:ident = $name:literal,)+) => {
+        /// A table, as an engine knows it.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub(super) enum TableId {
+            $($variant,)+
+        }
+
+        impl TableId {
+            /// Every table, in the order of their numbers.
+            pub(super) const ALL: &[TableId] = &[$(TableId::$variant),+];
+
+            /// The table's name in the database.
+            pub(super) fn name(self) -> &'static str {
+                match self {
+                    $(TableId::$variant => $name,)+
+                }
+            }
+        }
+
+        /// The store's tables. (Some are only ever written inside transactions; they are
+        /// here so that the list stays one list.)
+        #[allow(dead_code)]
         pub(super) struct Tables {
-            $($(#[$doc])* pub(super) $field: Tree,)+
+            $($(#[$doc])* pub(super) $field: Table,)+
         }
 
         /// The same tables inside one transaction. (`deliveries` is bookkeeping written
         /// outside transactions; it is here so that the list stays one list.)
         #[allow(dead_code)]
         pub(super) struct TxTables<'a> {
-            $($(#[$doc])* pub(super) $field: &'a TransactionalTree,)+
+            $($(#[$doc])* pub(super) $field: TxTable<'a>,)+
         }
 
         impl Tables {
-            pub(super) fn open(db: &sled::Db) -> Result<Tables> {
-                Ok(Tables { $($field: db.open_tree($name)?,)+ })
-            }
-
-            /// Every tree, in the order [`TxTables::new`] takes their transactional views.
-            pub(super) fn all(&self) -> Vec<&Tree> {
-                vec![$(&self.$field),+]
+            pub(super) fn new(engine: &Arc<dyn Engine>) -> Tables {
+                Tables { $($field: Table::new(TableId::$variant, engine.clone()),)+ }
             }
         }
 
         impl<'a> TxTables<'a> {
-            /// The views of a transaction over [`Tables::all`], in the same order.
-            pub(super) fn new(views: &'a [TransactionalTree]) -> Option<TxTables<'a>> {
-                let mut it = views.iter();
-                Some(TxTables { $($field: it.next()?,)+ })
+            pub(super) fn new(tx: &'a dyn TxEngine) -> TxTables<'a> {
+                TxTables { $($field: TxTable::new(TableId::$variant, tx),)+ }
             }
         }
     };
@@ -43,32 +55,32 @@ macro_rules! tables {
 
 tables! {
     /// Counters, the audit head and the owner count.
-    meta: "meta",
-    members: "members",
+    meta: Meta = "meta",
+    members: Members = "members",
     /// Key fingerprint -> member name.
-    keys: "member_keys",
-    hosts: "hosts",
-    targets: "fleets_and_commands",
-    rules: "rules",
+    keys: Keys = "member_keys",
+    hosts: Hosts = "hosts",
+    targets: Targets = "fleets_and_commands",
+    rules: Rules = "rules",
     /// Break-glass grants waiting for review, by due time.
-    reviews: "reviews_by_deadline",
-    requests: "requests",
+    reviews: Reviews = "reviews_by_deadline",
+    requests: Requests = "requests",
     /// Undecided requests by the end of their pending time.
-    pending: "pending_by_deadline",
+    pending: Pending = "pending_by_deadline",
     /// Requests by requester (a denial keeps its time as the value).
-    by_member: "requests_by_member",
+    by_member: ByMember = "requests_by_member",
     /// Each member's pending requests, in one record.
-    open: "pending_by_requester",
+    open: Open = "pending_by_requester",
     /// Granted requests by requester and by resource.
-    grants: "grants_by_identity",
-    certs: "certs",
-    audit: "audit",
+    grants: Grants = "grants_by_identity",
+    certs: Certs = "certs",
+    audit: Audit = "audit",
     /// The audit log's Merkle tree: nodes of level 1 and up, by level and index.
-    tree: "audit_tree",
+    tree: Tree = "audit_tree",
     /// Notifications to send, by the sequence number of the audit entry that records them.
-    outbox: "outbox",
+    outbox: Outbox = "outbox",
     /// What falls due at a time (expiry, escalation, a window's end, a review): by time.
-    timers: "timers_by_due",
+    timers: Timers = "timers_by_due",
     /// Each notification endpoint's progress through the outbox (bookkeeping, not audited).
-    deliveries: "deliveries",
+    deliveries: Deliveries = "deliveries",
 }
