@@ -10,9 +10,8 @@ use crate::client::Settings;
 use crate::client::conn::Connection;
 use crate::client::witness::{Seen, Witness};
 use crate::contract::ConsistencyView;
-use crate::datadir::DataDir;
+use crate::datadir::{self, DataDir};
 use crate::error::{Error, Result};
-use crate::store::Store;
 
 /// Where the log to verify is.
 pub enum Source<'a> {
@@ -46,14 +45,7 @@ pub fn verify(
         .transpose()?;
     match source {
         Source::DataDir(d) => {
-            let db = DataDir::new(d).db();
-            if !db.is_dir() {
-                return Err(Error::DataDir(format!(
-                    "{} holds no broker database; give the --data-dir used with 'init'",
-                    d.display()
-                )));
-            }
-            Store::open(&db)?.verify_audit_against(checkpoint.as_ref())
+            datadir::open_store(&DataDir::new(d))?.verify_audit_against(checkpoint.as_ref())
         }
         Source::Export(f) => Ok(audit::verify_lines(&read(f)?, checkpoint.as_ref())),
     }

@@ -1,6 +1,8 @@
 //! The broker's data directory: `init`, the config file, opening it to serve, and the dev setup.
 //!
-//! Layout: `config.toml`, `ca_key` and `host_key` (0600), `ca_key.pub`, and `db/` (sled).
+//! Layout: `config.toml`, `ca_key`, `host_key` and `checkpoint_key` (0600) with their `.pub`,
+//! and `db/` (sled). With `[store] engine = "etcd"` the database lives in etcd instead, and
+//! every broker of the team has a copy of the same keys and config.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -17,7 +19,7 @@ use crate::justify::llm::ModelConfig;
 use crate::model::{GrantRole, Host, IdentityId, Role, Timestamp};
 use crate::notify::{self, config::NotifyConfig};
 use crate::policy::Policy;
-use crate::store::{self, Store};
+use crate::store::{self, Store, StoreConfig};
 
 /// Connection limits of the SSH server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +115,9 @@ pub struct Config {
     /// A model that writes justifications (`[justify]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub justify: Option<ModelConfig>,
+    /// Where the database lives (`[store]`): sled in the data dir unless it names etcd.
+    #[serde(default, skip_serializing_if = "StoreConfig::is_sled")]
+    pub store: StoreConfig,
 }
 
 impl Config {
@@ -123,6 +128,7 @@ impl Config {
             limits: Limits::default(),
             notify: Vec::new(),
             justify: None,
+            store: StoreConfig::Sled,
         }
     }
 
@@ -130,7 +136,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = fs::read_to_string(path)
             .map_err(Error::io(format!("cannot read {}", path.display())))?;
-        let cfg: Config = toml::from_str(&text).map_err(|e| {
+        let mut cfg: Config = toml::from_str(&text).map_err(|e| {
             let mut m = format!("{} is invalid: {e}", path.display());
             if m.contains("notify")
                 && (m.contains("expected a sequence") || m.contains("duplicate key"))
@@ -147,6 +153,11 @@ impl Config {
         if let Some(j) = &cfg.justify {
             j.load(path)?;
         }
+        cfg.store
+            .validate()
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        cfg.store
+            .resolve(path.parent().unwrap_or_else(|| Path::new(".")));
         Ok(cfg)
     }
 }
@@ -197,7 +208,8 @@ pub fn read_public_key_arg(arg: &str) -> Result<String> {
     Ok(arg.to_string())
 }
 
-/// Creates a data directory: keys, config, database, and the first OWNER.
+/// Creates a data directory with its database in sled: keys, config, database, and the first
+/// OWNER.
 pub fn init(
     dir: &DataDir,
     owner: &str,
@@ -205,8 +217,30 @@ pub fn init(
     listen: &str,
     now: Timestamp,
 ) -> Result<Initialized> {
+    init_on(dir, owner, owner_key, listen, &StoreConfig::Sled, now)
+}
+
+/// Creates a data directory whose database is the one `store_config` names.
+pub fn init_on(
+    dir: &DataDir,
+    owner: &str,
+    owner_key: &str,
+    listen: &str,
+    store_config: &StoreConfig,
+    now: Timestamp,
+) -> Result<Initialized> {
     // Validate everything before anything is written.
     let member = ca::member_with_key(owner.parse()?, Role::Owner, owner_key, "init", now)?;
+    store_config.validate()?;
+    if !store_config.is_sled() {
+        // A shared database must be reachable and empty before the data dir is made.
+        let store = Store::connect(&dir.db(), store_config)?;
+        if store.is_initialized()? {
+            return Err(Error::DataDir(
+                "the etcd prefix already holds a broker's state; to add a broker to that team, copy the first broker's data dir (config.toml and the keys) to this machine, or pick another --etcd-prefix".into(),
+            ));
+        }
+    }
     if dir.root.exists() {
         let empty = fs::read_dir(&dir.root)
             .map_err(Error::io(format!("cannot read {}", dir.root.display())))?
@@ -242,7 +276,9 @@ pub fn init(
         &dir.checkpoint_key(),
     )?;
     checkpoint_signer(dir, &ca)?;
-    let cfg = toml::to_string_pretty(&Config::new(listen))
+    let mut config = Config::new(listen);
+    config.store = store_config.clone();
+    let cfg = toml::to_string_pretty(&config)
         .map_err(|e| Error::Internal(format!("cannot encode config: {e}")))?;
     fs::write(
         dir.config(),
@@ -252,12 +288,14 @@ pub fn init(
     // Whatever the umask, nobody else may change what `serve` trusts (see check_files).
     fs::set_permissions(dir.config(), fs::Permissions::from_mode(0o600))
         .map_err(Error::io("cannot chmod config.toml"))?;
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(dir.db())
-        .map_err(Error::io(format!("cannot create {}", dir.db().display())))?;
+    if store_config.is_sled() {
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir.db())
+            .map_err(Error::io(format!("cannot create {}", dir.db().display())))?;
+    }
 
-    let store = Store::open(&dir.db())?;
+    let store = Store::connect(&dir.db(), store_config)?;
     let ca_fingerprint = ca.fingerprint();
     store.apply(now, "init", |tx| {
         let member = tx.add_member(&member)?;
@@ -296,13 +334,14 @@ pub fn open(dir: &DataDir) -> Result<Opened> {
     let config = Config::load(&dir.config())?;
     let ca = Ca::new(ca::read_private_key(&dir.ca_key())?);
     let host_key = ca::read_private_key(&dir.host_key())?;
-    let store = Store::open(&dir.db())?;
+    let store = Store::connect(&dir.db(), &config.store)?;
     if !store.is_initialized()? {
         return Err(Error::DataDir(format!(
-            "the database in {} is empty; it was not made by 'sshjit-broker init'",
+            "the database of {} is empty; it was not made by 'sshjit-broker init'",
             dir.root.display()
         )));
     }
+    same_ca(&store, &ca)?;
     store.build_tree()?;
     let signer = checkpoint_signer(dir, &ca)?;
     let endpoints = notify::config::load(&config.notify, &dir.config())?;
@@ -319,6 +358,38 @@ pub fn open(dir: &DataDir) -> Result<Opened> {
         broker,
         host_key,
     })
+}
+
+/// Refuses a database whose log was started by another CA: on a shared database, a broker
+/// with another team's keys (or a stale copy of them) would sign what the log does not record.
+fn same_ca(store: &Store, ca: &Ca) -> Result<()> {
+    let first = match store.audit_entry(1)? {
+        Some(raw) => crate::audit::decode(&raw)?,
+        None => return Ok(()),
+    };
+    match first.event {
+        AuditEvent::BrokerInitialized { ca_fingerprint, .. }
+            if ca_fingerprint != ca.fingerprint() =>
+        {
+            Err(Error::DataDir(format!(
+                "this data dir's CA key ({}) is not the one the database was made with ({ca_fingerprint}); every broker of a team needs a copy of the first broker's ca_key, host_key and checkpoint_key",
+                ca.fingerprint()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The database of a data dir, as its config names it (for offline tools).
+pub fn open_store(dir: &DataDir) -> Result<Store> {
+    let config = Config::load(&dir.config())?;
+    if config.store.is_sled() && !dir.db().is_dir() {
+        return Err(Error::DataDir(format!(
+            "{} holds no broker database; give the --data-dir used with 'init'",
+            dir.root.display()
+        )));
+    }
+    Store::connect(&dir.db(), &config.store)
 }
 
 /// The checkpoint signer of the broker with CA `ca`: the key in the data dir, made (with its
@@ -353,6 +424,7 @@ pub fn log_origin(ca: &Ca) -> String {
 /// as `(what, Err(what to change))`, without opening the database (a running broker holds it).
 pub fn check(dir: &DataDir) -> Vec<(String, Result<()>)> {
     let loaded = Config::load(&dir.config());
+    let shared = loaded.as_ref().is_ok_and(|c| !c.store.is_sled());
     let mut out = Vec::new();
     if let Ok(cfg) = &loaded {
         // What the optional tables set up, so an operator sees they were picked up.
@@ -383,7 +455,7 @@ pub fn check(dir: &DataDir) -> Vec<(String, Result<()>)> {
     } else {
         out.push(("checkpoint_key (made at the next start)".into(), Ok(())));
     }
-    let db = if dir.db().join("conf").is_file() || dir.db().join("db").is_file() {
+    let db = if shared || dir.db().join("conf").is_file() || dir.db().join("db").is_file() {
         Ok(())
     } else {
         Err(Error::DataDir(format!(
@@ -408,11 +480,12 @@ pub fn check_files(dir: &DataDir, uid: u32) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta =
         |p: &Path| fs::metadata(p).map_err(Error::io(format!("cannot read {}", p.display())));
-    for (path, fix) in [
-        (dir.root.clone(), "700"),
-        (dir.db(), "700"),
-        (dir.config(), "600"),
-    ] {
+    // A data dir whose database is elsewhere (etcd) has no db/; a migrated one keeps it.
+    let db = Some(dir.db()).filter(|p| p.exists());
+    for (path, fix) in [(dir.root.clone(), "700"), (dir.config(), "600")]
+        .into_iter()
+        .chain(db.map(|p| (p, "700")))
+    {
         let mode = meta(&path)?.mode() & 0o777;
         if mode & 0o022 != 0 {
             return Err(Error::DataDir(format!(

@@ -186,6 +186,11 @@ pub enum Error {
     /// The database engine failed underneath us.
     #[error("storage error: {0}; the last change was not applied")]
     Storage(String),
+    /// The shared database cannot commit now (etcd without a quorum, or out of reach).
+    #[error(
+        "the database is unavailable: {0}. Try again once the etcd cluster has a quorum (reads keep working while one member answers)"
+    )]
+    StoreUnavailable(String),
     /// A file-system operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -262,6 +267,7 @@ impl Error {
             Error::DataDir(_) => "data_dir",
             Error::Config(_) => "config",
             Error::Storage(_) => "storage",
+            Error::StoreUnavailable(_) => "unavailable",
             Error::Io { .. } => "io",
             Error::Connect(_) => "connect",
             Error::BrokerKey(_) => "broker_key",

@@ -42,6 +42,7 @@ pub mod error;
 pub mod guard;
 pub mod justify;
 pub mod merkle;
+pub mod migrate;
 pub mod model;
 pub mod notify;
 pub mod policy;

@@ -454,7 +454,15 @@ fn a_rule_cap_holds_under_concurrent_requests() {
         )
     };
     let olga = key("olga");
-    datadir::init(&dir, "olga", &olga.0, "127.0.0.1:0", t0).unwrap();
+    datadir::init_on(
+        &dir,
+        "olga",
+        &olga.0,
+        "127.0.0.1:0",
+        &util::test_store(),
+        t0,
+    )
+    .unwrap();
     let broker = datadir::open(&dir).unwrap().broker;
     let run = |fp: &str, line: &str| broker.run_line(fp, line.as_bytes(), b"", t0);
     let members: Vec<(String, String)> = (0..12).map(|i| key(&format!("m{i}"))).collect();

@@ -822,7 +822,15 @@ fn bad_inputs_in_process_including_the_passage_of_time() {
     let keys = keys(tmp.path(), owner);
     let dir = DataDir::new(tmp.path().join("data"));
     let t0 = Timestamp::from_unix(1_900_000_000);
-    datadir::init(&dir, "olga", &keys["olga"].public, "127.0.0.1:0", t0).unwrap();
+    datadir::init_on(
+        &dir,
+        "olga",
+        &keys["olga"].public,
+        "127.0.0.1:0",
+        &util::test_store(),
+        t0,
+    )
+    .unwrap();
     let opened = datadir::open(&dir).unwrap();
     let core: &Core = &opened.broker;
     let fp = |who: &str| {

@@ -2,6 +2,8 @@
 //! decisions, certificate calls and host changes at random times, run through the real broker
 //! (sled in a temp dir, real signing), never break the product's access rules.
 
+mod util;
+
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -128,7 +130,15 @@ fn setup() -> (tempfile::TempDir, Broker) {
     let dir = DataDir::new(tmp.path().join("data"));
     let k = keys();
     let t0 = Timestamp::from_unix(T0);
-    datadir::init(&dir, "olga", &k["olga"].1, "127.0.0.1:0", t0).unwrap();
+    datadir::init_on(
+        &dir,
+        "olga",
+        &k["olga"].1,
+        "127.0.0.1:0",
+        &util::test_store(),
+        t0,
+    )
+    .unwrap();
     let broker = datadir::open(&dir).unwrap().broker;
     let run = |line: String| {
         assert_eq!(

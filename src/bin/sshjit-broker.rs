@@ -12,6 +12,7 @@ use sshjit::broker::{Output, verify_reply};
 use sshjit::client::{ConnectArgs, Settings, admin};
 use sshjit::datadir::{self, DataDir};
 use sshjit::model::Timestamp;
+use sshjit::store::{EtcdConfig, StoreConfig};
 use sshjit::{Error, auditor, cli_docs, dev, server};
 use tokio::net::TcpListener;
 
@@ -42,6 +43,24 @@ enum Cmd {
         /// Address to listen on (written to config.toml).
         #[arg(long, default_value = "127.0.0.1:2222")]
         listen: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Copy a stopped sled broker's database into etcd (verifying the audit chain before and
+    /// after) and point its data dir's config at etcd; the sled database stays as a backup.
+    #[command(
+        after_help = "Example:\n  sshjit-broker migrate --from-data-dir /var/lib/sshjit --to-etcd http://10.0.0.1:2379,http://10.0.0.2:2379,http://10.0.0.3:2379"
+    )]
+    Migrate {
+        /// The data directory of the sled broker (stopped).
+        #[arg(long)]
+        from_data_dir: PathBuf,
+        /// etcd client URLs, comma-separated.
+        #[arg(long, value_name = "URL,...")]
+        to_etcd: String,
+        /// Every key goes under this prefix (one per team).
+        #[arg(long, value_name = "PREFIX")]
+        etcd_prefix: Option<String>,
     },
     /// Run the broker daemon.
     #[command(
@@ -96,6 +115,41 @@ enum Cmd {
     },
     /// Print the man page (roff): sshjit-broker man > ~/.local/share/man/man1/sshjit-broker.1
     Man,
+}
+
+/// Where `init` puts the database.
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// The database engine: sled in the data dir (one broker), or etcd (several brokers).
+    #[arg(long, value_enum, default_value_t = Engine::Sled)]
+    store: Engine,
+    /// With --store etcd: the cluster's client URLs, comma-separated.
+    #[arg(long, value_name = "URL,...", required_if_eq("store", "etcd"))]
+    etcd_endpoints: Option<String>,
+    /// With --store etcd: every key goes under this prefix (one per team; default /sshjit/).
+    #[arg(long, value_name = "PREFIX", requires = "etcd_endpoints")]
+    etcd_prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Engine {
+    Sled,
+    Etcd,
+}
+
+impl StoreArgs {
+    fn config(&self) -> sshjit::error::Result<StoreConfig> {
+        match (self.store, &self.etcd_endpoints) {
+            (Engine::Etcd, Some(e)) => Ok(StoreConfig::Etcd(EtcdConfig::new(
+                e,
+                self.etcd_prefix.as_deref(),
+            )?)),
+            (Engine::Sled, Some(_)) => {
+                Err(Error::Usage("--etcd-endpoints needs --store etcd".into()))
+            }
+            _ => Ok(StoreConfig::Sled),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -223,10 +277,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             owner,
             owner_key,
             listen,
+            store,
         } => {
             let key = datadir::read_public_key_arg(&owner_key)?;
             let dir = DataDir::new(&data_dir);
-            let made = datadir::init(&dir, &owner, &key, &listen, Timestamp::now())?;
+            let store = store.config()?;
+            let made = datadir::init_on(&dir, &owner, &key, &listen, &store, Timestamp::now())?;
             println!("initialized {}", data_dir.display());
             println!("  owner            {owner}");
             println!("  CA public key    {}", made.ca_public_key);
@@ -235,6 +291,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!(
                 "next: sshjit-broker serve --data-dir {}",
                 data_dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Migrate {
+            from_data_dir,
+            to_etcd,
+            etcd_prefix,
+        } => {
+            let etcd = EtcdConfig::new(&to_etcd, etcd_prefix.as_deref())?;
+            let done = sshjit::migrate::to_etcd(&DataDir::new(&from_data_dir), etcd)?;
+            println!(
+                "copied {} keys; the audit log's {} entries verify in etcd",
+                done.keys, done.entries
+            );
+            println!(
+                "{} now uses etcd (the sled database in db/ is left as a backup)",
+                from_data_dir.join("config.toml").display()
+            );
+            println!(
+                "next: sshjit-broker serve --data-dir {}",
+                from_data_dir.display()
             );
             Ok(ExitCode::SUCCESS)
         }

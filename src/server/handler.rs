@@ -105,7 +105,8 @@ impl Conn {
                     let _ = stopping.wait_for(|s| *s).await;
                 };
                 broker.wait(&fp, &inv, stop).await
-            } else if inv.command.is_heavy() {
+            } else if inv.command.is_heavy() || broker.store().is_shared() {
+                // So do all commands on a shared database, whose calls cross the network.
                 // Whole-log reads take long enough to belong on the blocking pool.
                 tokio::task::spawn_blocking(move || {
                     broker.execute(&fp, &inv, &stdin, Timestamp::now())

@@ -17,6 +17,9 @@ pub(super) type Entry = (Vec<u8>, Vec<u8>);
 /// An ordered scan over one table, either way round.
 pub(super) type Scan<'a> = Box<dyn DoubleEndedIterator<Item = Result<Entry>> + 'a>;
 
+/// What a shared engine calls with each changed key (see [`Engine::watch`]).
+pub(super) type OnChange = Box<dyn Fn(TableId, &[u8]) + Send + Sync>;
+
 /// A transaction body: runs against the transaction's view; may run again after a conflict.
 pub(super) type Body<'a> = &'a dyn Fn(&dyn TxEngine) -> TxResult<()>;
 
@@ -65,6 +68,15 @@ pub(super) trait Engine: Send + Sync {
     fn transact(&self, body: Body<'_>) -> Result<()>;
     /// Makes everything committed so far durable.
     fn flush(&self) -> Result<()>;
+    /// Whether other processes (brokers) change this database too, and a commit is durable
+    /// when `transact` returns.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Calls `changed` with each key that any writer changes from now on (shared engines).
+    fn watch(&self, _changed: OnChange) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The view of one transaction.
@@ -148,7 +160,7 @@ impl Table {
 }
 
 /// The first key after every key that starts with `prefix` (none when it is all 0xff).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < u8::MAX {

@@ -78,6 +78,22 @@ impl GroupFlush {
         self.shared.notices_tx.subscribe()
     }
 
+    /// Records outbox entries that another broker committed (durable on commit): the
+    /// delivery worker may send up to `seq`.
+    pub(super) fn noticer(&self) -> impl Fn(u64) + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move |seq| {
+            let mut st = shared.lock();
+            st.notice_high = st.notice_high.max(seq);
+            st.notice_durable = st.notice_durable.max(seq);
+            let n = st.notice_durable;
+            drop(st);
+            shared
+                .notices_tx
+                .send_if_modified(|v| std::mem::replace(v, n) != n);
+        }
+    }
+
     /// The number of audit entries a flush has made durable.
     pub(super) fn durable_log(&self) -> u64 {
         self.shared

@@ -167,6 +167,12 @@ impl Store {
 
     /// The number of audit entries a flush has made durable: the most a checkpoint may cover.
     pub fn durable_audit_len(&self) -> u64 {
+        if self.engine.shared() {
+            // A shared engine's commits are durable when they return, whichever broker made them.
+            return self
+                .audit_len()
+                .unwrap_or_else(|_| self.flusher.durable_log());
+        }
         self.flusher.durable_log()
     }
 

@@ -6,7 +6,11 @@
 //! transaction, and the database is flushed before the caller hears of success (with group
 //! commit: concurrent changes share one flush).
 
+mod backend;
+mod copy;
 mod engine;
+mod etcd_client;
+mod etcd_engine;
 mod flush;
 mod log;
 mod outbox;
@@ -29,12 +33,14 @@ use crate::model::{
 };
 use crate::rule::Rule;
 use crate::target::{Target, TargetKind};
+pub use backend::{EtcdConfig, StoreConfig};
 use engine::{Engine, Table, TxTable};
 pub use engine::{TxError, TxResult};
+use etcd_engine::EtcdEngine;
 pub use flush::Ticket;
 use flush::{GroupFlush, RequestWatch};
 use sled_engine::SledEngine;
-use tables::{Tables, TxTables};
+use tables::{TableId, Tables, TxTables};
 
 /// A certificate the broker issued, kept for status and forensics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +67,7 @@ const NEXT_IDENTITY: &[u8] = b"last_identity_id";
 pub struct Store {
     engine: Arc<dyn Engine>,
     flusher: GroupFlush,
-    watch: RequestWatch,
+    watch: Arc<RequestWatch>,
     /// Whether changes write notifications (see [`Store::set_outbox`]).
     outbox_on: std::sync::atomic::AtomicBool,
     t: Tables,
@@ -77,9 +83,25 @@ pub struct Tx<'a> {
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the sled database in `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
-        let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(dir)?);
+        Store::open_engine(Arc::new(SledEngine::open(dir)?))
+    }
+
+    /// Opens the database `config` names: sled in `db_dir`, or a key space in etcd.
+    pub fn connect(db_dir: &Path, config: &StoreConfig) -> Result<Store> {
+        match config {
+            StoreConfig::Sled => Store::open(db_dir),
+            StoreConfig::Etcd(e) => Store::open_engine(Arc::new(EtcdEngine::connect(e)?)),
+        }
+    }
+
+    /// Whether other brokers share this database (and calls to it cross the network).
+    pub fn is_shared(&self) -> bool {
+        self.engine.shared()
+    }
+
+    fn open_engine(engine: Arc<dyn Engine>) -> Result<Store> {
         let t = Tables::new(&engine);
         let meta = t.meta.clone();
         let log_len = move || {
@@ -89,10 +111,27 @@ impl Store {
         let store = Store {
             flusher: GroupFlush::start(engine.clone(), last_key(&t.outbox)?, log_len)?,
             t,
-            watch: RequestWatch::default(),
+            watch: Arc::default(),
             outbox_on: std::sync::atomic::AtomicBool::new(false),
             engine,
         };
+        if store.engine.shared() {
+            // Changes other brokers commit wake this broker's waiters and delivery worker.
+            let (watch, notice) = (store.watch.clone(), store.flusher.noticer());
+            store.engine.watch(Box::new(move |table, key| match table {
+                TableId::Requests => {
+                    if let Ok(id) = u64_at(key, 0) {
+                        watch.wake(&[id]);
+                    }
+                }
+                TableId::Outbox => {
+                    if let Ok(seq) = u64_at(key, 0) {
+                        notice(seq);
+                    }
+                }
+                _ => {}
+            }))?;
+        }
         Ok(store)
     }
 

@@ -1,6 +1,7 @@
 //! Test helpers: a real broker process on 127.0.0.1:0, stock OpenSSH clients, and a real sshd.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod http;
 
 use std::io::{BufRead, BufReader, Write};
@@ -148,21 +149,72 @@ impl Person {
     }
 }
 
+/// The etcd cluster the whole suite runs on instead of sled, when `SSHJIT_TEST_ETCD` names its
+/// client URLs (scripts/test starts one and runs the policy, property and bad-input tests on it).
+pub fn test_etcd() -> Option<String> {
+    std::env::var("SSHJIT_TEST_ETCD")
+        .ok()
+        .filter(|e| !e.is_empty())
+}
+
+/// A key prefix no other test uses.
+pub fn fresh_prefix() -> String {
+    format!("/sshjit-test/{:016x}/", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+/// The database a test broker uses: sled in its data dir, or a fresh prefix of the etcd cluster
+/// in `SSHJIT_TEST_ETCD`.
+pub fn test_store() -> sshjit::store::StoreConfig {
+    match test_etcd() {
+        Some(e) => sshjit::store::StoreConfig::Etcd(
+            sshjit::store::EtcdConfig::new(&e, Some(&fresh_prefix())).unwrap(),
+        ),
+        None => sshjit::store::StoreConfig::Sled,
+    }
+}
+
 /// `init` a data dir `DIR/data` with `owner` as the OWNER olga; returns its path.
 pub fn init_data_dir(dir: &Path, owner: &Identity) -> PathBuf {
+    init_data_dir_with(dir, owner, &[])
+}
+
+/// Like `init_data_dir`, with more arguments to `init` (such as `--store etcd`).
+pub fn init_data_dir_with(dir: &Path, owner: &Identity, args: &[&str]) -> PathBuf {
     let data = dir.join("data");
-    let out = Command::new(bin())
-        .args([
-            "init",
-            "--owner",
-            "olga",
-            "--owner-key",
-            &owner.public,
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "init",
+        "--owner",
+        "olga",
+        "--owner-key",
+        &owner.public,
+        "--data-dir",
+    ])
+    .arg(&data)
+    .args(args);
+    if let (Some(e), true) = (test_etcd(), args.is_empty()) {
+        cmd.args([
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &e,
+            "--etcd-prefix",
+            &fresh_prefix(),
+        ]);
+    }
+    let out = cmd.output().unwrap();
     assert!(out.status.success(), "init failed: {out:?}");
     data
 }
@@ -228,6 +280,58 @@ impl Broker {
         b
     }
 
+    /// `init` a data dir on the etcd cluster at `endpoints` (under a fresh prefix) and start
+    /// the daemon.
+    pub fn start_on_etcd(endpoints: &str) -> Broker {
+        let tmp = tempfile::tempdir().unwrap();
+        let owner = keygen(tmp.path(), "olga");
+        let prefix = fresh_prefix();
+        let args = [
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            endpoints,
+            "--etcd-prefix",
+            &prefix,
+        ];
+        let data = init_data_dir_with(tmp.path(), &owner, &args);
+        Broker::start_from(tmp, data, owner)
+    }
+
+    /// Starts the daemon on a data dir that exists.
+    pub fn start_from(tmp: tempfile::TempDir, data: PathBuf, owner: Identity) -> Broker {
+        let mut b = Broker {
+            tmp,
+            data,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            child: None,
+            owner,
+        };
+        b.spawn();
+        b
+    }
+
+    /// A second broker of the same team: a copy of this data dir (config and keys, as an
+    /// operator distributes them) in its own temp dir, started.
+    pub fn replica(&self) -> Broker {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(&self.data)
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let owner = self.owner.clone();
+        Broker::start_from(tmp, data, owner)
+    }
+
+    /// Whether the daemon process is running (not stopped or killed by the test).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Starts the daemon on the existing data dir.
     pub fn spawn(&mut self) {
         self.spawn_on("127.0.0.1:0");
@@ -235,7 +339,10 @@ impl Broker {
 
     /// Starts the daemon on the existing data dir, listening on `listen`.
     pub fn spawn_on(&mut self, listen: &str) {
-        assert!(self.child.is_none());
+        // A daemon killed by signal (through its pid) is reaped here.
+        if let Some(mut old) = self.child.take() {
+            old.wait().unwrap();
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -430,8 +537,13 @@ pub fn run_with_stdin(mut c: Command, stdin: &[u8]) -> Out {
 }
 
 pub fn signal(child: &Child, sig: &str) {
+    signal_pid(child.id(), sig);
+}
+
+/// Sends `sig` to process `pid` (a child that is then reaped by whoever owns it).
+pub fn signal_pid(pid: u32, sig: &str) {
     let st = Command::new("kill")
-        .args([&format!("-{sig}"), &child.id().to_string()])
+        .args([&format!("-{sig}"), &pid.to_string()])
         .status()
         .unwrap();
     assert!(st.success());
