@@ -104,7 +104,9 @@ fn main() -> anyhow::Result<()> {
                         }
                     })
                     .unwrap_or("-".into()),
-                target: if unit_ratio {
+                target: if target == 0.0 {
+                    "(no target)".into()
+                } else if unit_ratio {
                     format!("≥ {:.0}%", target * 100.0)
                 } else {
                     format!("≥ {target}×")
@@ -143,6 +145,33 @@ fn main() -> anyhow::Result<()> {
         fetch,
         get("broker_noop", "ops_per_sec"),
         0.80,
+        true,
+    );
+    // Two brokers on a three-member etcd cluster, half the clients each (summed).
+    let both = |label: &str| {
+        Some(
+            get(&format!("{label}_0"), "ops_per_sec")? + get(&format!("{label}_1"), "ops_per_sec")?,
+        )
+    };
+    ratio_row(
+        "cert, reused connections: two brokers on etcd vs one on sled",
+        both("etcd_fetch_reuse"),
+        get("broker_fetch-reuse", "ops_per_sec"),
+        0.5,
+        true,
+    );
+    ratio_row(
+        "cycle: two brokers on etcd vs one on sled",
+        both("etcd_cycle"),
+        get("broker_cycle", "ops_per_sec"),
+        0.0,
+        true,
+    );
+    ratio_row(
+        "fetch (new connection per call): two brokers on etcd vs one on sled",
+        both("etcd_fetch"),
+        fetch,
+        0.0,
         true,
     );
     let mut plain = |what: &str,

@@ -35,6 +35,14 @@ impl Fail {
     }
 }
 
+/// What a watch tells: it (re)started at a revision; keys changed (each with the revision of
+/// its change), and the store has been seen through a revision; or it broke off.
+pub(super) enum Watched {
+    Started(i64),
+    Changed(Vec<(Vec<u8>, i64)>, i64),
+    Lost,
+}
+
 /// A key and value as etcd returns them, with the revision of the key's last change.
 pub(super) struct Kv {
     pub key: Vec<u8>,
@@ -75,6 +83,7 @@ impl Etcd {
 
     /// Calls `path` (such as `/v3/kv/range`) with `body` on the first member that answers.
     pub(super) fn call(&self, path: &str, body: &Value) -> std::result::Result<Value, Fail> {
+        tracing::trace!(path, "etcd call");
         let n = self.endpoints.len();
         let start = self.current.load(Ordering::Relaxed);
         let mut last = String::new();
@@ -165,12 +174,13 @@ impl Etcd {
     }
 
     /// Runs a transaction: if every compare holds, the puts (`Some`) and deletes (`None`).
-    /// Returns whether the compares held.
+    /// Returns whether the compares held, and the revision of the store after the call (the
+    /// revision of the writes when they were made).
     pub(super) fn txn(
         &self,
         compare: Vec<Value>,
         ops: &[(Vec<u8>, Option<Vec<u8>>)],
-    ) -> std::result::Result<bool, Fail> {
+    ) -> std::result::Result<(bool, i64), Fail> {
         let success: Vec<Value> = ops
             .iter()
             .map(|(k, v)| match v {
@@ -182,7 +192,10 @@ impl Etcd {
             "/v3/kv/txn",
             &json!({ "compare": compare, "success": success }),
         )?;
-        Ok(v["succeeded"].as_bool() == Some(true))
+        Ok((
+            v["succeeded"].as_bool() == Some(true),
+            int(&v["header"]["revision"]),
+        ))
     }
 
     /// Deletes every key in `[key, end)`.
@@ -194,16 +207,16 @@ impl Etcd {
         Ok(())
     }
 
-    /// Follows every change to keys in `[key, end)` after `revision`, calling `seen` with each
-    /// changed key and the revision, until `stop` says so. Reconnects (to the next member) when
-    /// the stream breaks.
+    /// Follows every change to keys in `[key, end)` after `revision`, telling `seen` of each
+    /// message until `stop` says so. Reconnects (to the next member) when the stream breaks,
+    /// from where it left off.
     pub(super) fn watch(
         self: Arc<Self>,
         key: Vec<u8>,
         end: Vec<u8>,
         mut revision: i64,
         stop: impl Fn() -> bool,
-        seen: impl Fn(&[u8]),
+        seen: impl Fn(Watched),
     ) {
         let mut at = 0;
         while !stop() {
@@ -231,17 +244,28 @@ impl Etcd {
                         revision = 0;
                         break;
                     }
-                    for e in r["events"].as_array().into_iter().flatten() {
-                        if let Ok(k) = unb64(&e["kv"]["key"]) {
-                            seen(&k);
-                        }
+                    let through = int(&r["header"]["revision"]);
+                    if r["created"].as_bool() == Some(true) {
+                        seen(Watched::Started(through));
+                        continue;
                     }
-                    revision = revision.max(int(&r["header"]["revision"]));
+                    let changed = r["events"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|e| {
+                            let k = unb64(&e["kv"]["key"]).ok()?;
+                            Some((k, int(&e["kv"]["mod_revision"])))
+                        })
+                        .collect();
+                    seen(Watched::Changed(changed, through));
+                    revision = revision.max(through);
                     if stop() {
                         return;
                     }
                 }
             }
+            seen(Watched::Lost);
             at += 1;
             std::thread::sleep(Duration::from_millis(200));
         }

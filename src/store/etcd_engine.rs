@@ -1,22 +1,21 @@
 //! The etcd engine behind the storage port, for several brokers sharing one team's state.
 //!
-//! Keys are `PREFIX TABLE/KEY`. A transaction's body reads through etcd, remembering each key's
-//! revision, and buffers its writes; it commits as one etcd transaction that holds only if none
-//! of what it read has changed since (compare on mod revisions), and runs again otherwise. So
-//! two brokers can never both append audit entry n, nor hand out the same serial: both read the
-//! head, and only the first commit holds. A commit is durable in etcd (a quorum has it) when it
-//! returns, so there is nothing to flush.
+//! Keys are `PREFIX TABLE/KEY`. Changes commit through the group commit in `etcd_batch.rs`:
+//! one etcd transaction per batch, which holds only if nothing the batch read has changed since
+//! (compare on mod revisions), and runs again otherwise. So two brokers can never both append
+//! audit entry n, nor hand out the same serial: both read the head, and only the first commit
+//! holds. A commit is durable in etcd (a quorum has it) when it returns: nothing to flush.
 
-use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ops::Bound;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::backend::EtcdConfig;
-use super::engine::{Body, Engine, Entry, OnChange, Scan, TxEngine, TxError, TxResult};
-use super::etcd_client::{Etcd, Fail, Kv, holds, unchanged_since};
+use super::engine::{Body, Engine, Entry, OnChange, Scan};
+use super::etcd_batch::Pipeline;
+use super::etcd_client::{Etcd, Fail, Kv, Watched, holds};
 use super::tables::TableId;
 use crate::error::{Error, Result};
 
@@ -24,8 +23,6 @@ use crate::error::{Error, Result};
 const PAGE: usize = 256;
 /// Most puts or deletes in one etcd transaction (etcd's default limit is 128).
 const MAX_OPS: usize = 100;
-/// How often a change is tried against concurrent ones before giving up.
-const MAX_TRIES: u32 = 200;
 /// After a read finds no quorum, reads are served by the nearest member for this long.
 const DEGRADED_MS: u64 = 5_000;
 
@@ -37,6 +34,10 @@ pub(super) struct EtcdEngine {
     degraded_until: AtomicU64,
     /// Stops the watch thread.
     stopped: Arc<AtomicBool>,
+    /// Group commit, and the cache its changes read through.
+    pipeline: Arc<Pipeline>,
+    /// Whom the watch tells of changes (the store, once it has opened).
+    on_change: Arc<OnceLock<OnChange>>,
 }
 
 impl EtcdEngine {
@@ -46,10 +47,62 @@ impl EtcdEngine {
             prefix: cfg.prefix.as_bytes().to_vec(),
             degraded_until: AtomicU64::new(0),
             stopped: Arc::new(AtomicBool::new(false)),
+            pipeline: Arc::default(),
+            on_change: Arc::default(),
         };
         // Fail at start, with the reason, when no member answers.
-        engine.read(&engine.prefix, None, 1, false, 0)?;
+        let revision = engine.read(&engine.prefix, None, 1, false, 0)?.2;
+        engine.follow(revision)?;
         Ok(engine)
+    }
+
+    /// Follows every change under the prefix from `revision` on: evicts it from the cache, then
+    /// tells the store.
+    fn follow(&self, revision: i64) -> Result<()> {
+        let key = self.prefix.clone();
+        let end = super::engine::prefix_end(&key).unwrap_or_else(|| vec![0]);
+        let (etcd, stopped) = (self.etcd.clone(), self.stopped.clone());
+        let (pipeline, on_change) = (self.pipeline.clone(), self.on_change.clone());
+        std::thread::Builder::new()
+            .name("sshjit-etcd-watch".into())
+            .spawn(move || {
+                let tell = |k: &[u8]| {
+                    let (Some(changed), Some(rest)) =
+                        (on_change.get(), k.strip_prefix(key.as_slice()))
+                    else {
+                        return;
+                    };
+                    for t in TableId::ALL {
+                        let name = t.name().as_bytes();
+                        if let Some(key) =
+                            rest.strip_prefix(name).and_then(|r| r.strip_prefix(b"/"))
+                        {
+                            changed(*t, key);
+                            return;
+                        }
+                    }
+                };
+                let seen = |w: Watched| {
+                    // The cache first: whoever is woken must not read the old value from it.
+                    let keys: Vec<Vec<u8>> = match &w {
+                        Watched::Changed(keys, _) => keys.iter().map(|(k, _)| k.clone()).collect(),
+                        _ => Vec::new(),
+                    };
+                    pipeline.watched(w);
+                    for k in &keys {
+                        tell(k);
+                    }
+                };
+                etcd.watch(
+                    key.clone(),
+                    end,
+                    revision,
+                    || stopped.load(Ordering::Relaxed),
+                    seen,
+                );
+            })
+            .map_err(Error::io("cannot start the etcd watch thread"))?;
+        Ok(())
     }
 
     fn full(&self, t: TableId, key: &[u8]) -> Vec<u8> {
@@ -99,10 +152,6 @@ impl EtcdEngine {
             .map_err(Fail::into_error)
     }
 
-    fn get_kv(&self, full: &[u8]) -> Result<Option<Kv>> {
-        Ok(self.read(full, None, 0, false, 0)?.0.into_iter().next())
-    }
-
     /// After a commit whose answer was lost: whether it applied (every put holds our value at
     /// one revision, every delete is gone). The puts include the audit head, which is unique.
     fn applied(&self, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<bool> {
@@ -131,7 +180,19 @@ impl EtcdEngine {
 
 impl Engine for EtcdEngine {
     fn get(&self, t: TableId, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.get_kv(&self.full(t, key))?.map(|kv| kv.value))
+        // Served from the watch-fed cache when it has the key: current to within the watch's
+        // delay. Changes never rest on these reads; they read inside their transaction.
+        let full = self.full(t, key);
+        if let Some((_, v)) = self.pipeline.cached(&full) {
+            return Ok(v);
+        }
+        let (kvs, _, as_of) = self.read(&full, None, 0, false, 0)?;
+        let found = kvs
+            .into_iter()
+            .next()
+            .map_or((0, None), |kv| (kv.mod_revision, Some(kv.value)));
+        self.pipeline.remember(&full, found.clone(), as_of);
+        Ok(found.1)
     }
 
     fn range(&self, t: TableId, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> Scan<'_> {
@@ -166,6 +227,9 @@ impl Engine for EtcdEngine {
             .into_iter()
             .map(|(k, v)| (self.full(t, &k), v))
             .collect();
+        for (k, _) in &ops {
+            self.pipeline.evict(k);
+        }
         for chunk in ops.chunks(MAX_OPS) {
             self.etcd.txn(Vec::new(), chunk).map_err(Fail::into_error)?;
         }
@@ -180,57 +244,28 @@ impl Engine for EtcdEngine {
         new: Option<Vec<u8>>,
     ) -> Result<bool> {
         let full = self.full(t, key);
-        self.etcd
+        self.pipeline.evict(&full);
+        let swapped = self
+            .etcd
             .txn(vec![holds(&full, old)], &[(full.clone(), new)])
-            .map_err(Fail::into_error)
+            .map_err(Fail::into_error)?;
+        Ok(swapped.0)
     }
 
     fn clear(&self, t: TableId) -> Result<()> {
+        self.pipeline.evict_all();
         self.etcd
             .delete_range(&self.table_start(t), &self.table_end(t))
             .map_err(Fail::into_error)
     }
 
     fn transact(&self, body: Body<'_>) -> Result<()> {
-        for attempt in 0..MAX_TRIES {
-            let tx = EtcdTx {
-                engine: self,
-                reads: RefCell::default(),
-                writes: RefCell::default(),
-            };
-            match body(&tx) {
-                Ok(()) => {}
-                Err(TxError::Conflict) => continue,
-                Err(TxError::Abort(e)) => return Err(e),
-            }
-            let ops: Vec<_> = tx.writes.into_inner().into_iter().collect();
-            if ops.is_empty() {
-                return Ok(());
-            }
-            let compare = tx
-                .reads
-                .into_inner()
-                .into_iter()
-                .map(|(k, (revision, _))| unchanged_since(&k, revision))
-                .collect();
-            match self.etcd.txn(compare, &ops) {
-                Ok(true) => return Ok(()),
-                Ok(false) => backoff(attempt),
-                Err(Fail::Unavailable(m)) => {
-                    return match self.applied(&ops) {
-                        Ok(true) => Ok(()),
-                        _ => Err(Error::StoreUnavailable(format!(
-                            "{m}; the change was not confirmed (if etcd regains its quorum at once it may still apply: check before repeating it)"
-                        ))),
-                    };
-                }
-                Err(f) => return Err(f.into_error()),
-            }
-        }
-        Err(Error::StoreUnavailable(
-            "the change kept conflicting with concurrent ones and was not applied; try again"
-                .into(),
-        ))
+        self.pipeline.transact(
+            &self.etcd,
+            &|t, k| self.full(t, k),
+            &|ops| self.applied(ops),
+            body,
+        )
     }
 
     fn flush(&self) -> Result<()> {
@@ -242,33 +277,9 @@ impl Engine for EtcdEngine {
     }
 
     fn watch(&self, changed: OnChange) -> Result<()> {
-        let (key, end) = (self.prefix.clone(), super::engine::prefix_end(&self.prefix));
-        let end = end.unwrap_or_else(|| vec![0]);
-        let revision = self.read(&key, None, 1, false, 0)?.2;
-        let prefix = self.prefix.clone();
-        let stopped = self.stopped.clone();
-        let etcd = self.etcd.clone();
-        std::thread::Builder::new()
-            .name("sshjit-etcd-watch".into())
-            .spawn(move || {
-                let seen = |k: &[u8]| {
-                    let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
-                        return;
-                    };
-                    for t in TableId::ALL {
-                        let name = t.name().as_bytes();
-                        if let Some(key) =
-                            rest.strip_prefix(name).and_then(|r| r.strip_prefix(b"/"))
-                        {
-                            changed(*t, key);
-                            return;
-                        }
-                    }
-                };
-                etcd.watch(key, end, revision, || stopped.load(Ordering::Relaxed), seen);
-            })
-            .map_err(Error::io("cannot start the etcd watch thread"))?;
-        Ok(())
+        self.on_change
+            .set(changed)
+            .map_err(|_| Error::Internal("the etcd engine was watched twice".into()))
     }
 }
 
@@ -278,58 +289,10 @@ impl Drop for EtcdEngine {
     }
 }
 
-/// Waits a little, longer the more a change has conflicted, so that contenders spread out.
-fn backoff(attempt: u32) {
-    if attempt >= 2 {
-        let most = 1 + u64::from(attempt.min(10)) * 2;
-        std::thread::sleep(Duration::from_millis(rand::random_range(0..most)));
-    }
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A key's value as a transaction read it, with the revision of its last change (0: absent).
-type Read = (i64, Option<Vec<u8>>);
-
-/// One try of a transaction: what it read and what it will write.
-struct EtcdTx<'a> {
-    engine: &'a EtcdEngine,
-    reads: RefCell<HashMap<Vec<u8>, Read>>,
-    writes: RefCell<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
-}
-
-impl TxEngine for EtcdTx<'_> {
-    fn get(&self, t: TableId, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
-        let full = self.engine.full(t, key);
-        if let Some(v) = self.writes.borrow().get(&full) {
-            return Ok(v.clone());
-        }
-        if let Some((_, v)) = self.reads.borrow().get(&full) {
-            return Ok(v.clone());
-        }
-        let kv = self.engine.get_kv(&full)?;
-        let (revision, value) = kv.map_or((0, None), |kv| (kv.mod_revision, Some(kv.value)));
-        self.reads
-            .borrow_mut()
-            .insert(full, (revision, value.clone()));
-        Ok(value)
-    }
-
-    fn insert(&self, t: TableId, key: &[u8], value: &[u8]) -> TxResult<()> {
-        let full = self.engine.full(t, key);
-        self.writes.borrow_mut().insert(full, Some(value.to_vec()));
-        Ok(())
-    }
-
-    fn remove(&self, t: TableId, key: &[u8]) -> TxResult<()> {
-        let full = self.engine.full(t, key);
-        self.writes.borrow_mut().insert(full, None);
-        Ok(())
-    }
 }
 
 /// A scan read page by page from either end, all pages at the revision of the first, so it

@@ -9,6 +9,7 @@
 mod backend;
 mod copy;
 mod engine;
+mod etcd_batch;
 mod etcd_client;
 mod etcd_engine;
 mod flush;
