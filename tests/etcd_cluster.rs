@@ -426,3 +426,207 @@ fn a_sled_broker_migrates_into_etcd_with_its_chain() {
     all_present(&b, &[done, cycle([&b, &b, &b], &ed, &adam, &key).unwrap()]);
     verified(&b);
 }
+
+/// Runs openssl with `args` in `dir`, or fails saying how to install it.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let st = std::process::Command::new(util::require("openssl"))
+        .current_dir(dir)
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl {args:?} failed");
+}
+
+/// A CA and a certificate it signs for `name` (SAN 127.0.0.1, usages `eku`), as PEM files.
+fn issue(dir: &std::path::Path, name: &str, eku: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        format!("subjectAltName=IP:127.0.0.1\nextendedKeyUsage={eku}\n"),
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &format!("{name}.pem"),
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
+}
+
+#[test]
+fn a_broker_reaches_etcd_over_tls_with_its_client_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=sshjit-test-ca",
+        ],
+    );
+    // etcd's JSON gateway connects to its own gRPC port with the server certificate, so that
+    // certificate also serves as a client one.
+    issue(d, "server", "serverAuth,clientAuth");
+    issue(d, "broker", "clientAuth");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, peer) = (free(), free());
+    let url = format!("https://127.0.0.1:{port}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let log = std::fs::File::create(d.join("etcd.log")).unwrap();
+    let mut etcd = std::process::Command::new(util::etcd::etcd_bin())
+        .current_dir(d)
+        .args([
+            "--name",
+            "tls",
+            "--data-dir",
+            "data",
+            "--listen-client-urls",
+            &url,
+        ])
+        .args([
+            "--advertise-client-urls",
+            &url,
+            "--listen-peer-urls",
+            &peer_url,
+        ])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("tls={peer_url}")])
+        .args(["--cert-file", "server.pem", "--key-file", "server.key"])
+        .args(["--client-cert-auth", "--trusted-ca-file", "ca.pem"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "etcd over TLS did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let home = tempfile::tempdir().unwrap();
+    let owner = keygen(home.path(), "olga");
+    let data = home.path().join("data");
+    let path = |f: &str| d.join(f).display().to_string();
+    let init = |tls: &[&str]| {
+        std::process::Command::new(util::bin())
+            .args([
+                "init",
+                "--owner",
+                "olga",
+                "--owner-key",
+                &owner.public,
+                "--data-dir",
+            ])
+            .arg(&data)
+            .args(["--store", "etcd", "--etcd-endpoints", &url])
+            .args(tls)
+            .output()
+            .unwrap()
+    };
+    // Without the CA the broker does not trust etcd; without its certificate etcd does not
+    // trust the broker. Both refused, with nothing left behind.
+    for tls in [vec![], vec!["--etcd-ca-file".to_string(), path("ca.pem")]] {
+        let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+        let out = init(&tls);
+        assert!(!out.status.success(), "init with {tls:?} reached etcd");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("database is unavailable"));
+        assert!(!data.exists(), "a failed init left {}", data.display());
+    }
+    let (ca, cert, key) = (path("ca.pem"), path("broker.pem"), path("broker.key"));
+    let mut out = init(&[
+        "--etcd-ca-file",
+        &ca,
+        "--etcd-cert-file",
+        &cert,
+        "--etcd-key-file",
+        &key,
+    ]);
+    // etcd may still be electing itself leader a moment after it listens.
+    let start = Instant::now();
+    while !out.status.success() && start.elapsed() < Duration::from_secs(20) {
+        let _ = std::fs::remove_dir_all(&data);
+        std::thread::sleep(Duration::from_millis(300));
+        out = init(&[
+            "--etcd-ca-file",
+            &ca,
+            "--etcd-cert-file",
+            &cert,
+            "--etcd-key-file",
+            &key,
+        ]);
+    }
+    assert!(out.status.success(), "{out:?}");
+    let config = std::fs::read_to_string(data.join("config.toml")).unwrap();
+    assert!(
+        config.contains("ca_file") && config.contains("key_file"),
+        "{config}"
+    );
+
+    let b = Broker::start_from(home, data, owner);
+    let ed = b.add_member("ed", "editor");
+    let adam = b.add_member("adam", "admin");
+    b.ssh(
+        &b.owner,
+        "host add web-01 --address 10.0.0.5 --login editor=deploy",
+    )
+    .ok();
+    let key = keygen(b.tmp.path(), "k1");
+    let done = cycle([&b, &b, &b], &ed, &adam, &key).unwrap();
+    all_present(&b, &[done]);
+    verified(&b);
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+}

@@ -46,8 +46,10 @@ enum Cmd {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Copy a stopped sled broker's database into etcd (verifying the audit chain before and
-    /// after) and point its data dir's config at etcd; the sled database stays as a backup.
+    /// Move a stopped sled broker's database into etcd, checking the audit chain
+    ///
+    /// Copies every table into an empty etcd prefix, verifies the audit chain before and after,
+    /// and only then points the data dir's config at etcd; the sled database stays as a backup.
     #[command(
         after_help = "Example:\n  sshjit-broker migrate --from-data-dir /var/lib/sshjit --to-etcd http://10.0.0.1:2379,http://10.0.0.2:2379,http://10.0.0.3:2379"
     )]
@@ -61,6 +63,8 @@ enum Cmd {
         /// Every key goes under this prefix (one per team).
         #[arg(long, value_name = "PREFIX")]
         etcd_prefix: Option<String>,
+        #[command(flatten)]
+        tls: EtcdTls,
     },
     /// Run the broker daemon.
     #[command(
@@ -129,6 +133,41 @@ struct StoreArgs {
     /// With --store etcd: every key goes under this prefix (one per team; default /sshjit/).
     #[arg(long, value_name = "PREFIX", requires = "etcd_endpoints")]
     etcd_prefix: Option<String>,
+    #[command(flatten)]
+    tls: EtcdTls,
+}
+
+/// TLS to etcd (`https://` endpoints), written to `[store]` in config.toml.
+#[derive(Debug, clap::Args)]
+struct EtcdTls {
+    /// The CA that signed etcd's certificates (PEM).
+    #[arg(long, value_name = "FILE")]
+    etcd_ca_file: Option<PathBuf>,
+    /// This broker's client certificate for etcd (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_key_file")]
+    etcd_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert_file")]
+    etcd_key_file: Option<PathBuf>,
+}
+
+impl EtcdTls {
+    /// `endpoints` under `prefix` with these TLS files (made absolute).
+    fn config(&self, endpoints: &str, prefix: Option<&str>) -> sshjit::error::Result<EtcdConfig> {
+        let absolute = |p: &Option<PathBuf>| -> sshjit::error::Result<Option<PathBuf>> {
+            p.as_ref()
+                .map(|p| {
+                    std::path::absolute(p)
+                        .map_err(Error::io(format!("cannot resolve {}", p.display())))
+                })
+                .transpose()
+        };
+        EtcdConfig::new(endpoints, prefix)?.with_tls(
+            absolute(&self.etcd_ca_file)?,
+            absolute(&self.etcd_cert_file)?,
+            absolute(&self.etcd_key_file)?,
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -140,10 +179,9 @@ enum Engine {
 impl StoreArgs {
     fn config(&self) -> sshjit::error::Result<StoreConfig> {
         match (self.store, &self.etcd_endpoints) {
-            (Engine::Etcd, Some(e)) => Ok(StoreConfig::Etcd(EtcdConfig::new(
-                e,
-                self.etcd_prefix.as_deref(),
-            )?)),
+            (Engine::Etcd, Some(e)) => Ok(StoreConfig::Etcd(
+                self.tls.config(e, self.etcd_prefix.as_deref())?,
+            )),
             (Engine::Sled, Some(_)) => {
                 Err(Error::Usage("--etcd-endpoints needs --store etcd".into()))
             }
@@ -298,8 +336,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             from_data_dir,
             to_etcd,
             etcd_prefix,
+            tls,
         } => {
-            let etcd = EtcdConfig::new(&to_etcd, etcd_prefix.as_deref())?;
+            let etcd = tls.config(&to_etcd, etcd_prefix.as_deref())?;
             let done = sshjit::migrate::to_etcd(&DataDir::new(&from_data_dir), etcd)?;
             println!(
                 "copied {} keys; the audit log's {} entries verify in etcd",

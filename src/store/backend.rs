@@ -96,6 +96,18 @@ impl EtcdConfig {
         Ok(cfg)
     }
 
+    /// The same settings with TLS files (absolute paths), checked again.
+    pub fn with_tls(
+        mut self,
+        ca_file: Option<PathBuf>,
+        cert_file: Option<PathBuf>,
+        key_file: Option<PathBuf>,
+    ) -> Result<EtcdConfig> {
+        (self.ca_file, self.cert_file, self.key_file) = (ca_file, cert_file, key_file);
+        self.validate()?;
+        Ok(self)
+    }
+
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("[store] {m}")));
         if self.endpoints.is_empty() {

@@ -15,18 +15,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use super::engine::{Body, TxEngine, TxError, TxResult};
-use super::etcd_client::{Etcd, Fail, Watched, unchanged_since};
+use super::etcd_client::{Etcd, Fail, Txn, Versioned, Watched};
 use super::tables::TableId;
 use crate::error::{Error, Result};
 
 /// A put (`Some`) or delete (`None`) of one key.
 type Write = (Vec<u8>, Option<Vec<u8>>);
 
-/// A key's value with the revision of its last change (0 and None: absent).
-pub(super) type Versioned = (i64, Option<Vec<u8>>);
-
-/// Most distinct keys a batch reads or writes (etcd allows 128 compares and 128 writes).
+/// A batch stops taking changes once it reads or writes this many distinct keys.
 const BATCH_KEYS: usize = 96;
+/// The most compares, and the most writes, in one etcd transaction (etcd's default limit).
+const OP_LIMIT: usize = 128;
 /// Most keys the cache holds before it starts again.
 const CACHE_KEYS: usize = 200_000;
 /// How often a change runs again after conflicts before giving up.
@@ -45,7 +44,10 @@ struct Batch {
 enum Outcome {
     Committed,
     Conflict,
+    /// etcd could not commit (no quorum) or not confirm.
     Failed(String),
+    /// etcd refused the transaction itself.
+    Refused(String),
 }
 
 #[derive(Default)]
@@ -163,29 +165,54 @@ impl Pipeline {
                 full,
                 st: RefCell::new(&mut *st),
                 mine: RefCell::default(),
+                read: RefCell::default(),
                 cached: RefCell::default(),
             };
             let ran = body(&tx);
-            let (mine, cached) = (tx.mine.into_inner(), tx.cached.into_inner());
-            match ran {
-                Ok(()) => {}
+            let (mine, read, cached) = (
+                tx.mine.into_inner(),
+                tx.read.into_inner(),
+                tx.cached.into_inner(),
+            );
+            let retry_later = match ran {
+                Ok(()) => {
+                    let b = &st.batch;
+                    // One etcd transaction takes at most 128 compares and 128 writes: a change
+                    // that would overflow this batch runs again in the next.
+                    b.members > 0
+                        && (b.reads.len() + read.len() > OP_LIMIT
+                            || b.writes.len() + mine.len() > OP_LIMIT)
+                }
                 Err(TxError::Conflict) => continue,
                 Err(TxError::Abort(e)) => {
-                    if st.batch.members == 0 {
-                        // Nobody depends on what it read: do not let it fill the batch.
-                        st.batch.reads.clear();
-                    }
                     // A refusal read from the cache may rest on a value another broker just
                     // changed: decide it once more from etcd before saying no.
-                    if !cached.is_empty() && !fresh_retry {
-                        fresh_retry = true;
-                        for k in &cached {
-                            st.cache.remove(k);
-                        }
-                        continue;
+                    if cached.is_empty() || fresh_retry {
+                        return Err(e);
                     }
-                    return Err(e);
+                    fresh_retry = true;
+                    for k in &cached {
+                        st.cache.remove(k);
+                    }
+                    // Keys it read from the batch stay as the batch read them until it ends.
+                    if st.batch.members > 0 {
+                        let n = st.batch_no;
+                        while st.batch_no == n {
+                            st = self.wait(st);
+                        }
+                    }
+                    continue;
                 }
+            };
+            if retry_later {
+                let n = st.batch_no;
+                while st.batch_no == n {
+                    st = self.wait(st);
+                }
+                continue;
+            }
+            for (k, v) in read {
+                st.batch.reads.entry(k).or_insert(v);
             }
             st.batch.writes.extend(mine);
             st.batch.members += 1;
@@ -209,6 +236,7 @@ impl Pipeline {
                 Outcome::Committed => return Ok(()),
                 Outcome::Conflict => continue,
                 Outcome::Failed(m) => return Err(Error::StoreUnavailable(m)),
+                Outcome::Refused(m) => return Err(Error::Storage(m)),
             }
         }
         Err(Error::StoreUnavailable(
@@ -236,46 +264,59 @@ impl Pipeline {
         drop(st);
 
         let ops: Vec<_> = batch.writes.into_iter().collect();
-        let compare = batch
+        let read: Vec<(&[u8], i64)> = batch
             .reads
             .iter()
-            .map(|(k, (revision, _))| unchanged_since(k, *revision))
+            .map(|(k, (revision, _))| (k.as_slice(), *revision))
             .collect();
         let result = if ops.is_empty() {
-            Ok((true, 0))
+            Ok(Txn::Committed(0))
         } else {
-            etcd.txn(compare, &ops)
+            etcd.txn_or_read(&read, &ops)
         };
-        let (outcome, revision) = match result {
-            Ok((true, revision)) => (Outcome::Committed, revision),
-            Ok((false, _)) => (Outcome::Conflict, 0),
-            Err(Fail::Unavailable(m)) => match applied(&ops) {
-                Ok(true) => (Outcome::Committed, 0),
-                _ => (
-                    Outcome::Failed(format!(
-                        "{m}; the change was not confirmed (if etcd regains its quorum at once it may still apply: check before repeating it)"
-                    )),
-                    0,
-                ),
-            },
-            Err(Fail::Refused(m)) => (Outcome::Failed(format!("etcd refused a change: {m}")), 0),
-        };
-
-        let mut st = self.lock();
-        match &outcome {
-            Outcome::Committed if revision > 0 => {
-                for (k, v) in ops {
-                    let at = if v.is_some() { revision } else { 0 };
-                    st.remember(k, (at, v), revision);
+        let mut st;
+        let outcome = match result {
+            Ok(Txn::Committed(revision)) => {
+                st = self.lock();
+                if revision > 0 {
+                    for (k, v) in ops {
+                        let at = if v.is_some() { revision } else { 0 };
+                        st.remember(k, (at, v), revision);
+                    }
                 }
+                Outcome::Committed
             }
-            _ => {
+            Ok(Txn::Changed(now, as_of)) => {
+                // Another broker got there first: what it changed is in the answer, so the
+                // batch runs again at once on what the keys hold now.
+                st = self.lock();
+                for (k, _) in &ops {
+                    st.cache.remove(k);
+                }
+                for (k, v) in now {
+                    st.cache.remove(&k);
+                    st.remember(k, v, as_of);
+                }
+                Outcome::Conflict
+            }
+            Err(f) => {
+                let outcome = match f {
+                    Fail::Unavailable(m) => match applied(&ops) {
+                        Ok(true) => Outcome::Committed,
+                        _ => Outcome::Failed(format!(
+                            "{m}; the change was not confirmed (if etcd regains its quorum at once it may still apply: check before repeating it)"
+                        )),
+                    },
+                    Fail::Refused(m) => Outcome::Refused(format!("etcd refused a change: {m}")),
+                };
+                st = self.lock();
                 // What the batch read or wrote may be stale or unknown now.
                 for k in batch.reads.keys().chain(ops.iter().map(|(k, _)| k)) {
                     st.cache.remove(k);
                 }
+                outcome
             }
-        }
+        };
         if batch.members > 1 {
             st.ended
                 .insert(number, (outcome.clone(), batch.members - 1));
@@ -292,8 +333,10 @@ struct View<'a, 's> {
     etcd: &'a Etcd,
     full: &'a dyn Fn(TableId, &[u8]) -> Vec<u8>,
     st: RefCell<&'s mut State>,
-    /// This change's own writes, which join the batch only if its body succeeds.
+    /// This change's own writes and the keys it read from outside the batch, which join the
+    /// batch only if its body succeeds.
     mine: RefCell<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    read: RefCell<HashMap<Vec<u8>, Versioned>>,
     /// Keys this change read from the cache.
     cached: RefCell<Vec<Vec<u8>>>,
 }
@@ -309,6 +352,9 @@ impl TxEngine for View<'_, '_> {
             return Ok(v.clone());
         }
         if let Some((_, v)) = st.batch.reads.get(&k) {
+            return Ok(v.clone());
+        }
+        if let Some((_, v)) = self.read.borrow().get(&k) {
             return Ok(v.clone());
         }
         let found = match st.cache.get(&k) {
@@ -330,7 +376,7 @@ impl TxEngine for View<'_, '_> {
             }
         };
         let value = found.1.clone();
-        st.batch.reads.insert(k, found);
+        self.read.borrow_mut().insert(k, found);
         Ok(value)
     }
 

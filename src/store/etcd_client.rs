@@ -181,21 +181,48 @@ impl Etcd {
         compare: Vec<Value>,
         ops: &[(Vec<u8>, Option<Vec<u8>>)],
     ) -> std::result::Result<(bool, i64), Fail> {
-        let success: Vec<Value> = ops
-            .iter()
-            .map(|(k, v)| match v {
-                Some(v) => json!({ "request_put": { "key": b64(k), "value": b64(v) } }),
-                None => json!({ "request_delete_range": { "key": b64(k) } }),
-            })
-            .collect();
         let v = self.call(
             "/v3/kv/txn",
-            &json!({ "compare": compare, "success": success }),
+            &json!({ "compare": compare, "success": writes(ops) }),
         )?;
         Ok((
             v["succeeded"].as_bool() == Some(true),
             int(&v["header"]["revision"]),
         ))
+    }
+
+    /// Writes `ops` if none of `read` (key, mod revision) has changed. If one has, reads them
+    /// all back in the same call, so that a retry needs no further round trip.
+    pub(super) fn txn_or_read(
+        &self,
+        read: &[(&[u8], i64)],
+        ops: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> std::result::Result<Txn, Fail> {
+        let compare: Vec<Value> = read.iter().map(|(k, r)| unchanged_since(k, *r)).collect();
+        let failure: Vec<Value> = read
+            .iter()
+            .map(|(k, _)| json!({ "request_range": { "key": b64(k) } }))
+            .collect();
+        let v = self.call(
+            "/v3/kv/txn",
+            &json!({ "compare": compare, "success": writes(ops), "failure": failure }),
+        )?;
+        let revision = int(&v["header"]["revision"]);
+        if v["succeeded"].as_bool() == Some(true) {
+            return Ok(Txn::Committed(revision));
+        }
+        let mut now = Vec::with_capacity(read.len());
+        for (i, (k, _)) in read.iter().enumerate() {
+            let found = match v["responses"][i]["response_range"]["kvs"].as_array() {
+                Some(kvs) if !kvs.is_empty() => {
+                    let kv = kv(&kvs[0])?;
+                    (kv.mod_revision, Some(kv.value))
+                }
+                _ => (0, None),
+            };
+            now.push((k.to_vec(), found));
+        }
+        Ok(Txn::Changed(now, revision))
     }
 
     /// Deletes every key in `[key, end)`.
@@ -319,6 +346,26 @@ fn tls_config(cfg: &EtcdConfig) -> Result<ureq::tls::TlsConfig> {
     Ok(b.build())
 }
 
+/// A key's value with the revision of its last change (0 and None: absent).
+pub(super) type Versioned = (i64, Option<Vec<u8>>);
+
+/// How a guarded transaction ended.
+pub(super) enum Txn {
+    /// Written, at this revision.
+    Committed(i64),
+    /// Something read had changed: what the keys hold now, as of a revision.
+    Changed(Vec<(Vec<u8>, Versioned)>, i64),
+}
+
+fn writes(ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Vec<Value> {
+    ops.iter()
+        .map(|(k, v)| match v {
+            Some(v) => json!({ "request_put": { "key": b64(k), "value": b64(v) } }),
+            None => json!({ "request_delete_range": { "key": b64(k) } }),
+        })
+        .collect()
+}
+
 pub(super) fn b64(bytes: &[u8]) -> String {
     Base64::encode_string(bytes)
 }
@@ -345,7 +392,7 @@ fn kv(v: &Value) -> std::result::Result<Kv, Fail> {
 }
 
 /// A compare that holds while `key` is unchanged since `revision` (0: while it is absent).
-pub(super) fn unchanged_since(key: &[u8], revision: i64) -> Value {
+fn unchanged_since(key: &[u8], revision: i64) -> Value {
     json!({ "key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": revision })
 }
 
