@@ -382,7 +382,12 @@ fn same_ca(store: &Store, ca: &Ca) -> Result<()> {
 
 /// The database of a data dir, as its config names it (for offline tools).
 pub fn open_store(dir: &DataDir) -> Result<Store> {
-    let config = Config::load(&dir.config())?;
+    // Without config.toml there is no `[store]`: look for sled's db/ (and say it is missing).
+    let config = if dir.config().is_file() {
+        Config::load(&dir.config())?
+    } else {
+        Config::new("")
+    };
     if config.store.is_sled() && !dir.db().is_dir() {
         return Err(Error::DataDir(format!(
             "{} holds no broker database; give the --data-dir used with 'init'",
