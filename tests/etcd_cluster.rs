@@ -281,6 +281,20 @@ fn losing_a_broker_or_an_etcd_member_loses_nothing_acknowledged() {
     assert!(va["entries"].as_u64() > before["entries"].as_u64());
 }
 
+/// On a fresh broker: an editor, an admin and a host, and one acknowledged cycle.
+fn first_cycle(b: &Broker) -> (Identity, Identity, Acked) {
+    let ed = b.add_member("ed", "editor");
+    let adam = b.add_member("adam", "admin");
+    b.ssh(
+        &b.owner,
+        "host add web-01 --address 10.0.0.5 --login editor=deploy",
+    )
+    .ok();
+    let key = keygen(b.tmp.path(), "k1");
+    let done = cycle([b, b, b], &ed, &adam, &key).unwrap();
+    (ed, adam, done)
+}
+
 /// Runs `f` until it succeeds (the cluster may still be electing a leader), for 30 s at most.
 fn retry<T>(f: impl Fn() -> Result<T, String>) -> T {
     let start = Instant::now();
@@ -374,15 +388,7 @@ fn config_value(b: &Broker, key: &str) -> String {
 fn a_sled_broker_migrates_into_etcd_with_its_chain() {
     let cluster = EtcdCluster::start(3);
     let mut b = Broker::start_new();
-    let adam = b.add_member("adam", "admin");
-    let ed = b.add_member("ed", "editor");
-    b.ssh(
-        &b.owner,
-        "host add web-01 --address 10.0.0.5 --login editor=deploy",
-    )
-    .ok();
-    let key = keygen(b.tmp.path(), "k1");
-    let done = cycle([&b, &b, &b], &ed, &adam, &key).unwrap();
+    let (ed, adam, done) = first_cycle(&b);
     let before = verified(&b);
 
     // A running broker holds its database: refused, nothing copied.
@@ -616,15 +622,7 @@ fn a_broker_reaches_etcd_over_tls_with_its_client_certificate() {
     );
 
     let b = Broker::start_from(home, data, owner);
-    let ed = b.add_member("ed", "editor");
-    let adam = b.add_member("adam", "admin");
-    b.ssh(
-        &b.owner,
-        "host add web-01 --address 10.0.0.5 --login editor=deploy",
-    )
-    .ok();
-    let key = keygen(b.tmp.path(), "k1");
-    let done = cycle([&b, &b, &b], &ed, &adam, &key).unwrap();
+    let (_, _, done) = first_cycle(&b);
     all_present(&b, &[done]);
     verified(&b);
     let _ = etcd.kill();
