@@ -105,8 +105,7 @@ impl Conn {
                     let _ = stopping.wait_for(|s| *s).await;
                 };
                 broker.wait(&fp, &inv, stop).await
-            } else if inv.command.is_heavy() || broker.store().is_shared() {
-                // So do all commands on a shared database, whose calls cross the network.
+            } else if inv.command.is_heavy() {
                 // Whole-log reads take long enough to belong on the blocking pool.
                 tokio::task::spawn_blocking(move || {
                     broker.execute(&fp, &inv, &stdin, Timestamp::now())
@@ -127,14 +126,25 @@ impl Conn {
                     }
                     _ => None,
                 };
-                let (out, ticket) =
-                    broker.execute_written(&fp, &inv, &stdin, Timestamp::now(), written);
-                match ticket {
-                    Some(t) => match broker.store().wait_durable(t).await {
+                let run = {
+                    let broker = broker.clone();
+                    move || broker.execute_written(&fp, &inv, &stdin, Timestamp::now(), written)
+                };
+                // On a shared database the command's calls cross the network: blocking pool.
+                let done = if broker.store().is_shared() {
+                    tokio::task::spawn_blocking(run)
+                        .await
+                        .map_err(|e| failed(&e))
+                } else {
+                    Ok(run())
+                };
+                match done {
+                    Ok((out, Some(t))) => match broker.store().wait_durable(t).await {
                         Ok(()) => out,
                         Err(e) => failed(&e),
                     },
-                    None => out,
+                    Ok((out, None)) => out,
+                    Err(out) => out,
                 }
             };
             send_output(&handle, channel, out).await;
