@@ -167,12 +167,22 @@ fn approvers_hear_of_each_change_signed_and_slack_gets_escaped_commands() {
         .as_u64()
         .unwrap();
     wait_for_event(&rx, "break_glass.used", glass);
-    let s = slack.wait_for(3, WAIT);
-    let bg = s
-        .iter()
-        .map(Received::json)
-        .find(|m| m["text"].as_str().unwrap().contains("BREAK-GLASS"))
-        .expect("slack break-glass");
+    // Each endpoint is delivered on its own thread: wait for this one's break-glass message.
+    let deadline = std::time::Instant::now() + WAIT;
+    let bg = loop {
+        let found = slack
+            .received()
+            .iter()
+            .map(Received::json)
+            .find(|m| m["text"].as_str().unwrap().contains("BREAK-GLASS"));
+        match found {
+            Some(m) => break m,
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            None => panic!("no slack break-glass message: {:?}", slack.received()),
+        }
+    };
     assert!(
         bg.to_string()
             .contains(&format!("sshjit-broker admin review {glass}")),
