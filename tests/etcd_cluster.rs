@@ -588,7 +588,8 @@ fn a_broker_reaches_etcd_over_tls_with_its_client_certificate() {
         let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
         let out = init(&tls);
         assert!(!out.status.success(), "init with {tls:?} reached etcd");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("database is unavailable"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("database is unavailable"), "{stderr}");
         assert!(!data.exists(), "a failed init left {}", data.display());
     }
     let (ca, cert, key) = (path("ca.pem"), path("broker.pem"), path("broker.key"));

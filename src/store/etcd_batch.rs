@@ -8,7 +8,7 @@
 //! wrote (each with the revision it had), and etcd. The batch commits only if nothing it read
 //! from outside itself has changed since (mod revision compares); on a conflict its keys leave
 //! the cache and every change of the batch runs again. A stale cache therefore costs a retry,
-//! never a wrong commit. Changes from other brokers evict keys through the watch.
+//! never a wrong commit. Changes from other brokers reach the cache through the watch.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -26,8 +26,8 @@ type Write = (Vec<u8>, Option<Vec<u8>>);
 const BATCH_KEYS: usize = 96;
 /// The most compares, and the most writes, in one etcd transaction (etcd's default limit).
 const OP_LIMIT: usize = 128;
-/// Most keys the cache holds before it starts again.
-const CACHE_KEYS: usize = 200_000;
+/// Most bytes (keys and values) put into the cache before it starts again.
+const CACHE_BYTES: usize = 32 << 20;
 /// How often a change runs again after conflicts before giving up.
 const MAX_TRIES: u32 = 200;
 
@@ -62,6 +62,8 @@ struct State {
     /// Changes waiting to run their bodies: the leader gathers until none is left.
     waiting: usize,
     cache: HashMap<Vec<u8>, Versioned>,
+    /// Bytes put into the cache since it was last emptied (an upper bound of what it holds).
+    cache_bytes: usize,
     /// Whether the watch is following the store (else the cache is not used).
     live: bool,
     /// The revision the watch has applied to the cache.
@@ -72,9 +74,17 @@ impl State {
     /// Caches `value` of `key` as read (or written) at store revision `as_of`, unless the watch
     /// has passed it: then a later change may have been evicted before this insert.
     fn remember(&mut self, key: Vec<u8>, value: Versioned, as_of: i64) {
-        if self.live && self.seen <= as_of {
-            if self.cache.len() >= CACHE_KEYS {
+        if self.seen <= as_of {
+            self.cache_insert(key, value);
+        }
+    }
+
+    fn cache_insert(&mut self, key: Vec<u8>, value: Versioned) {
+        if self.live {
+            self.cache_bytes += key.len() + value.1.as_ref().map_or(0, Vec::len);
+            if self.cache_bytes >= CACHE_BYTES {
                 self.cache.clear();
+                self.cache_bytes = 0;
             }
             self.cache.insert(key, value);
         }
@@ -97,7 +107,10 @@ impl Pipeline {
         self.changed.wait(st).unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies what the watch saw: keys that changed leave the cache.
+    /// Applies what the watch saw: a changed key's new value replaces an older one in the
+    /// cache, so what other brokers write is read here without asking etcd. A key cached as
+    /// absent leaves instead: that read may be newer than the change, and the two cannot be
+    /// ordered.
     pub(super) fn watched(&self, w: Watched) {
         let mut st = self.lock();
         match w {
@@ -106,10 +119,14 @@ impl Pipeline {
                 st.live = true;
                 st.seen = at;
             }
-            Watched::Changed(keys, through) => {
-                for (k, at) in keys {
-                    if st.cache.get(&k).is_none_or(|(r, _)| *r < at) {
-                        st.cache.remove(&k);
+            Watched::Changed(changes, through) => {
+                for (k, (at, value)) in changes {
+                    match (st.cache.get(&k), value) {
+                        (Some((r, Some(_))), _) if *r >= at => {}
+                        (Some((_, None)), _) | (_, None) => {
+                            st.cache.remove(&k);
+                        }
+                        (_, Some(v)) => st.cache_insert(k, (at, Some(v))),
                     }
                 }
                 st.seen = st.seen.max(through);
@@ -288,11 +305,9 @@ impl Pipeline {
             }
             Ok(Txn::Changed(now, as_of)) => {
                 // Another broker got there first: what it changed is in the answer, so the
-                // batch runs again at once on what the keys hold now.
+                // batch runs again at once on what the keys hold now. The keys it only wrote
+                // stay cached as the watch keeps them: the winner may have written them too.
                 st = self.lock();
-                for (k, _) in &ops {
-                    st.cache.remove(k);
-                }
                 for (k, v) in now {
                     st.cache.remove(&k);
                     st.remember(k, v, as_of);

@@ -1,19 +1,20 @@
-//! A small client for etcd's v3 API through its JSON gateway (`/v3/kv/*`, `/v3/watch`), which
-//! every etcd member serves on its client URLs: blocking calls that fit the storage port, over
-//! the HTTP client the broker already has, with no code generation.
+//! A small client for etcd's v3 gRPC API (`KV` and `Watch`), with blocking calls that fit the
+//! storage port. The calls run on the client's own small tokio runtime, so a caller on any
+//! thread, a runtime's or not, can wait for them.
 //!
 //! Members are tried in turn: one that refuses the connection is skipped; one that answers
 //! "no leader" or times out means the cluster cannot commit, which is said plainly.
 
-use std::io::BufRead;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use base64ct::{Base64, Encoding};
-use serde_json::{Value, json};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Status};
 
 use super::backend::EtcdConfig;
+use super::etcd_proto as pb;
 use crate::error::{Error, Result};
 
 /// Why a call failed.
@@ -36,10 +37,11 @@ impl Fail {
 }
 
 /// What a watch tells: it (re)started at a revision; keys changed (each with the revision of
-/// its change), and the store has been seen through a revision; or it broke off.
+/// its change and the value it now holds, None when deleted), and the store has been seen
+/// through a revision; or it broke off.
 pub(super) enum Watched {
     Started(i64),
-    Changed(Vec<(Vec<u8>, i64)>, i64),
+    Changed(Vec<(Vec<u8>, Versioned)>, i64),
     Lost,
 }
 
@@ -53,83 +55,115 @@ pub(super) struct Kv {
 /// A connection to one etcd cluster.
 pub(super) struct Etcd {
     endpoints: Vec<String>,
+    channels: Vec<Channel>,
     /// The member that answered last: asked first next time.
     current: AtomicUsize,
-    agent: ureq::Agent,
-    /// For watches, which stay open: no overall time limit.
-    watch_agent: ureq::Agent,
+    timeout: Duration,
+    /// Runs the calls; shut down without waiting when the client goes.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Etcd {
     pub(super) fn connect(cfg: &EtcdConfig) -> Result<Etcd> {
         let tls = tls_config(cfg)?;
-        let base = || {
-            ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .tls_config(tls.clone())
-                .timeout_connect(Some(Duration::from_millis(cfg.timeout_ms.min(1_000))))
-                .max_idle_connections_per_host(64)
-        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sshjit-etcd")
+            .enable_all()
+            .build()
+            .map_err(Error::io("cannot start the etcd client's threads"))?;
+        // Channels connect lazily, on the runtime that will drive them.
+        let _inside = runtime.enter();
+        let mut channels = Vec::new();
+        for url in &cfg.endpoints {
+            let bad = |e: tonic::transport::Error| {
+                Error::Config(format!("etcd endpoint {url} is not usable: {e}"))
+            };
+            let mut endpoint = Endpoint::from_shared(url.clone())
+                .map_err(bad)?
+                .connect_timeout(Duration::from_millis(cfg.timeout_ms.min(1_000)))
+                .tcp_nodelay(true);
+            if url.starts_with("https://") {
+                endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
+            }
+            channels.push(endpoint.connect_lazy());
+        }
+        drop(_inside);
         Ok(Etcd {
             endpoints: cfg.endpoints.clone(),
+            channels,
             current: AtomicUsize::new(0),
-            agent: base()
-                .timeout_global(Some(Duration::from_millis(cfg.timeout_ms)))
-                .build()
-                .into(),
-            watch_agent: base().build().into(),
+            timeout: Duration::from_millis(cfg.timeout_ms),
+            runtime: Some(runtime),
         })
     }
 
-    /// Calls `path` (such as `/v3/kv/range`) with `body` on the first member that answers.
-    pub(super) fn call(&self, path: &str, body: &Value) -> std::result::Result<Value, Fail> {
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        // Only Drop takes it out.
+        self.runtime.as_ref().unwrap_or_else(|| unreachable!())
+    }
+
+    /// Calls the unary method `path` with `request` on the first member that answers.
+    fn call<Req, Resp>(&self, path: &'static str, request: Req) -> std::result::Result<Resp, Fail>
+    where
+        Req: prost::Message + Clone + Send + 'static,
+        Resp: prost::Message + Default + Send + 'static,
+    {
         tracing::trace!(path, "etcd call");
         let n = self.endpoints.len();
         let start = self.current.load(Ordering::Relaxed);
         let mut last = String::new();
         for i in 0..n {
             let at = (start + i) % n;
-            let url = format!("{}{path}", self.endpoints[at]);
-            let sent = self
-                .agent
-                .post(&url)
-                .header("content-type", "application/json")
-                .send(body.to_string().as_bytes());
-            match sent {
-                Ok(mut resp) => {
-                    let status = resp.status().as_u16();
-                    let v: Value = resp
-                        .body_mut()
-                        .with_config()
-                        .limit(64 << 20)
-                        .read_to_vec()
-                        .map_err(|e| e.to_string())
-                        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-                        .map_err(|e| Fail::Refused(format!("{url} answered {status}: {e}")))?;
-                    if status == 200 {
-                        self.current.store(at, Ordering::Relaxed);
-                        return Ok(v);
-                    }
-                    let message = v["message"].as_str().unwrap_or("no message").to_string();
-                    // gRPC codes: 14 unavailable, 4 deadline exceeded: the cluster cannot
-                    // answer now (no leader, no quorum). Anything else is a real refusal.
-                    match v["code"].as_i64() {
-                        Some(14) | Some(4) => {
-                            last = format!("{}: {message}", self.endpoints[at]);
-                            if message.contains("timed out") {
-                                break;
-                            }
-                        }
-                        _ => return Err(Fail::Refused(format!("{url}: {message}"))),
-                    }
+            let (channel, request, timeout) =
+                (self.channels[at].clone(), request.clone(), self.timeout);
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            self.runtime().spawn(async move {
+                let mut grpc = tonic::client::Grpc::new(channel);
+                let answer = tokio::time::timeout(timeout, async {
+                    grpc.ready()
+                        .await
+                        .map_err(|e| Status::unavailable(e.to_string()))?;
+                    grpc.unary(
+                        tonic::Request::new(request),
+                        PathAndQuery::from_static(path),
+                        tonic_prost::ProstCodec::<Req, Resp>::default(),
+                    )
+                    .await
+                })
+                .await;
+                let _ = tx.send(answer);
+            });
+            let answer = rx
+                .recv()
+                .map_err(|_| Fail::Unavailable("the etcd client stopped".into()))?;
+            match answer {
+                Ok(Ok(resp)) => {
+                    self.current.store(at, Ordering::Relaxed);
+                    return Ok(resp.into_inner());
                 }
-                Err(ureq::Error::Timeout(_)) => {
-                    // A member that takes this long is waiting for a quorum; asking the
-                    // next would only wait again.
+                // A member that takes this long is waiting for a quorum; asking the next would
+                // only wait again.
+                Err(_) => {
                     last = format!("{} did not answer in time", self.endpoints[at]);
                     break;
                 }
-                Err(e) => last = format!("{}: {e}", self.endpoints[at]),
+                // Unavailable, deadline exceeded: the cluster cannot answer now (no leader, no
+                // quorum). A transport error: this member cannot be reached (or TLS failed).
+                // Anything else is a real refusal.
+                Ok(Err(status)) => {
+                    let why = format!("{}: {}", self.endpoints[at], explain(&status));
+                    match status.code() {
+                        Code::Unavailable | Code::DeadlineExceeded => {
+                            last = why;
+                            if status.message().contains("timed out") {
+                                break;
+                            }
+                        }
+                        _ if is_transport(&status) => last = why,
+                        _ => return Err(Fail::Refused(why)),
+                    }
+                }
             }
         }
         Err(Fail::Unavailable(last))
@@ -147,29 +181,19 @@ impl Etcd {
         revision: i64,
         serializable: bool,
     ) -> std::result::Result<(Vec<Kv>, bool, i64), Fail> {
-        let mut body = json!({ "key": b64(key), "sort_target": "KEY" });
-        if let Some(end) = end {
-            body["range_end"] = b64(end).into();
-        }
-        if limit > 0 {
-            body["limit"] = limit.into();
-        }
-        body["sort_order"] = if descend { "DESCEND" } else { "ASCEND" }.into();
-        if revision > 0 {
-            body["revision"] = revision.into();
-        }
-        if serializable {
-            body["serializable"] = true.into();
-        }
-        let v = self.call("/v3/kv/range", &body)?;
-        let kvs = match v["kvs"].as_array() {
-            Some(a) => a.iter().map(kv).collect::<std::result::Result<_, _>>()?,
-            None => Vec::new(),
+        let request = pb::RangeRequest {
+            key: key.to_vec(),
+            range_end: end.map(<[u8]>::to_vec).unwrap_or_default(),
+            limit: limit as i64,
+            revision,
+            sort_order: if descend { pb::DESCEND } else { pb::ASCEND },
+            serializable,
         };
+        let r: pb::RangeResponse = self.call(pb::RANGE, request)?;
         Ok((
-            kvs,
-            v["more"].as_bool() == Some(true),
-            int(&v["header"]["revision"]),
+            r.kvs.into_iter().map(Kv::from).collect(),
+            r.more,
+            revision_of(&r.header),
         ))
     }
 
@@ -178,17 +202,16 @@ impl Etcd {
     /// revision of the writes when they were made).
     pub(super) fn txn(
         &self,
-        compare: Vec<Value>,
+        compare: Vec<pb::Compare>,
         ops: &[(Vec<u8>, Option<Vec<u8>>)],
     ) -> std::result::Result<(bool, i64), Fail> {
-        let v = self.call(
-            "/v3/kv/txn",
-            &json!({ "compare": compare, "success": writes(ops) }),
-        )?;
-        Ok((
-            v["succeeded"].as_bool() == Some(true),
-            int(&v["header"]["revision"]),
-        ))
+        let request = pb::TxnRequest {
+            compare,
+            success: writes(ops),
+            failure: Vec::new(),
+        };
+        let r: pb::TxnResponse = self.call(pb::TXN, request)?;
+        Ok((r.succeeded, revision_of(&r.header)))
     }
 
     /// Writes `ops` if none of `read` (key, mod revision) has changed. If one has, reads them
@@ -198,28 +221,32 @@ impl Etcd {
         read: &[(&[u8], i64)],
         ops: &[(Vec<u8>, Option<Vec<u8>>)],
     ) -> std::result::Result<Txn, Fail> {
-        let compare: Vec<Value> = read.iter().map(|(k, r)| unchanged_since(k, *r)).collect();
-        let failure: Vec<Value> = read
-            .iter()
-            .map(|(k, _)| json!({ "request_range": { "key": b64(k) } }))
-            .collect();
-        let v = self.call(
-            "/v3/kv/txn",
-            &json!({ "compare": compare, "success": writes(ops), "failure": failure }),
-        )?;
-        let revision = int(&v["header"]["revision"]);
-        if v["succeeded"].as_bool() == Some(true) {
+        let request = pb::TxnRequest {
+            compare: read.iter().map(|(k, r)| unchanged_since(k, *r)).collect(),
+            success: writes(ops),
+            failure: read
+                .iter()
+                .map(|(k, _)| pb::RequestOp {
+                    request: Some(pb::Request::Range(pb::RangeRequest {
+                        key: k.to_vec(),
+                        ..Default::default()
+                    })),
+                })
+                .collect(),
+        };
+        let r: pb::TxnResponse = self.call(pb::TXN, request)?;
+        let revision = revision_of(&r.header);
+        if r.succeeded {
             return Ok(Txn::Committed(revision));
         }
         let mut now = Vec::with_capacity(read.len());
-        for (i, (k, _)) in read.iter().enumerate() {
-            let found = match v["responses"][i]["response_range"]["kvs"].as_array() {
-                Some(kvs) if !kvs.is_empty() => {
-                    let kv = kv(&kvs[0])?;
-                    (kv.mod_revision, Some(kv.value))
-                }
-                _ => (0, None),
+        let mut answers = r.responses.into_iter();
+        for (k, _) in read {
+            let found = match answers.next().and_then(|op| op.response) {
+                Some(pb::Response::Range(range)) => range.kvs.into_iter().next(),
+                None => None,
             };
+            let found = found.map_or((0, None), |kv| (kv.mod_revision, Some(kv.value)));
             now.push((k.to_vec(), found));
         }
         Ok(Txn::Changed(now, revision))
@@ -227,16 +254,17 @@ impl Etcd {
 
     /// Deletes every key in `[key, end)`.
     pub(super) fn delete_range(&self, key: &[u8], end: &[u8]) -> std::result::Result<(), Fail> {
-        self.call(
-            "/v3/kv/deleterange",
-            &json!({ "key": b64(key), "range_end": b64(end) }),
-        )?;
+        let request = pb::DeleteRangeRequest {
+            key: key.to_vec(),
+            range_end: end.to_vec(),
+        };
+        let _: pb::DeleteRangeResponse = self.call(pb::DELETE_RANGE, request)?;
         Ok(())
     }
 
     /// Follows every change to keys in `[key, end)` after `revision`, telling `seen` of each
     /// message until `stop` says so. Reconnects (to the next member) when the stream breaks,
-    /// from where it left off.
+    /// from where it left off. Runs on the calling thread, which must not be a runtime's.
     pub(super) fn watch(
         self: Arc<Self>,
         key: Vec<u8>,
@@ -247,42 +275,66 @@ impl Etcd {
     ) {
         let mut at = 0;
         while !stop() {
-            let url = format!("{}/v3/watch", self.endpoints[at % self.endpoints.len()]);
-            let mut create = json!({ "key": b64(&key), "range_end": b64(&end) });
-            if revision > 0 {
-                create["start_revision"] = (revision + 1).into();
-            }
-            let stream = self
-                .watch_agent
-                .post(&url)
-                .header("content-type", "application/json")
-                .send(json!({ "create_request": create }).to_string().as_bytes());
-            if let Ok(mut resp) = stream {
-                let reader =
-                    std::io::BufReader::new(resp.body_mut().with_config().limit(u64::MAX).reader());
-                for line in reader.lines() {
-                    let Ok(line) = line else { break };
-                    let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                        break;
+            let channel = self.channels[at % self.channels.len()].clone();
+            let create = pb::WatchRequest {
+                request_union: Some(pb::WatchRequestUnion::Create(pb::WatchCreateRequest {
+                    key: key.clone(),
+                    range_end: end.clone(),
+                    start_revision: if revision > 0 { revision + 1 } else { 0 },
+                })),
+            };
+            self.runtime().block_on(async {
+                // The request stream stays open while the watch runs: closing it ends the watch.
+                let (keep, open) = tokio::sync::mpsc::channel::<pb::WatchRequest>(1);
+                if keep.try_send(create).is_err() {
+                    return;
+                }
+                let requests = tokio_stream::wrappers::ReceiverStream::new(open);
+                let mut grpc = tonic::client::Grpc::new(channel);
+                let started = tokio::time::timeout(self.timeout, async {
+                    grpc.ready()
+                        .await
+                        .map_err(|e| Status::unavailable(e.to_string()))?;
+                    grpc.streaming(
+                        tonic::Request::new(requests),
+                        PathAndQuery::from_static(pb::WATCH),
+                        tonic_prost::ProstCodec::<pb::WatchRequest, pb::WatchResponse>::default(),
+                    )
+                    .await
+                })
+                .await;
+                let Ok(Ok(answer)) = started else { return };
+                let mut stream = answer.into_inner();
+                loop {
+                    // Wakes every second to see whether to stop.
+                    let message = match tokio::time::timeout(
+                        Duration::from_secs(1),
+                        stream.message(),
+                    )
+                    .await
+                    {
+                        Err(_) if stop() => return,
+                        Err(_) => continue,
+                        Ok(Ok(Some(m))) => m,
+                        Ok(_) => return,
                     };
-                    let r = &v["result"];
-                    if r["canceled"].as_bool() == Some(true) {
+                    if message.canceled {
                         // Compacted past our revision: carry on from now.
                         revision = 0;
-                        break;
+                        return;
                     }
-                    let through = int(&r["header"]["revision"]);
-                    if r["created"].as_bool() == Some(true) {
+                    let through = revision_of(&message.header);
+                    if message.created {
                         seen(Watched::Started(through));
                         continue;
                     }
-                    let changed = r["events"]
-                        .as_array()
+                    let changed = message
+                        .events
                         .into_iter()
-                        .flatten()
                         .filter_map(|e| {
-                            let k = unb64(&e["kv"]["key"]).ok()?;
-                            Some((k, int(&e["kv"]["mod_revision"])))
+                            let kv = e.kv?;
+                            let value = (e.kind != pb::DELETE).then_some(kv.value);
+                            Some((kv.key, (kv.mod_revision, value)))
                         })
                         .collect();
                     seen(Watched::Changed(changed, through));
@@ -291,6 +343,9 @@ impl Etcd {
                         return;
                     }
                 }
+            });
+            if stop() {
+                return;
             }
             seen(Watched::Lost);
             at += 1;
@@ -299,51 +354,59 @@ impl Etcd {
     }
 }
 
-fn tls_config(cfg: &EtcdConfig) -> Result<ureq::tls::TlsConfig> {
-    use ureq::tls::{ClientCert, PemItem, RootCerts, TlsConfig, parse_pem};
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its threads, which a runtime's own thread may not do.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// TLS for `https://` members: the CA that signed their certificates (else the public web
+/// roots) and this broker's client certificate, each checked to hold what it should.
+fn tls_config(cfg: &EtcdConfig) -> Result<ClientTlsConfig> {
+    use tonic::transport::{Certificate, Identity};
+    use ureq::tls::{PemItem, parse_pem};
     let read = |p: &std::path::Path| {
         std::fs::read(p).map_err(Error::io(format!("cannot read {}", p.display())))
     };
-    let pem_error =
-        |p: &std::path::Path, e: ureq::Error| Error::Config(format!("{}: {e}", p.display()));
-    let mut b = TlsConfig::builder();
-    if let Some(p) = &cfg.ca_file {
-        let mut roots = Vec::new();
-        for item in parse_pem(&read(p)?) {
-            if let PemItem::Certificate(c) = item.map_err(|e| pem_error(p, e))? {
-                roots.push(c);
+    let count = |p: &std::path::Path, pem: &[u8], want: fn(&PemItem) -> bool| {
+        let mut n = 0;
+        for item in parse_pem(pem) {
+            let item = item.map_err(|e| Error::Config(format!("{}: {e}", p.display())))?;
+            n += usize::from(want(&item));
+        }
+        Ok::<_, Error>(n)
+    };
+    let is_cert = |i: &PemItem| matches!(i, PemItem::Certificate(_));
+    let mut tls = ClientTlsConfig::new();
+    match &cfg.ca_file {
+        Some(p) => {
+            let pem = read(p)?;
+            if count(p, &pem, is_cert)? == 0 {
+                return Err(Error::Config(format!(
+                    "{} holds no PEM certificate; ca_file must be the CA that signed etcd's certificates",
+                    p.display()
+                )));
             }
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
         }
-        if roots.is_empty() {
-            return Err(Error::Config(format!(
-                "{} holds no PEM certificate; ca_file must be the CA that signed etcd's certificates",
-                p.display()
-            )));
-        }
-        b = b.root_certs(RootCerts::Specific(Arc::new(roots)));
+        None => tls = tls.with_webpki_roots(),
     }
     if let (Some(c), Some(k)) = (&cfg.cert_file, &cfg.key_file) {
-        let (mut chain, mut key) = (Vec::new(), None);
-        for item in parse_pem(&read(c)?) {
-            if let PemItem::Certificate(cert) = item.map_err(|e| pem_error(c, e))? {
-                chain.push(cert);
-            }
-        }
-        for item in parse_pem(&read(k)?) {
-            if let PemItem::PrivateKey(pk) = item.map_err(|e| pem_error(k, e))? {
-                key = Some(pk);
-            }
-        }
-        let Some(key) = key.filter(|_| !chain.is_empty()) else {
+        let (chain, key) = (read(c)?, read(k)?);
+        let is_key = |i: &PemItem| matches!(i, PemItem::PrivateKey(_));
+        if count(c, &chain, is_cert)? == 0 || count(k, &key, is_key)? == 0 {
             return Err(Error::Config(format!(
                 "{} or {} holds no PEM certificate or key; cert_file and key_file must be this broker's client certificate and its key",
                 c.display(),
                 k.display()
             )));
-        };
-        b = b.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+        }
+        tls = tls.identity(Identity::from_pem(chain, key));
     }
-    Ok(b.build())
+    Ok(tls)
 }
 
 /// A key's value with the revision of its last change (0 and None: absent).
@@ -357,53 +420,73 @@ pub(super) enum Txn {
     Changed(Vec<(Vec<u8>, Versioned)>, i64),
 }
 
-fn writes(ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Vec<Value> {
+fn writes(ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Vec<pb::RequestOp> {
     ops.iter()
-        .map(|(k, v)| match v {
-            Some(v) => json!({ "request_put": { "key": b64(k), "value": b64(v) } }),
-            None => json!({ "request_delete_range": { "key": b64(k) } }),
+        .map(|(k, v)| pb::RequestOp {
+            request: Some(match v {
+                Some(v) => pb::Request::Put(pb::PutRequest {
+                    key: k.clone(),
+                    value: v.clone(),
+                }),
+                None => pb::Request::DeleteRange(pb::DeleteRangeRequest {
+                    key: k.clone(),
+                    range_end: Vec::new(),
+                }),
+            }),
         })
         .collect()
 }
 
-pub(super) fn b64(bytes: &[u8]) -> String {
-    Base64::encode_string(bytes)
+/// Whether a call failed in the transport (connecting, TLS), not in etcd.
+fn is_transport(status: &Status) -> bool {
+    std::error::Error::source(status).is_some_and(|e| e.is::<tonic::transport::Error>())
 }
 
-fn unb64(v: &Value) -> std::result::Result<Vec<u8>, Fail> {
-    Base64::decode_vec(v.as_str().unwrap_or(""))
-        .map_err(|_| Fail::Refused("etcd sent a key or value that is not base64".into()))
+/// A failed call's message with its causes ("transport error: ...: invalid peer certificate").
+fn explain(status: &Status) -> String {
+    let mut text = status.message().to_string();
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        text.push_str(&format!(": {e}"));
+        cause = e.source();
+    }
+    text
 }
 
-/// An int64 field, which the gateway writes as a string.
-fn int(v: &Value) -> i64 {
-    match v {
-        Value::String(s) => s.parse().unwrap_or(0),
-        v => v.as_i64().unwrap_or(0),
+fn revision_of(header: &Option<pb::ResponseHeader>) -> i64 {
+    header.as_ref().map_or(0, |h| h.revision)
+}
+
+impl From<pb::KeyValue> for Kv {
+    fn from(kv: pb::KeyValue) -> Kv {
+        Kv {
+            key: kv.key,
+            value: kv.value,
+            mod_revision: kv.mod_revision,
+        }
     }
 }
 
-fn kv(v: &Value) -> std::result::Result<Kv, Fail> {
-    Ok(Kv {
-        key: unb64(&v["key"])?,
-        value: unb64(&v["value"])?,
-        mod_revision: int(&v["mod_revision"]),
-    })
-}
-
 /// A compare that holds while `key` is unchanged since `revision` (0: while it is absent).
-fn unchanged_since(key: &[u8], revision: i64) -> Value {
-    json!({ "key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": revision })
+fn unchanged_since(key: &[u8], revision: i64) -> pb::Compare {
+    pb::Compare {
+        result: 0,
+        target: pb::MOD,
+        key: key.to_vec(),
+        against: Some(pb::Against::ModRevision(revision)),
+    }
 }
 
 /// A compare that holds while `key` holds `value` (None: while it is absent).
-pub(super) fn holds(key: &[u8], value: Option<&[u8]>) -> Value {
-    match value {
-        Some(v) => {
-            json!({ "key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(v) })
-        }
-        None => {
-            json!({ "key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0 })
-        }
+pub(super) fn holds(key: &[u8], value: Option<&[u8]>) -> pb::Compare {
+    let (target, against) = match value {
+        Some(v) => (pb::VALUE, pb::Against::Value(v.to_vec())),
+        None => (pb::CREATE, pb::Against::CreateRevision(0)),
+    };
+    pb::Compare {
+        result: 0,
+        target,
+        key: key.to_vec(),
+        against: Some(against),
     }
 }

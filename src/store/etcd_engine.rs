@@ -56,7 +56,7 @@ impl EtcdEngine {
         Ok(engine)
     }
 
-    /// Follows every change under the prefix from `revision` on: evicts it from the cache, then
+    /// Follows every change under the prefix from `revision` on: updates the cache, then
     /// tells the store.
     fn follow(&self, revision: i64) -> Result<()> {
         let key = self.prefix.clone();
@@ -85,7 +85,9 @@ impl EtcdEngine {
                 let seen = |w: Watched| {
                     // The cache first: whoever is woken must not read the old value from it.
                     let keys: Vec<Vec<u8>> = match &w {
-                        Watched::Changed(keys, _) => keys.iter().map(|(k, _)| k.clone()).collect(),
+                        Watched::Changed(changes, _) => {
+                            changes.iter().map(|(k, _)| k.clone()).collect()
+                        }
                         _ => Vec::new(),
                     };
                     pipeline.watched(w);

@@ -15,7 +15,10 @@ pub struct Ticket(u64);
 /// committed since its last flush, so one flush serves every change that came before it.
 pub(super) struct GroupFlush {
     shared: Arc<FlushShared>,
+    /// The flusher; None when the engine's commits are durable as they return (etcd): then a
+    /// change is flushed when it registers, with no thread to wake.
     thread: Option<std::thread::JoinHandle<()>>,
+    log_len: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
 
 struct FlushShared {
@@ -44,13 +47,15 @@ struct FlushState {
 }
 
 impl GroupFlush {
-    /// Starts the flusher; `notices_on_disk` is the newest outbox entry already stored, and
-    /// `log_len` reads the number of audit entries committed.
+    /// Starts the flusher (unless the engine's commits are durable as they return);
+    /// `notices_on_disk` is the newest outbox entry already stored, and `log_len` reads the
+    /// number of audit entries committed.
     pub(super) fn start(
         engine: Arc<dyn Engine>,
         notices_on_disk: u64,
-        log_len: impl Fn() -> u64 + Send + 'static,
+        log_len: impl Fn() -> u64 + Send + Sync + 'static,
     ) -> Result<GroupFlush> {
+        let log_len: Arc<dyn Fn() -> u64 + Send + Sync> = Arc::new(log_len);
         let shared = Arc::new(FlushShared {
             state: Mutex::new(FlushState {
                 notice_high: notices_on_disk,
@@ -62,14 +67,20 @@ impl GroupFlush {
             notices_tx: tokio::sync::watch::channel(notices_on_disk).0,
             durable_log: log_len().into(),
         });
-        let s = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("sshjit-flush".into())
-            .spawn(move || flusher(&s, engine.as_ref(), &log_len))
-            .map_err(Error::io("cannot start the flush thread"))?;
+        let thread = if engine.shared() {
+            None
+        } else {
+            let (s, len) = (shared.clone(), log_len.clone());
+            let thread = std::thread::Builder::new()
+                .name("sshjit-flush".into())
+                .spawn(move || flusher(&s, engine.as_ref(), len.as_ref()))
+                .map_err(Error::io("cannot start the flush thread"))?;
+            Some(thread)
+        };
         Ok(GroupFlush {
             shared,
-            thread: Some(thread),
+            thread,
+            log_len,
         })
     }
 
@@ -96,6 +107,9 @@ impl GroupFlush {
 
     /// The number of audit entries a flush has made durable.
     pub(super) fn durable_log(&self) -> u64 {
+        if self.thread.is_none() {
+            return (self.log_len)();
+        }
         self.shared
             .durable_log
             .load(std::sync::atomic::Ordering::Acquire)
@@ -112,8 +126,21 @@ impl GroupFlush {
         if let Some(n) = notice {
             st.notice_high = st.notice_high.max(n);
         }
-        self.shared.signal.notify_all();
-        Ticket(st.registered)
+        let ticket = Ticket(st.registered);
+        if self.thread.is_some() {
+            self.shared.signal.notify_all();
+            return ticket;
+        }
+        // Durable already: flushed as it registers.
+        st.flushed = st.registered;
+        st.notice_durable = st.notice_high;
+        let (flushed, notices) = (st.flushed, st.notice_durable);
+        drop(st);
+        self.shared.flushed_tx.send_replace(flushed);
+        self.shared
+            .notices_tx
+            .send_if_modified(|n| std::mem::replace(n, notices) != notices);
+        ticket
     }
 
     pub(super) fn wait_blocking(&self, t: Ticket) -> Result<()> {

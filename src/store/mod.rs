@@ -12,6 +12,7 @@ mod engine;
 mod etcd_batch;
 mod etcd_client;
 mod etcd_engine;
+mod etcd_proto;
 mod flush;
 mod log;
 mod outbox;
