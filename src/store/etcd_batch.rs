@@ -6,8 +6,8 @@
 //! Each change's body runs under the pipeline's lock against a view that layers, in order: its
 //! own writes, the batch's writes, what the batch read, a cache of values this broker read or
 //! wrote (each with the revision it had), and etcd. The batch commits only if nothing it read
-//! from outside itself has changed since (mod revision compares); on a conflict its keys leave
-//! the cache and every change of the batch runs again. A stale cache therefore costs a retry,
+//! from outside itself has changed since (mod revision compares); on a conflict the keys it
+//! read are cached anew from the answer and every change of the batch runs again. A stale cache therefore costs a retry,
 //! never a wrong commit. Changes from other brokers reach the cache through the watch.
 
 use std::cell::RefCell;
