@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+#[path = "support/fixture.rs"]
+mod fixture;
 use ed25519_dalek::Signer;
 use sha2::{Digest, Sha256};
 use sshjit::audit::{AuditEvent, GENESIS, Verifier, seal};
@@ -245,79 +248,26 @@ fn policy_eval(c: &mut Criterion) {
 
 /// Whole commands through `Broker::execute`, without the SSH transport.
 fn commands(c: &mut Criterion) {
-    use sshjit::commands::{Parsed, parse_line};
-    use sshjit::datadir::{self, DataDir};
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::new(tmp.path().join("data"));
-    let olga = ca::generate_key("olga").unwrap();
-    let alice = ca::generate_key("alice").unwrap();
-    let line = |k: &russh::keys::PrivateKey| k.public_key().to_openssh().unwrap();
-    datadir::init(&dir, "olga", &line(&olga), "127.0.0.1:0", T0).unwrap();
-    // One member signs thousands of certificates on one grant here: lift the per-member
-    // brakes, which exist to stop exactly that, so the figures measure the path.
-    let cfg = std::fs::read_to_string(dir.config()).unwrap();
-    let cfg: String = cfg
-        .lines()
-        .map(|l| match l.split_once(" = ") {
-            Some(("burst", _)) => "burst = 1000000".into(),
-            Some(("per_minute", _)) => "per_minute = 10000000".into(),
-            Some(("max_certs_per_grant", _)) => "max_certs_per_grant = 1000000".into(),
-            _ => l.to_string(),
-        })
-        .map(|l| l + "\n")
-        .collect();
-    std::fs::write(dir.config(), cfg).unwrap();
-    let broker = datadir::open(&dir).unwrap().broker;
-    let fp = |k: &russh::keys::PrivateKey| ca::fingerprint(k.public_key().key_data());
-    let run = |who: &russh::keys::PrivateKey, l: &str| {
-        assert_eq!(
-            broker.run_line(&fp(who), l.as_bytes(), b"", T0).status,
-            0,
-            "{l}"
-        )
-    };
-    run(
-        &olga,
-        &format!("member add alice --role viewer --key '{}'", line(&alice)),
-    );
-    run(
-        &olga,
-        "host add web-01 --address 10.0.0.5 --login viewer=ro",
-    );
-    run(
-        &alice,
-        "request web-01 --role viewer --for 24h --reason 'LOAD-1 bench'",
-    );
-    run(&olga, "approve 1");
-    let subject = format!("{}\n", line(&ca::generate_key("s").unwrap()));
-    let parsed = |l: &str| match parse_line(l.as_bytes()).unwrap() {
-        Parsed::Run(i) => i,
-        Parsed::Help(_) => unreachable!(),
-    };
-    let (cert, whoami) = (parsed("cert 1"), parsed("whoami"));
-    let afp = fp(&alice);
-    let now = T0.plus(60);
+    use sshjit::commands::parse_line;
+    let f = fixture::fixture();
+    let (broker, afp, subject, now) = (&f.broker, &f.alice, &f.subject, f.now);
+    let (cert, whoami) = (&f.cert, &f.whoami);
     let mut g = c.benchmark_group("commands");
     g.throughput(Throughput::Elements(1));
     g.bench_function("parse_cert_line", |b| {
         b.iter(|| black_box(parse_line(b"cert 1").unwrap()))
     });
     g.bench_function("whoami", |b| {
-        b.iter(|| assert_eq!(broker.execute(&afp, &whoami, b"", now).status, 0))
+        b.iter(|| assert_eq!(broker.execute(afp, whoami, b"", now).status, 0))
     });
     g.bench_function("cert_durable", |b| {
-        b.iter(|| {
-            assert_eq!(
-                broker.execute(&afp, &cert, subject.as_bytes(), now).status,
-                0
-            )
-        })
+        b.iter(|| assert_eq!(broker.execute(afp, cert, subject.as_bytes(), now).status, 0))
     });
     g.bench_function("cert_commit_only", |b| {
         b.iter(|| {
             assert_eq!(
                 broker
-                    .execute_deferred(&afp, &cert, subject.as_bytes(), now)
+                    .execute_deferred(afp, cert, subject.as_bytes(), now)
                     .0
                     .status,
                 0

@@ -246,6 +246,21 @@ fn main() -> anyhow::Result<()> {
         "< 1 s",
         &|x| x < 1000.0,
     );
+    let kinstr = |x: f64| format!("{:.0} k instructions", x / 1e3);
+    plain(
+        "One `whoami` through `Broker::execute` (callgrind)",
+        get("instructions_whoami", "per_call"),
+        &kinstr,
+        "(no target)",
+        &|_| true,
+    );
+    plain(
+        "One durable `cert` through `Broker::execute` (callgrind)",
+        get("instructions_cert", "per_call"),
+        &kinstr,
+        "(no target)",
+        &|_| true,
+    );
     let us = |x: f64| format!("{x:.0} µs");
     plain(
         "Scale: inclusion proof over the whole log, p99",
