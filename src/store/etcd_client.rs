@@ -119,7 +119,7 @@ impl Etcd {
                 (self.channels[at].clone(), request.clone(), self.timeout);
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             self.runtime().spawn(async move {
-                let mut grpc = tonic::client::Grpc::new(channel);
+                let mut grpc = client(channel);
                 let answer = tokio::time::timeout(timeout, async {
                     grpc.ready()
                         .await
@@ -290,7 +290,7 @@ impl Etcd {
                     return;
                 }
                 let requests = tokio_stream::wrappers::ReceiverStream::new(open);
-                let mut grpc = tonic::client::Grpc::new(channel);
+                let mut grpc = client(channel);
                 let started = tokio::time::timeout(self.timeout, async {
                     grpc.ready()
                         .await
@@ -435,6 +435,12 @@ fn writes(ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Vec<pb::RequestOp> {
             }),
         })
         .collect()
+}
+
+/// A gRPC client on `channel` that takes answers up to 64 MiB (a page of large values; tonic's
+/// default is 4 MiB).
+fn client(channel: Channel) -> tonic::client::Grpc<Channel> {
+    tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20)
 }
 
 /// Whether a call failed in the transport (connecting, TLS), not in etcd.
