@@ -66,15 +66,9 @@ pub(super) struct Etcd {
 impl Etcd {
     pub(super) fn connect(cfg: &EtcdConfig) -> Result<Etcd> {
         let tls = tls_config(cfg)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("sshjit-etcd")
-            .enable_all()
-            .build()
-            .map_err(Error::io("cannot start the etcd client's threads"))?;
-        // Channels connect lazily, on the runtime that will drive them.
-        let _inside = runtime.enter();
-        let mut channels = Vec::new();
+        // Every endpoint is checked before the runtime exists: dropping a runtime on an error
+        // path inside the caller's async context would panic.
+        let mut endpoints = Vec::new();
         for url in &cfg.endpoints {
             let bad = |e: tonic::transport::Error| {
                 Error::Config(format!("etcd endpoint {url} is not usable: {e}"))
@@ -86,9 +80,19 @@ impl Etcd {
             if url.starts_with("https://") {
                 endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
             }
-            channels.push(endpoint.connect_lazy());
+            endpoints.push(endpoint);
         }
-        drop(_inside);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sshjit-etcd")
+            .enable_all()
+            .build()
+            .map_err(Error::io("cannot start the etcd client's threads"))?;
+        // Channels connect lazily, on the runtime that will drive them.
+        let channels = {
+            let _inside = runtime.enter();
+            endpoints.iter().map(Endpoint::connect_lazy).collect()
+        };
         Ok(Etcd {
             endpoints: cfg.endpoints.clone(),
             channels,

@@ -136,10 +136,13 @@ impl GroupFlush {
         st.notice_durable = st.notice_high;
         let (flushed, notices) = (st.flushed, st.notice_durable);
         drop(st);
-        self.shared.flushed_tx.send_replace(flushed);
+        // Concurrent commits send after the lock: only ever forward.
+        self.shared
+            .flushed_tx
+            .send_if_modified(|v| raise(v, flushed));
         self.shared
             .notices_tx
-            .send_if_modified(|n| std::mem::replace(n, notices) != notices);
+            .send_if_modified(|v| raise(v, notices));
         ticket
     }
 
@@ -177,6 +180,13 @@ impl GroupFlush {
             }
         }
     }
+}
+
+/// Moves `v` up to `to`; whether it moved.
+fn raise(v: &mut u64, to: u64) -> bool {
+    let moved = to > *v;
+    *v = (*v).max(to);
+    moved
 }
 
 impl FlushShared {
