@@ -107,8 +107,16 @@ impl Etcd {
         self.runtime.as_ref().unwrap_or_else(|| unreachable!())
     }
 
-    /// Calls the unary method `path` with `request` on the first member that answers.
-    fn call<Req, Resp>(&self, path: &'static str, request: Req) -> std::result::Result<Resp, Fail>
+    /// Calls the unary method `path` with `request` on the first member that answers. A `write`
+    /// goes to the next member only when the last one could not be reached at all: after any
+    /// other failure it may have been applied, and sending it again would apply it twice, so
+    /// the caller is told it is unavailable and checks what landed.
+    fn call<Req, Resp>(
+        &self,
+        path: &'static str,
+        write: bool,
+        request: Req,
+    ) -> std::result::Result<Resp, Fail>
     where
         Req: prost::Message + Clone + Send + 'static,
         Resp: prost::Message + Default + Send + 'static,
@@ -117,10 +125,20 @@ impl Etcd {
         let n = self.endpoints.len();
         let start = self.current.load(Ordering::Relaxed);
         let mut last = String::new();
+        // Moved into the last attempt; earlier ones send a copy.
+        let mut request = Some(request);
         for i in 0..n {
             let at = (start + i) % n;
-            let (channel, request, timeout) =
-                (self.channels[at].clone(), request.clone(), self.timeout);
+            let request = match request.take() {
+                Some(r) if i + 1 < n => {
+                    let copy = r.clone();
+                    request = Some(r);
+                    copy
+                }
+                Some(r) => r,
+                None => break,
+            };
+            let (channel, timeout) = (self.channels[at].clone(), self.timeout);
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             self.runtime().spawn(async move {
                 let mut grpc = client(channel);
@@ -158,6 +176,15 @@ impl Etcd {
                 Ok(Err(status)) => {
                     let why = format!("{}: {}", self.endpoints[at], explain(&status));
                     match status.code() {
+                        _ if write && !unreached(&status) => {
+                            if status.code() == Code::Unavailable
+                                || status.code() == Code::DeadlineExceeded
+                                || is_transport(&status)
+                            {
+                                return Err(Fail::Unavailable(why));
+                            }
+                            return Err(Fail::Refused(why));
+                        }
                         Code::Unavailable | Code::DeadlineExceeded => {
                             last = why;
                             if status.message().contains("timed out") {
@@ -193,7 +220,7 @@ impl Etcd {
             sort_order: if descend { pb::DESCEND } else { pb::ASCEND },
             serializable,
         };
-        let r: pb::RangeResponse = self.call(pb::RANGE, request)?;
+        let r: pb::RangeResponse = self.call(pb::RANGE, false, request)?;
         Ok((
             r.kvs.into_iter().map(Kv::from).collect(),
             r.more,
@@ -214,7 +241,7 @@ impl Etcd {
             success: writes(ops),
             failure: Vec::new(),
         };
-        let r: pb::TxnResponse = self.call(pb::TXN, request)?;
+        let r: pb::TxnResponse = self.call(pb::TXN, true, request)?;
         Ok((r.succeeded, revision_of(&r.header)))
     }
 
@@ -238,7 +265,7 @@ impl Etcd {
                 })
                 .collect(),
         };
-        let r: pb::TxnResponse = self.call(pb::TXN, request)?;
+        let r: pb::TxnResponse = self.call(pb::TXN, true, request)?;
         let revision = revision_of(&r.header);
         if r.succeeded {
             return Ok(Txn::Committed(revision));
@@ -262,7 +289,7 @@ impl Etcd {
             key: key.to_vec(),
             range_end: end.to_vec(),
         };
-        let _: pb::DeleteRangeResponse = self.call(pb::DELETE_RANGE, request)?;
+        let _: pb::DeleteRangeResponse = self.call(pb::DELETE_RANGE, true, request)?;
         Ok(())
     }
 
@@ -332,6 +359,11 @@ impl Etcd {
                         seen(Watched::Started(through));
                         continue;
                     }
+                    // A watcher far behind gets its events in parts, each stamped with the
+                    // newest revision: a resumed watch starts after the last event received.
+                    if let Some(last) = message.events.iter().filter_map(|e| e.kv.as_ref()).last() {
+                        revision = revision.max(last.mod_revision);
+                    }
                     let changed = message
                         .events
                         .into_iter()
@@ -342,7 +374,6 @@ impl Etcd {
                         })
                         .collect();
                     seen(Watched::Changed(changed, through));
-                    revision = revision.max(through);
                     if stop() {
                         return;
                     }
@@ -452,6 +483,25 @@ fn is_transport(status: &Status) -> bool {
     std::error::Error::source(status).is_some_and(|e| e.is::<tonic::transport::Error>())
 }
 
+/// Whether a call failed before it reached the member: the connection was refused or had no
+/// route, so nothing was sent.
+fn unreached(status: &Status) -> bool {
+    use std::io::ErrorKind::*;
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ConnectionRefused | AddrNotAvailable | HostUnreachable | NetworkUnreachable
+            )
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// A failed call's message with its causes ("transport error: ...: invalid peer certificate").
 fn explain(status: &Status) -> String {
     let mut text = status.message().to_string();
@@ -498,5 +548,51 @@ pub(super) fn holds(key: &[u8], value: Option<&[u8]>) -> pb::Compare {
         target,
         key: key.to_vec(),
         against: Some(against),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port nothing listens on.
+    fn refused() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    }
+
+    fn etcd(endpoints: &[&str]) -> Etcd {
+        Etcd::connect(&EtcdConfig::new(&endpoints.join(","), None).unwrap()).unwrap()
+    }
+
+    fn unavailable<T>(r: std::result::Result<T, Fail>) -> String {
+        match r {
+            Err(Fail::Unavailable(m)) => m,
+            Err(Fail::Refused(m)) => panic!("refused, not unavailable: {m}"),
+            Ok(_) => panic!("succeeded"),
+        }
+    }
+
+    #[test]
+    fn a_write_moves_on_only_from_a_member_it_never_reached() {
+        // A member that accepts the connection and drops it: the write may have reached it.
+        let dropper = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dropped = format!("http://{}", dropper.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for s in dropper.incoming() {
+                drop(s);
+            }
+        });
+        let (a, b) = (refused(), refused());
+        let write = |e: &Etcd| unavailable(e.txn(Vec::new(), &[(b"k".to_vec(), None)]));
+        // Refused: nothing was sent, so the next member is tried (and named last).
+        let m = write(&etcd(&[&a, &b]));
+        assert!(m.contains(&b[7..]), "{m}");
+        // Dropped after connecting: the write stops there, so it cannot be applied twice.
+        let m = write(&etcd(&[&dropped, &b]));
+        assert!(m.contains(&dropped[7..]), "{m}");
+        // A read is safe to repeat anywhere.
+        let m = unavailable(etcd(&[&dropped, &b]).range(b"k", None, 0, false, 0, false));
+        assert!(m.contains(&b[7..]), "{m}");
     }
 }
