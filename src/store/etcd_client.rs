@@ -361,7 +361,12 @@ impl Etcd {
                     }
                     // A watcher far behind gets its events in parts, each stamped with the
                     // newest revision: a resumed watch starts after the last event received.
-                    if let Some(last) = message.events.iter().filter_map(|e| e.kv.as_ref()).last() {
+                    if let Some(last) = message
+                        .events
+                        .iter()
+                        .filter_map(|e| e.kv.as_ref())
+                        .next_back()
+                    {
                         revision = revision.max(last.mod_revision);
                     }
                     let changed = message
