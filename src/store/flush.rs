@@ -1,7 +1,7 @@
 //! Group commit (one flush serves every change committed before it) and the watches that
 //! wake `wait` when a request changes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::engine::Engine;
@@ -23,10 +23,10 @@ pub(super) struct GroupFlush {
 
 struct FlushShared {
     state: Mutex<FlushState>,
-    /// Wakes the flusher (work to do) and blocking waiters (a flush finished).
-    signal: Condvar,
-    /// Tells async waiters that `flushed` moved.
-    flushed_tx: tokio::sync::watch::Sender<u64>,
+    /// Wakes the flusher: work to do.
+    work: Condvar,
+    /// Wakes blocking waiters: a flush finished.
+    done: Condvar,
     /// The newest outbox entry that is durable: what the delivery worker may send. A change
     /// that is lost in a crash must never have been announced.
     notices_tx: tokio::sync::watch::Sender<u64>,
@@ -44,6 +44,26 @@ struct FlushState {
     flushed: u64,
     failed: Option<String>,
     stop: bool,
+    /// Async waiters by the ticket they wait for: a flush wakes only those it covers.
+    waiters: BTreeMap<u64, Vec<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl FlushState {
+    /// The waiters whose tickets are flushed now (all of them after a failure).
+    fn ready(&mut self) -> BTreeMap<u64, Vec<tokio::sync::oneshot::Sender<()>>> {
+        if self.failed.is_some() {
+            return std::mem::take(&mut self.waiters);
+        }
+        let later = self.waiters.split_off(&(self.flushed + 1));
+        std::mem::replace(&mut self.waiters, later)
+    }
+}
+
+/// Tells each waiter that its flush is done (or failed).
+fn wake(ready: BTreeMap<u64, Vec<tokio::sync::oneshot::Sender<()>>>) {
+    for tx in ready.into_values().flatten() {
+        let _ = tx.send(());
+    }
 }
 
 impl GroupFlush {
@@ -62,8 +82,8 @@ impl GroupFlush {
                 notice_durable: notices_on_disk,
                 ..FlushState::default()
             }),
-            signal: Condvar::new(),
-            flushed_tx: tokio::sync::watch::channel(0).0,
+            work: Condvar::new(),
+            done: Condvar::new(),
             notices_tx: tokio::sync::watch::channel(notices_on_disk).0,
             durable_log: log_len().into(),
         });
@@ -128,18 +148,18 @@ impl GroupFlush {
         }
         let ticket = Ticket(st.registered);
         if self.thread.is_some() {
-            self.shared.signal.notify_all();
+            drop(st);
+            self.shared.work.notify_one();
             return ticket;
         }
         // Durable already: flushed as it registers.
         st.flushed = st.registered;
         st.notice_durable = st.notice_high;
-        let (flushed, notices) = (st.flushed, st.notice_durable);
+        let notices = st.notice_durable;
+        let ready = st.ready();
         drop(st);
+        wake(ready);
         // Concurrent commits send after the lock: only ever forward.
-        self.shared
-            .flushed_tx
-            .send_if_modified(|v| raise(v, flushed));
         self.shared
             .notices_tx
             .send_if_modified(|v| raise(v, notices));
@@ -149,36 +169,29 @@ impl GroupFlush {
     pub(super) fn wait_blocking(&self, t: Ticket) -> Result<()> {
         let mut st = self.shared.lock();
         loop {
-            if st.flushed >= t.0 {
-                return Ok(());
+            if let Some(done) = st.outcome(t) {
+                return done;
             }
-            if let Some(e) = &st.failed {
-                return Err(Error::Storage(format!("flush failed: {e}")));
-            }
-            st = self
-                .shared
-                .signal
-                .wait(st)
-                .unwrap_or_else(|p| p.into_inner());
+            st = self.shared.done.wait(st).unwrap_or_else(|p| p.into_inner());
         }
     }
 
     pub(super) async fn wait(&self, t: Ticket) -> Result<()> {
-        let mut rx = self.shared.flushed_tx.subscribe();
-        loop {
-            {
-                let st = self.shared.lock();
-                if st.flushed >= t.0 {
-                    return Ok(());
-                }
-                if let Some(e) = &st.failed {
-                    return Err(Error::Storage(format!("flush failed: {e}")));
-                }
+        let told = {
+            let mut st = self.shared.lock();
+            if let Some(done) = st.outcome(t) {
+                return done;
             }
-            if rx.changed().await.is_err() {
-                return Err(Error::Storage("the flush thread stopped".into()));
-            }
-        }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            st.waiters.entry(t.0).or_default().push(tx);
+            rx
+        };
+        // Told, or the flusher went away without telling.
+        let _ = told.await;
+        self.shared
+            .lock()
+            .outcome(t)
+            .unwrap_or_else(|| Err(Error::Storage("the flush thread stopped".into())))
     }
 }
 
@@ -187,6 +200,17 @@ fn raise(v: &mut u64, to: u64) -> bool {
     let moved = to > *v;
     *v = (*v).max(to);
     moved
+}
+
+impl FlushState {
+    /// Whether waiting for `t` is over, and how it ended.
+    fn outcome(&self, t: Ticket) -> Option<Result<()>> {
+        if self.flushed >= t.0 {
+            return Some(Ok(()));
+        }
+        let e = self.failed.as_ref()?;
+        Some(Err(Error::Storage(format!("flush failed: {e}"))))
+    }
 }
 
 impl FlushShared {
@@ -208,7 +232,7 @@ fn flusher(s: &FlushShared, engine: &dyn Engine, log_len: &dyn Fn() -> u64) {
         let covers = {
             let mut st = s.lock();
             while st.registered == st.flushed && !st.stop {
-                st = s.signal.wait(st).unwrap_or_else(|p| p.into_inner());
+                st = s.work.wait(st).unwrap_or_else(|p| p.into_inner());
             }
             if st.registered == st.flushed {
                 return;
@@ -228,7 +252,7 @@ fn flusher(s: &FlushShared, engine: &dyn Engine, log_len: &dyn Fn() -> u64) {
                     break;
                 }
                 st = s
-                    .signal
+                    .work
                     .wait_timeout(st, left)
                     .map(|(g, _)| g)
                     .unwrap_or_else(|p| p.into_inner().0);
@@ -255,10 +279,11 @@ fn flusher(s: &FlushShared, engine: &dyn Engine, log_len: &dyn Fn() -> u64) {
                 st.failed = Some(e.to_string());
             }
         }
-        let (flushed, notices) = (st.flushed, st.notice_durable);
+        let notices = st.notice_durable;
+        let ready = st.ready();
         drop(st);
-        s.signal.notify_all();
-        s.flushed_tx.send_replace(flushed);
+        s.done.notify_all();
+        wake(ready);
         s.notices_tx
             .send_if_modified(|n| std::mem::replace(n, notices) != notices);
     }
@@ -267,7 +292,7 @@ fn flusher(s: &FlushShared, engine: &dyn Engine, log_len: &dyn Fn() -> u64) {
 impl Drop for GroupFlush {
     fn drop(&mut self) {
         self.shared.lock().stop = true;
-        self.shared.signal.notify_all();
+        self.shared.work.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -17,6 +17,7 @@ mod flush;
 mod log;
 mod outbox;
 mod sled_engine;
+mod sled_pending;
 mod tables;
 mod tx;
 

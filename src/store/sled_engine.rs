@@ -1,19 +1,17 @@
 //! The sled engine behind the storage port: the only file that names sled.
 //!
-//! One sled tree per table; a transaction spans every tree, and sled runs its body again on a
-//! conflict. Durability comes from `flush`, which the store's group commit shares among
-//! concurrent changes.
+//! One sled tree per table. Changes commit into `sled_pending.rs`, one at a time; each flush
+//! writes what committed since the last one in a single sled transaction over every tree, then
+//! flushes sled. The store's group commit shares that flush among concurrent changes.
 
-use std::cell::RefCell;
 use std::ops::Bound;
 use std::path::Path;
 
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
-};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
-use super::engine::{Body, Engine, Scan, TxEngine, TxError, TxResult};
+use super::engine::{Body, Engine, Scan};
+use super::sled_pending::{Pending, Writes};
 use super::tables::TableId;
 use crate::error::{Error, Result};
 
@@ -25,6 +23,8 @@ pub(super) struct SledEngine {
     db: sled::Db,
     /// The trees, indexed by [`TableId`].
     trees: Vec<Tree>,
+    /// Committed changes not yet written to the trees.
+    pending: Pending,
 }
 
 impl SledEngine {
@@ -51,29 +51,71 @@ impl SledEngine {
             .iter()
             .map(|t| db.open_tree(t.name()).map_err(storage))
             .collect::<Result<_>>()?;
-        Ok(SledEngine { db, trees })
+        Ok(SledEngine {
+            db,
+            trees,
+            pending: Pending::default(),
+        })
     }
 
     fn tree(&self, t: TableId) -> &Tree {
         // The trees were opened from TableId::ALL, one per table, in order.
         &self.trees[t as usize]
     }
+
+    /// The value in sled itself.
+    fn stored(&self, t: TableId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree(t).get(key).map_err(storage)?.map(|v| v.to_vec()))
+    }
+
+    /// Writes the changes committed so far to the trees, in one sled transaction: all or
+    /// none, also after a crash.
+    fn write_pending(&self) -> Result<()> {
+        self.pending.write(|group: &Writes| {
+            let out = self.trees.as_slice().transaction(|views| {
+                for ((t, key), value) in group {
+                    // sled hands the views in the order of the trees the transaction spans.
+                    let view = &views[*t as usize];
+                    match value {
+                        Some(v) => view.insert(key.as_slice(), v.as_slice())?,
+                        None => view.remove(key.as_slice())?,
+                    };
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+            match out {
+                Ok(()) => Ok(()),
+                Err(TransactionError::Abort(())) => Err(Error::Internal(
+                    "writing committed changes to sled stopped without a reason".into(),
+                )),
+                Err(TransactionError::Storage(e)) => Err(storage(e)),
+            }
+        })
+    }
 }
 
 impl Engine for SledEngine {
     fn get(&self, t: TableId, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree(t).get(key).map_err(storage)?.map(|v| v.to_vec()))
+        match self.pending.get(t, key) {
+            Some(v) => Ok(v),
+            None => self.stored(t, key),
+        }
     }
 
     fn range(&self, t: TableId, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> Scan<'_> {
-        Box::new(
+        let base: Scan<'_> = Box::new(
             self.tree(t)
-                .range::<Vec<u8>, _>((lo, hi))
+                .range::<Vec<u8>, _>((lo.clone(), hi.clone()))
                 .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage)),
-        )
+        );
+        self.pending.over(t, &lo, &hi, base)
     }
 
+    // Writes outside transactions first write what committed before them, so that they land
+    // after it, as they came.
+
     fn write(&self, t: TableId, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
+        self.write_pending()?;
         let mut batch = sled::Batch::default();
         for (k, v) in ops {
             match v {
@@ -91,6 +133,7 @@ impl Engine for SledEngine {
         old: Option<&[u8]>,
         new: Option<Vec<u8>>,
     ) -> Result<bool> {
+        self.write_pending()?;
         let swapped = self
             .tree(t)
             .compare_and_swap(key, old, new)
@@ -99,68 +142,27 @@ impl Engine for SledEngine {
     }
 
     fn clear(&self, t: TableId) -> Result<()> {
+        self.write_pending()?;
         self.tree(t).clear().map_err(storage)
     }
 
     fn transact(&self, body: Body<'_>) -> Result<()> {
-        // sled's transaction closure is `Fn`; the body's own state lives behind this cell.
-        let failed = RefCell::new(None);
-        let out = self
-            .trees
-            .as_slice()
-            .transaction(|views| match body(&SledTx(views)) {
-                Ok(()) => Ok(()),
-                Err(TxError::Conflict) => Err(ConflictableTransactionError::Conflict),
-                Err(TxError::Abort(e)) => {
-                    *failed.borrow_mut() = Some(e);
-                    Err(ConflictableTransactionError::Abort(()))
-                }
-            });
-        match out {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Abort(())) => Err(failed.into_inner().unwrap_or_else(|| {
-                Error::Internal("a transaction stopped without a reason".into())
-            })),
-            Err(TransactionError::Storage(e)) => Err(storage(e)),
-        }
+        self.pending.transact(body, &|t, key| self.stored(t, key))
     }
 
     fn flush(&self) -> Result<()> {
+        self.write_pending()?;
         self.db.flush().map_err(storage)?;
         Ok(())
     }
 }
 
-/// A sled transaction's views, indexed by [`TableId`] like the trees.
-struct SledTx<'a>(&'a [TransactionalTree]);
-
-impl SledTx<'_> {
-    fn view(&self, t: TableId) -> &TransactionalTree {
-        // sled hands the views in the order of the trees the transaction spans.
-        &self.0[t as usize]
-    }
-}
-
-impl TxEngine for SledTx<'_> {
-    fn get(&self, t: TableId, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
-        Ok(self.view(t).get(key).map_err(tx_error)?.map(|v| v.to_vec()))
-    }
-
-    fn insert(&self, t: TableId, key: &[u8], value: &[u8]) -> TxResult<()> {
-        self.view(t).insert(key, value).map_err(tx_error)?;
-        Ok(())
-    }
-
-    fn remove(&self, t: TableId, key: &[u8]) -> TxResult<()> {
-        self.view(t).remove(key).map_err(tx_error)?;
-        Ok(())
-    }
-}
-
-fn tx_error(e: UnabortableTransactionError) -> TxError {
-    match e {
-        UnabortableTransactionError::Conflict => TxError::Conflict,
-        UnabortableTransactionError::Storage(e) => TxError::Abort(storage(e)),
+impl Drop for SledEngine {
+    fn drop(&mut self) {
+        // Whatever committed reaches the disk, as it would have at the next flush.
+        if let Err(e) = self.flush() {
+            tracing::error!(error = %e, "could not write the last changes on closing the database");
+        }
     }
 }
 

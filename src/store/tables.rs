@@ -8,7 +8,7 @@ use super::engine::{Engine, Table, TxEngine, TxTable};
 macro_rules! tables {
     ($($(#[$doc:meta])* $field:ident: $variant:ident = $name:literal,)+) => {
         /// A table, as an engine knows it.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
         pub(super) enum TableId {
             $($variant,)+
         }
