@@ -44,6 +44,9 @@ struct FlushState {
     flushed: u64,
     failed: Option<String>,
     stop: bool,
+    /// The flusher waits for a first change: the next one must wake it. (While it gathers,
+    /// it looks again every QUIET without being woken, until GATHER_MAX are waiting.)
+    idle: bool,
     /// Async waiters by the ticket they wait for: a flush wakes only those it covers.
     waiters: BTreeMap<u64, Vec<tokio::sync::oneshot::Sender<()>>>,
 }
@@ -148,8 +151,11 @@ impl GroupFlush {
         }
         let ticket = Ticket(st.registered);
         if self.thread.is_some() {
+            let wake = st.idle || st.registered - st.flushed == GATHER_MAX;
             drop(st);
-            self.shared.work.notify_one();
+            if wake {
+                self.shared.work.notify_one();
+            }
             return ticket;
         }
         // Durable already: flushed as it registers.
@@ -232,8 +238,10 @@ fn flusher(s: &FlushShared, engine: &dyn Engine, log_len: &dyn Fn() -> u64) {
         let covers = {
             let mut st = s.lock();
             while st.registered == st.flushed && !st.stop {
+                st.idle = true;
                 st = s.work.wait(st).unwrap_or_else(|p| p.into_inner());
             }
+            st.idle = false;
             if st.registered == st.flushed {
                 return;
             }

@@ -243,18 +243,29 @@ impl Store {
         // A log from before the tree has no stored nodes yet: only the entries are checked.
         let built = self.head()?.frontier.is_some();
         let mut bad_node = None;
-        for raw in self.audit_raw(0) {
-            v.push_with(&raw?, |level, index, hash| {
-                if bad_node.is_some() || !built {
-                    return;
-                }
-                let stored = self.t.tree.get(node_key(level, index)).ok().flatten();
-                if stored.as_deref() != Some(&hash[..]) {
-                    bad_node = Some((level, index));
-                }
-            });
-        }
-        let head = self.head()?;
+        // A live broker appends while the log is read: what was appended after the scan
+        // passed is read too, until the head read after a scan names no later entry.
+        let mut scanned = 0;
+        let head = loop {
+            let before = scanned;
+            for raw in self.audit_raw(scanned + 1) {
+                scanned += 1;
+                v.push_with(&raw?, |level, index, hash| {
+                    if bad_node.is_some() || !built {
+                        return;
+                    }
+                    let stored = self.t.tree.get(node_key(level, index)).ok().flatten();
+                    if stored.as_deref() != Some(&hash[..]) {
+                        bad_node = Some((level, index));
+                    }
+                });
+            }
+            let head = self.head()?;
+            // (Nothing new: the entries the head names are missing, which the check says.)
+            if head.seq <= scanned || scanned == before {
+                break head;
+            }
+        };
         v.expect_head(head.seq, &head.hash, head.frontier.as_ref());
         if let Some((level, index)) = bad_node {
             v.fail_tree(format!(

@@ -18,6 +18,7 @@ mod log;
 mod outbox;
 mod sled_engine;
 mod sled_pending;
+mod sled_redo;
 mod tables;
 mod tx;
 

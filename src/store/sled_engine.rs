@@ -1,17 +1,18 @@
 //! The sled engine behind the storage port: the only file that names sled.
 //!
 //! One sled tree per table. Changes commit into `sled_pending.rs`, one at a time; each flush
-//! writes what committed since the last one in a single sled transaction over every tree, then
+//! writes what committed since the last one as one atomic group (`sled_redo.rs`), then
 //! flushes sled. The store's group commit shares that flush among concurrent changes.
 
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::{Transactional, Tree};
+use sled::Tree;
 
 use super::engine::{Body, Engine, Scan};
-use super::sled_pending::{Pending, Writes};
+use super::sled_pending::Pending;
+use super::sled_redo;
 use super::tables::TableId;
 use crate::error::{Error, Result};
 
@@ -25,6 +26,10 @@ pub(super) struct SledEngine {
     trees: Vec<Tree>,
     /// Committed changes not yet written to the trees.
     pending: Pending,
+    /// Redo records of the group being written.
+    redo: Tree,
+    /// The number of the last group written.
+    groups: AtomicU64,
 }
 
 impl SledEngine {
@@ -50,11 +55,22 @@ impl SledEngine {
         let trees = TableId::ALL
             .iter()
             .map(|t| db.open_tree(t.name()).map_err(storage))
-            .collect::<Result<_>>()?;
+            .collect::<Result<Vec<_>>>()?;
+        let redo = db.open_tree(sled_redo::TREE).map_err(storage)?;
+        let recovered = sled_redo::recover(&redo, &trees)?;
+        if recovered > 0 {
+            db.flush().map_err(storage)?;
+            tracing::info!(
+                groups = recovered,
+                "finished writing changes that a crash interrupted"
+            );
+        }
         Ok(SledEngine {
             db,
             trees,
             pending: Pending::default(),
+            redo,
+            groups: AtomicU64::new(0),
         })
     }
 
@@ -68,28 +84,12 @@ impl SledEngine {
         Ok(self.tree(t).get(key).map_err(storage)?.map(|v| v.to_vec()))
     }
 
-    /// Writes the changes committed so far to the trees, in one sled transaction: all or
-    /// none, also after a crash.
+    /// Writes the changes committed so far to the trees, as one group: all or none, also
+    /// after a crash.
     fn write_pending(&self) -> Result<()> {
-        self.pending.write(|group: &Writes| {
-            let out = self.trees.as_slice().transaction(|views| {
-                for ((t, key), value) in group {
-                    // sled hands the views in the order of the trees the transaction spans.
-                    let view = &views[*t as usize];
-                    match value {
-                        Some(v) => view.insert(key.as_slice(), v.as_slice())?,
-                        None => view.remove(key.as_slice())?,
-                    };
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            });
-            match out {
-                Ok(()) => Ok(()),
-                Err(TransactionError::Abort(())) => Err(Error::Internal(
-                    "writing committed changes to sled stopped without a reason".into(),
-                )),
-                Err(TransactionError::Storage(e)) => Err(storage(e)),
-            }
+        self.pending.write(|group| {
+            let n = self.groups.fetch_add(1, Ordering::Relaxed) + 1;
+            sled_redo::write(&self.redo, &self.trees, n, group).map_err(storage)
         })
     }
 }
@@ -103,11 +103,13 @@ impl Engine for SledEngine {
     }
 
     fn range(&self, t: TableId, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> Scan<'_> {
-        let base: Scan<'_> = Box::new(
-            self.tree(t)
-                .range::<Vec<u8>, _>((lo.clone(), hi.clone()))
-                .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage)),
-        );
+        let base = || -> Scan<'_> {
+            Box::new(
+                self.tree(t)
+                    .range::<Vec<u8>, _>((lo.clone(), hi.clone()))
+                    .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage)),
+            )
+        };
         self.pending.over(t, &lo, &hi, base)
     }
 

@@ -114,13 +114,15 @@ impl Pending {
         self.lock().get(&(t, key.to_vec())).cloned()
     }
 
-    /// `base` (sled's entries in the range) with the changes not yet in sled laid over it.
+    /// sled's entries in the range (a scan `base` starts) with the changes not yet in sled
+    /// laid over them. The changes are read first: one that moves into sled meanwhile is then
+    /// in both, never in neither.
     pub(super) fn over<'a>(
         &self,
         t: TableId,
         lo: &Bound<Vec<u8>>,
         hi: &Bound<Vec<u8>>,
-        base: Scan<'a>,
+        base: impl FnOnce() -> Scan<'a>,
     ) -> Scan<'a> {
         let start = match lo {
             Bound::Unbounded => Bound::Included((t, Vec::new())),
@@ -136,7 +138,8 @@ impl Pending {
         };
         let layers = self.lock();
         if layers.open.is_empty() && layers.writing.is_empty() {
-            return base;
+            drop(layers);
+            return base();
         }
         // The open group wins over the one being written: it is newer.
         let mut over: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
@@ -148,10 +151,10 @@ impl Pending {
         }
         drop(layers);
         if over.is_empty() {
-            return base;
+            return base();
         }
         Box::new(Merged {
-            base,
+            base: base(),
             over: over.into_iter().collect(),
             front: None,
             back: None,
@@ -424,7 +427,7 @@ mod tests {
             .unwrap();
         let keys = |lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>| -> Vec<String> {
             pending
-                .over(a, &lo, &hi, scan(&[]))
+                .over(a, &lo, &hi, || scan(&[]))
                 .map(|e| {
                     let (k, v) = e.unwrap();
                     assert_eq!(v, b"a");
