@@ -346,7 +346,7 @@ fn main() -> anyhow::Result<()> {
     let committed = crit_rate(&crit, "audit_append/commit_only", 1.0);
     let policy = crit_rate(&crit, "policy/open_approve_authorize", 1.0);
     out.push_str(&format!(
-        "audit append (one sled transaction + flush) {}, without the flush {}; policy open+approve+authorize {}.\n",
+        "audit append (one change + flush) {}, without the flush (the change only, written at the next flush) {}; policy open+approve+authorize {}.\n",
         append.map(fmt_rate).unwrap_or("-".into()),
         committed.map(fmt_rate).unwrap_or("-".into()),
         policy.map(fmt_rate).unwrap_or("-".into())

@@ -90,13 +90,33 @@ impl client::Handler for AnyKey {
     }
 }
 
-type Conn = Handle<AnyKey>;
+/// A connection that is opened again when the server has hung up on it (the broker does, after
+/// a number of commands), as any client that reuses connections must.
+struct Conn {
+    addr: SocketAddr,
+    user: String,
+    key: Arc<russh::keys::PrivateKey>,
+    handle: tokio::sync::Mutex<Handle<AnyKey>>,
+}
 
 async fn connect(
     addr: SocketAddr,
     user: &str,
     key: &Arc<russh::keys::PrivateKey>,
 ) -> anyhow::Result<Conn> {
+    Ok(Conn {
+        addr,
+        user: user.to_string(),
+        key: key.clone(),
+        handle: tokio::sync::Mutex::new(open(addr, user, key).await?),
+    })
+}
+
+async fn open(
+    addr: SocketAddr,
+    user: &str,
+    key: &Arc<russh::keys::PrivateKey>,
+) -> anyhow::Result<Handle<AnyKey>> {
     let config = Arc::new(client::Config {
         nodelay: true,
         ..Default::default()
@@ -111,7 +131,24 @@ async fn connect(
 
 /// Runs one command on a new channel; returns (exit status, stdout).
 async fn run(conn: &Conn, line: &str, stdin: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
-    let mut ch = conn.channel_open_session().await?;
+    let mut ch = {
+        let mut h = conn.handle.lock().await;
+        match h.channel_open_session().await {
+            Ok(ch) => ch,
+            Err(e) => {
+                // A refused channel just before the server hangs up: wait for the hang-up.
+                for _ in 0..200 {
+                    if h.is_closed() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                anyhow::ensure!(h.is_closed(), e);
+                *h = open(conn.addr, &conn.user, &conn.key).await?;
+                h.channel_open_session().await?
+            }
+        }
+    };
     ch.exec(true, line.as_bytes().to_vec()).await?;
     if !stdin.is_empty() {
         ch.data_bytes(stdin.to_vec()).await?;
@@ -131,6 +168,8 @@ async fn run(conn: &Conn, line: &str, stdin: &[u8]) -> anyhow::Result<(u32, Vec<
 
 async fn close(conn: Conn) {
     let _ = conn
+        .handle
+        .into_inner()
         .disconnect(russh::Disconnect::ByApplication, "", "")
         .await;
 }

@@ -314,3 +314,67 @@ fn serve_refuses_a_data_dir_others_can_change() {
     b.spawn();
     b.ssh(&b.owner, "whoami").ok();
 }
+
+#[test]
+fn a_connection_that_ran_its_commands_is_hung_up_with_the_reason() {
+    // COMMANDS_PER_CONNECTION in src/server/mod.rs.
+    const COMMANDS: usize = 100;
+    let b = Broker::start_new();
+    let control = b.tmp.path().join("mux");
+    let port = b.addr.port().to_string();
+    let ssh = |extra: &[&str]| {
+        let mut c = Command::new(require("ssh"));
+        c.args(ssh_opts(b.tmp.path()))
+            .arg("-i")
+            .arg(&b.owner.key)
+            .arg("-o")
+            .arg(format!("ControlPath={}", control.display()))
+            .args(extra)
+            .args(["-p", &port, "127.0.0.1"]);
+        c
+    };
+    // One connection that every command below shares (OpenSSH multiplexing).
+    let mut master = ssh(&["-o", "ControlMaster=yes", "-N"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !control.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no master connection"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 0..COMMANDS {
+        let mut c = ssh(&["-o", "ControlMaster=no"]);
+        c.arg("whoami");
+        let out = util::run_with_stdin(c, b"");
+        assert_eq!(out.code, 0, "command {i}: {out:?}");
+        assert_eq!(out.stdout.trim(), "olga (owner)");
+    }
+    // After the last one answered (and a moment for the master to relay it), the broker
+    // hangs up and says why.
+    let status = util::wait_timeout(&mut master, Duration::from_secs(10));
+    if status.is_none() {
+        let _ = master.kill();
+        panic!("the connection was kept after {COMMANDS} commands");
+    }
+    let mut err = String::new();
+    master
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        err.contains(&format!(
+            "this connection ran {COMMANDS} commands; reconnect to run more"
+        )),
+        "{err}"
+    );
+    // A new connection runs commands at once.
+    assert_eq!(b.ssh(&b.owner, "whoami").ok().stdout.trim(), "olga (owner)");
+}

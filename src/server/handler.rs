@@ -67,13 +67,58 @@ impl Conn {
     /// Answers on `channel` in the background: stdout, stderr, exit status, EOF, close.
     fn reply(&self, handle: Handle, channel: ChannelId, out: Output) {
         let done = self.done.clone();
+        let signals = self.signals.clone();
         tokio::spawn(async move {
             send_output(&handle, channel, out).await;
+            signals.answered();
             drop(done);
         });
     }
 
-    /// Runs a parsed command and answers when it is done (and its change is durable).
+    /// Runs a parsed command and answers when it is done (and its change is durable). One
+    /// that needs nothing slow runs at once in the session's task: its answer goes out
+    /// directly, or, for a change, from a task that waits for the flush.
+    fn start_command(
+        &self,
+        session: &mut Session,
+        channel: ChannelId,
+        inv: Invocation,
+        stdin: Vec<u8>,
+    ) -> Result<(), russh::Error> {
+        let broker = &self.shared.broker;
+        let slow = inv.command.waits()
+            || inv.command.is_heavy()
+            || broker.store().is_shared()
+            || (matches!(inv.command, Command::Request(_)) && broker.model().is_some());
+        let Some(fp) = self.fingerprint.as_deref().filter(|_| !slow) else {
+            self.spawn_command(session.handle(), channel, inv, stdin);
+            return Ok(());
+        };
+        let (out, ticket) = broker.execute_written(fp, &inv, &stdin, Timestamp::now(), None);
+        self.signals.touch();
+        let Some(ticket) = ticket else {
+            write_output(session, channel, out)?;
+            self.signals.answered();
+            return Ok(());
+        };
+        let (broker, signals, done) = (broker.clone(), self.signals.clone(), self.done.clone());
+        let (handle, peer, json) = (session.handle(), self.peer, inv.json);
+        signals.inflight.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let out = match broker.store().wait_durable(ticket).await {
+                Ok(()) => out,
+                Err(e) => command_failed(peer, &e, json),
+            };
+            send_output(&handle, channel, out).await;
+            signals.touch();
+            signals.inflight.fetch_sub(1, Ordering::SeqCst);
+            signals.answered();
+            drop(done);
+        });
+        Ok(())
+    }
+
+    /// Runs a command in a task of its own and answers when it is done (and durable).
     fn spawn_command(&self, handle: Handle, channel: ChannelId, inv: Invocation, stdin: Vec<u8>) {
         let Some(fp) = self.fingerprint.clone() else {
             return self.reply(
@@ -91,13 +136,7 @@ impl Conn {
         signals.touch();
         tokio::spawn(async move {
             let json = inv.json;
-            let failed = |e: &dyn std::fmt::Display| {
-                tracing::error!(%peer, error = %e, "command failed");
-                Output::error(
-                    &Error::Internal("the command failed; see the broker log".into()),
-                    json,
-                )
-            };
+            let failed = |e: &dyn std::fmt::Display| command_failed(peer, e, json);
             let out = if inv.command.waits() {
                 // Waits for a change, not for work: async, and cut short by shutdown.
                 let mut stopping = shared.stopping.subscribe();
@@ -150,6 +189,7 @@ impl Conn {
             send_output(&handle, channel, out).await;
             signals.touch();
             signals.inflight.fetch_sub(1, Ordering::SeqCst);
+            signals.answered();
             drop(done);
         });
     }
@@ -179,6 +219,33 @@ impl Conn {
         tracing::debug!(peer = %self.peer, request = what, "refused a channel request");
         session.channel_failure(channel)
     }
+}
+
+/// The answer when running a command failed inside the broker: logged, not shown.
+fn command_failed(peer: SocketAddr, e: &dyn std::fmt::Display, json: bool) -> Output {
+    tracing::error!(%peer, error = %e, "command failed");
+    Output::error(
+        &Error::Internal("the command failed; see the broker log".into()),
+        json,
+    )
+}
+
+/// Sends a whole answer on `channel` from the session's own task: stdout, stderr, exit
+/// status, EOF, close.
+fn write_output(
+    session: &mut Session,
+    channel: ChannelId,
+    out: Output,
+) -> Result<(), russh::Error> {
+    if !out.stdout.is_empty() {
+        session.data(channel, out.stdout.into_bytes())?;
+    }
+    if !out.stderr.is_empty() {
+        session.extended_data(channel, 1, out.stderr.into_bytes())?;
+    }
+    session.exit_status_request(channel, out.status)?;
+    session.eof(channel)?;
+    session.close(channel)
 }
 
 fn not_authenticated() -> Error {
@@ -261,9 +328,11 @@ impl russh::server::Handler for Conn {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.fingerprint.is_some() {
+        if self.fingerprint.is_some() && self.signals.open_channel() {
             reply.accept().await;
         } else {
+            // One more after the last command: the hang-up need not wait.
+            self.signals.wake.notify_one();
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -279,21 +348,20 @@ impl russh::server::Handler for Conn {
     ) -> Result<(), Self::Error> {
         session.channel_success(channel)?;
         self.signals.touch();
-        let handle = session.handle();
         let json = wants_json(data);
         if let Some(out) = self.admission(json) {
-            self.reply(handle, channel, out);
+            self.reply(session.handle(), channel, out);
             return Ok(());
         }
         match parse_line(data) {
-            Ok(Parsed::Help(text)) => self.reply(handle, channel, Output::text(text)),
+            Ok(Parsed::Help(text)) => self.reply(session.handle(), channel, Output::text(text)),
             Ok(Parsed::Run(inv)) if inv.reads_stdin() => {
                 self.waiting.insert(channel, (*inv, Vec::new()));
             }
-            Ok(Parsed::Run(inv)) => self.spawn_command(handle, channel, *inv, Vec::new()),
+            Ok(Parsed::Run(inv)) => return self.start_command(session, channel, *inv, Vec::new()),
             Err(e) => {
                 tracing::info!(peer = %self.peer, code = e.code(), "refused a command line");
-                self.reply(handle, channel, Output::error(&e, json));
+                self.reply(session.handle(), channel, Output::error(&e, json));
             }
         }
         Ok(())
@@ -420,7 +488,7 @@ impl russh::server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some((inv, stdin)) = self.waiting.remove(&channel) {
-            self.spawn_command(session.handle(), channel, inv, stdin);
+            return self.start_command(session, channel, inv, stdin);
         }
         Ok(())
     }

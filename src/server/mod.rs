@@ -146,9 +146,21 @@ impl RefusalLog {
 }
 
 /// What a connection's handler tells the loop that drives it.
+/// Commands one connection may run; after the last one answers, the broker hangs up with a
+/// reason, and the client reconnects. russh keeps a few kilobytes for every channel the server
+/// closes until its connection ends, so without this a member looping commands on one
+/// connection would grow the broker's memory without bound.
+pub(crate) const COMMANDS_PER_CONNECTION: u64 = 100;
+
+/// How long a connection that ran its commands stays after its last answer.
+const RETIRE_GRACE: Duration = Duration::from_secs(1);
+
 pub(crate) struct Signals {
     started: Instant,
     authed: AtomicBool,
+    /// Session channels accepted on this connection, and those not yet answered.
+    opened: AtomicU64,
+    unanswered: AtomicU64,
     /// Commands running now (a command waiting for its stdin is not running).
     inflight: AtomicUsize,
     /// When a command last started, finished or received input, in ms since `started`.
@@ -163,10 +175,44 @@ impl Signals {
         Signals {
             started: Instant::now(),
             authed: AtomicBool::new(false),
+            opened: AtomicU64::new(0),
+            unanswered: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(0),
             disconnect: Mutex::new(None),
             wake: Notify::new(),
+        }
+    }
+
+    /// Takes a seat for a new session channel; false once the connection has run its commands.
+    fn open_channel(&self) -> bool {
+        if self.opened.fetch_add(1, Ordering::SeqCst) >= COMMANDS_PER_CONNECTION {
+            return false;
+        }
+        self.unanswered.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
+    /// Whether the connection has run all the commands it may.
+    fn ran_all(&self) -> bool {
+        self.opened.load(Ordering::SeqCst) >= COMMANDS_PER_CONNECTION
+    }
+
+    /// A channel's answer went out: after the connection's last command, hang up.
+    fn answered(&self) {
+        let before = self
+            .unanswered
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(1))
+            })
+            .unwrap_or_else(|n| n);
+        if before <= 1 && self.ran_all() {
+            self.request_disconnect(
+                Disconnect::ByApplication,
+                format!(
+                    "this connection ran {COMMANDS_PER_CONNECTION} commands; reconnect to run more"
+                ),
+            );
         }
     }
 
@@ -261,6 +307,16 @@ async fn connection(
             }
             () = signals.wake.notified() => {
                 if let Some((reason, text)) = signals.take_disconnect() {
+                    // A connection that ran its commands first lets the client take its last
+                    // answer (a multiplexing ssh master relays it after it arrives), until
+                    // the client leaves, asks for one more (refused), or the grace ends.
+                    if signals.ran_all() {
+                        tokio::select! {
+                            _ = &mut session => return,
+                            () = signals.wake.notified() => {}
+                            () = tokio::time::sleep(RETIRE_GRACE) => {}
+                        }
+                    }
                     hang_up(&handle, &mut session, &killer, reason, text).await;
                     return;
                 }

@@ -17,7 +17,7 @@ use super::tables::TableId;
 use crate::error::{Error, Result};
 
 /// sled's page cache size.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// A sled database with one tree per table.
 pub(super) struct SledEngine {
