@@ -29,7 +29,58 @@ thread_local! {
 pub(super) type Stored<'a> = &'a dyn Fn(TableId, &[u8]) -> Result<Option<Vec<u8>>>;
 
 /// Writes (`Some`) and deletes (`None`) by table and key, in key order.
-pub(super) type Writes = BTreeMap<(TableId, Vec<u8>), Option<Vec<u8>>>;
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Writes(BTreeMap<TableId, BTreeMap<Vec<u8>, Option<Vec<u8>>>>);
+
+impl Writes {
+    pub(super) fn get(&self, t: TableId, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.0.get(&t)?.get(key)
+    }
+
+    pub(super) fn insert(&mut self, t: TableId, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.0.entry(t).or_default().insert(key, value);
+    }
+
+    /// Lays `newer` over these writes.
+    fn extend(&mut self, newer: Writes) {
+        for (t, writes) in newer.0 {
+            self.0.entry(t).or_default().extend(writes);
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every write, by table and then key.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (TableId, &[u8], &Option<Vec<u8>>)> {
+        self.0
+            .iter()
+            .flat_map(|(t, w)| w.iter().map(|(k, v)| (*t, k.as_slice(), v)))
+    }
+
+    /// The writes to table `t` with keys in the range.
+    fn range<'a>(
+        &'a self,
+        t: TableId,
+        lo: &'a Bound<Vec<u8>>,
+        hi: &'a Bound<Vec<u8>>,
+    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)> {
+        // BTreeMap::range panics on a range that ends before it starts; such a range is empty.
+        let empty = match (lo, hi) {
+            (Bound::Included(l), Bound::Included(h)) => l > h,
+            (Bound::Included(l) | Bound::Excluded(l), Bound::Included(h) | Bound::Excluded(h)) => {
+                l >= h
+            }
+            _ => false,
+        };
+        self.0
+            .get(&t)
+            .filter(|_| !empty)
+            .into_iter()
+            .flat_map(move |w| w.range::<Vec<u8>, _>((lo.as_ref(), hi.as_ref())))
+    }
+}
 
 #[derive(Default)]
 struct Layers {
@@ -40,8 +91,8 @@ struct Layers {
 }
 
 impl Layers {
-    fn get(&self, k: &(TableId, Vec<u8>)) -> Option<&Option<Vec<u8>>> {
-        self.open.get(k).or_else(|| self.writing.get(k))
+    fn get(&self, t: TableId, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.open.get(t, key).or_else(|| self.writing.get(t, key))
     }
 }
 
@@ -111,7 +162,7 @@ impl Pending {
 
     /// A key's value if a change not yet in sled wrote it (`Some(None)`: deleted).
     pub(super) fn get(&self, t: TableId, key: &[u8]) -> Option<Option<Vec<u8>>> {
-        self.lock().get(&(t, key.to_vec())).cloned()
+        self.lock().get(t, key).cloned()
     }
 
     /// sled's entries in the range (a scan `base` starts) with the changes not yet in sled
@@ -124,18 +175,6 @@ impl Pending {
         hi: &Bound<Vec<u8>>,
         base: impl FnOnce() -> Scan<'a>,
     ) -> Scan<'a> {
-        let start = match lo {
-            Bound::Unbounded => Bound::Included((t, Vec::new())),
-            b => b.as_ref().map(|k| (t, k.clone())),
-        };
-        let below_hi = |k: &(TableId, Vec<u8>)| {
-            k.0 == t
-                && match hi {
-                    Bound::Included(h) => k.1 <= *h,
-                    Bound::Excluded(h) => k.1 < *h,
-                    Bound::Unbounded => true,
-                }
-        };
         let layers = self.lock();
         if layers.open.is_empty() && layers.writing.is_empty() {
             drop(layers);
@@ -144,9 +183,8 @@ impl Pending {
         // The open group wins over the one being written: it is newer.
         let mut over: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         for writes in [&*layers.writing, &layers.open] {
-            let within = writes.range((start.clone(), Bound::Unbounded));
-            for (k, v) in within.take_while(|(k, _)| below_hi(k)) {
-                over.insert(k.1.clone(), v.clone());
+            for (k, v) in writes.range(t, lo, hi) {
+                over.insert(k.clone(), v.clone());
             }
         }
         drop(layers);
@@ -172,11 +210,10 @@ struct View<'a> {
 
 impl TxEngine for View<'_> {
     fn get(&self, t: TableId, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
-        let k = (t, key.to_vec());
-        if let Some(v) = self.mine.borrow().get(&k) {
+        if let Some(v) = self.mine.borrow().get(t, key) {
             return Ok(v.clone());
         }
-        match self.layers.get(&k) {
+        match self.layers.get(t, key) {
             Some(v) => Ok(v.clone()),
             None => Ok((self.read)(t, key)?),
         }
@@ -185,12 +222,12 @@ impl TxEngine for View<'_> {
     fn insert(&self, t: TableId, key: &[u8], value: &[u8]) -> TxResult<()> {
         self.mine
             .borrow_mut()
-            .insert((t, key.to_vec()), Some(value.to_vec()));
+            .insert(t, key.to_vec(), Some(value.to_vec()));
         Ok(())
     }
 
     fn remove(&self, t: TableId, key: &[u8]) -> TxResult<()> {
-        self.mine.borrow_mut().insert((t, key.to_vec()), None);
+        self.mine.borrow_mut().insert(t, key.to_vec(), None);
         Ok(())
     }
 }
@@ -400,7 +437,7 @@ mod tests {
         let mut written = Vec::new();
         pending
             .write(|g| {
-                written = g.keys().map(|(_, k)| k.clone()).collect();
+                written = g.iter().map(|(_, k, _)| k.to_vec()).collect();
                 Ok(())
             })
             .unwrap();
@@ -441,6 +478,20 @@ mod tests {
             keys(Bound::Included(two.clone()), Bound::Excluded(three.clone())),
             ["2"]
         );
-        assert_eq!(keys(Bound::Excluded(two), Bound::Included(three)), ["3"]);
+        assert_eq!(
+            keys(Bound::Excluded(two.clone()), Bound::Included(three.clone())),
+            ["3"]
+        );
+        // Ranges that end where or before they start are empty, as in sled.
+        let none: [&str; 0] = [];
+        assert_eq!(
+            keys(Bound::Excluded(two.clone()), Bound::Excluded(two.clone())),
+            none
+        );
+        assert_eq!(
+            keys(Bound::Included(three.clone()), Bound::Excluded(two.clone())),
+            none
+        );
+        assert_eq!(keys(Bound::Included(three), Bound::Included(two)), none);
     }
 }

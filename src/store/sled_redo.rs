@@ -83,12 +83,12 @@ pub(super) fn recover(redo: &Tree, trees: &[Tree]) -> Result<usize> {
 }
 
 fn apply(trees: &[Tree], writes: &Writes) -> std::result::Result<(), sled::Error> {
-    for ((t, k), v) in writes {
+    for (t, k, v) in writes.iter() {
         // The trees were opened from TableId::ALL, one per table, in order.
-        let tree = &trees[*t as usize];
+        let tree = &trees[t as usize];
         match v {
-            Some(v) => tree.insert(k.as_slice(), v.as_slice())?,
-            None => tree.remove(k.as_slice())?,
+            Some(v) => tree.insert(k, v.as_slice())?,
+            None => tree.remove(k)?,
         };
     }
     Ok(())
@@ -101,8 +101,8 @@ fn corrupt() -> Error {
 /// table (1) · key length (4) · key · present (1) · [value length (4) · value], repeated.
 fn encode(writes: &Writes) -> Vec<u8> {
     let mut out = Vec::new();
-    for ((t, k), v) in writes {
-        out.push(*t as u8);
+    for (t, k, v) in writes.iter() {
+        out.push(t as u8);
         out.extend_from_slice(&(k.len() as u32).to_be_bytes());
         out.extend_from_slice(k);
         match v {
@@ -130,7 +130,7 @@ fn decode(mut b: &[u8]) -> Result<Writes> {
         let n = take(b, 4)?;
         Ok(u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
     }
-    let mut writes = Writes::new();
+    let mut writes = Writes::default();
     while !b.is_empty() {
         let t = *TableId::ALL
             .get(usize::from(take(&mut b, 1)?[0]))
@@ -145,7 +145,7 @@ fn decode(mut b: &[u8]) -> Result<Writes> {
             }
             _ => return Err(corrupt()),
         };
-        writes.insert((t, k), v);
+        writes.insert(t, k, v);
     }
     Ok(writes)
 }
@@ -166,11 +166,11 @@ mod tests {
 
     fn group() -> Writes {
         let (a, b) = (TableId::ALL[0], TableId::ALL[1]);
-        let mut w = Writes::new();
+        let mut w = Writes::default();
         // Large enough to take several parts.
-        w.insert((a, b"big".to_vec()), Some(vec![7; 3 * PART + 5]));
-        w.insert((b, b"k".to_vec()), Some(b"v".to_vec()));
-        w.insert((b, b"gone".to_vec()), None);
+        w.insert(a, b"big".to_vec(), Some(vec![7; 3 * PART + 5]));
+        w.insert(b, b"k".to_vec(), Some(b"v".to_vec()));
+        w.insert(b, b"gone".to_vec(), None);
         w
     }
 
