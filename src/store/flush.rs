@@ -60,6 +60,15 @@ impl FlushState {
         let later = self.waiters.split_off(&(self.flushed + 1));
         std::mem::replace(&mut self.waiters, later)
     }
+
+    /// Whether waiting for `t` is over, and how it ended.
+    fn outcome(&self, t: Ticket) -> Option<Result<()>> {
+        if self.flushed >= t.0 {
+            return Some(Ok(()));
+        }
+        let e = self.failed.as_ref()?;
+        Some(Err(Error::Storage(format!("flush failed: {e}"))))
+    }
 }
 
 /// Tells each waiter that its flush is done (or failed).
@@ -206,17 +215,6 @@ fn raise(v: &mut u64, to: u64) -> bool {
     let moved = to > *v;
     *v = (*v).max(to);
     moved
-}
-
-impl FlushState {
-    /// Whether waiting for `t` is over, and how it ended.
-    fn outcome(&self, t: Ticket) -> Option<Result<()>> {
-        if self.flushed >= t.0 {
-            return Some(Ok(()));
-        }
-        let e = self.failed.as_ref()?;
-        Some(Err(Error::Storage(format!("flush failed: {e}"))))
-    }
 }
 
 impl FlushShared {

@@ -248,7 +248,9 @@ impl Store {
         let mut scanned = 0;
         let head = loop {
             let before = scanned;
-            for raw in self.audit_raw(scanned + 1) {
+            // The first pass reads from key 0, so an entry stored below seq 1 is checked too.
+            let from = if before == 0 { 0 } else { scanned + 1 };
+            for raw in self.audit_raw(from) {
                 scanned += 1;
                 v.push_with(&raw?, |level, index, hash| {
                     if bad_node.is_some() || !built {

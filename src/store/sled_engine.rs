@@ -1,4 +1,4 @@
-//! The sled engine behind the storage port: the only file that names sled.
+//! The sled engine behind the storage port: with `sled_redo.rs`, the only code that names sled.
 //!
 //! One sled tree per table. Changes commit into `sled_pending.rs`, one at a time; each flush
 //! writes what committed since the last one as one atomic group (`sled_redo.rs`), then

@@ -1,12 +1,12 @@
-//! Changes committed on sled but not yet written to it: they are written in groups, one sled
-//! transaction per flush, and every read sees them meanwhile.
+//! Changes committed on sled but not yet written to it: each flush writes them as one group
+//! (`sled_redo.rs`), and every read sees them meanwhile.
 //!
-//! A sled transaction seals and writes its log buffer twice (before and after the marker
-//! that makes it atomic), each write a `pwrite` and a `sync_file_range` on sled's I/O threads.
-//! One transaction per change made that most of what a durable change cost; one per flush
-//! shares it among the changes the flush covers, as the flush itself is shared. Nothing
-//! changes for a reader: a committed change is visible at once, and acknowledged only after
-//! the flush that wrote it.
+//! Writing each change to sled as it committed cost a sled transaction per change, and a
+//! sled transaction seals and writes its log buffer twice (before and after the marker that
+//! makes it atomic), each a `pwrite` and a `sync_file_range` on sled's I/O threads: most of
+//! what a durable change cost. One group per flush shares that, as the flush itself is
+//! shared. Nothing changes for a reader: a committed change is visible at once, and
+//! acknowledged only after the flush that wrote it.
 //!
 //! Changes run one at a time, each on top of every change before it, so they never conflict.
 
@@ -153,11 +153,18 @@ impl Pending {
             layers.writing = group.clone();
             group
         };
-        // On failure the group stays readable: the flush that failed stops every
-        // acknowledgement from now on, and reads keep seeing what was committed.
-        write(&group)?;
-        self.lock().writing = Arc::default();
-        Ok(())
+        let result = write(&group);
+        let mut layers = self.lock();
+        layers.writing = Arc::default();
+        if result.is_err() {
+            // Not written: back under what committed since, so reads keep seeing it and the
+            // next flush writes it whole. (The failed flush already stops acknowledgements.)
+            if let Ok(mut failed) = Arc::try_unwrap(group) {
+                failed.extend(std::mem::take(&mut layers.open));
+                layers.open = failed;
+            }
+        }
+        result
     }
 
     /// A key's value if a change not yet in sled wrote it (`Some(None)`: deleted).
@@ -493,5 +500,29 @@ mod tests {
             none
         );
         assert_eq!(keys(Bound::Included(three), Bound::Included(two)), none);
+    }
+
+    #[test]
+    fn a_group_that_could_not_be_written_stays_readable_and_is_written_whole_next_time() {
+        let pending = Pending::default();
+        let sled = |_: TableId, _: &[u8]| Ok(None);
+        let t = TableId::ALL[0];
+        pending
+            .transact(&|tx| tx.insert(t, b"a", b"1"), &sled)
+            .unwrap();
+        let failed = pending.write(|_| Err(Error::Storage("disk full".into())));
+        assert!(matches!(failed, Err(Error::Storage(_))));
+        assert_eq!(pending.get(t, b"a"), Some(Some(b"1".to_vec())));
+        pending
+            .transact(&|tx| tx.insert(t, b"b", b"2"), &sled)
+            .unwrap();
+        let mut written = Vec::new();
+        pending
+            .write(|g| {
+                written = g.iter().map(|(_, k, _)| k.to_vec()).collect();
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(written, [b"a".to_vec(), b"b".to_vec()]);
     }
 }

@@ -6,8 +6,8 @@
 //! and no write of the group, all made after the seal, can survive without it. A record
 //! whose seal is missing was either never whole (nothing of its group was written) or
 //! already applied (its removal began with the seal): it is dropped. sled's own multi-tree
-//! transactions are not used: each seals and writes its log buffer twice, and their atomicity
-//! after a crash did not hold under this broker's crash loop once groups grew past one change.
+//! transactions are not used: each seals and writes its log buffer twice, where a group here
+//! costs one log write at its flush.
 
 use sled::Tree;
 
