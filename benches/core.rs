@@ -268,8 +268,7 @@ fn commands(c: &mut Criterion) {
             assert_eq!(
                 broker
                     .execute_deferred(afp, cert, subject.as_bytes(), now)
-                    .0
-                    .status,
+                    .status(),
                 0
             )
         })

@@ -75,6 +75,9 @@ struct Args {
     /// How often `decision-poll` asks, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     poll_ms: u64,
+    /// Ask for `cert` answers as JSON, as the helper does (they then carry the audit proof).
+    #[arg(long)]
+    json: bool,
     /// Label printed with the result.
     #[arg(long, default_value = "")]
     label: String,
@@ -227,7 +230,8 @@ async fn client_loop(
         })
         .map(|s| format!("{s}\n").into_bytes())
         .unwrap_or_default();
-    let cert_line = format!("cert {}", args.request);
+    let json = if args.json { " --json" } else { "" };
+    let cert_line = format!("cert {}{json}", args.request);
     match args.mode {
         Mode::Noop | Mode::Fetch => {
             let (line, stdin): (&str, &[u8]) = if args.mode == Mode::Noop {
@@ -332,7 +336,7 @@ async fn client_loop(
                         .as_u64()
                         .ok_or_else(|| anyhow::anyhow!("no id in {v}"))?;
                     ok_status(run(&boss, &format!("approve {id}"), b"").await?)?;
-                    ok_status(run(&me, &format!("cert {id}"), &subject).await?)?;
+                    ok_status(run(&me, &format!("cert {id}{json}"), &subject).await?)?;
                     anyhow::Ok(())
                 }
                 .await;

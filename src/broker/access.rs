@@ -329,37 +329,45 @@ impl Broker {
         let line = cert
             .to_openssh()
             .map_err(|e| Error::Internal(format!("cannot encode a certificate: {e}")))?;
-        let scope = crate::target::Scope {
-            hosts,
-            command: record.force_command.clone(),
-            left_out: vec![],
-        };
-        let view = CertView {
-            certificate: line.clone(),
-            serial: record.serial,
-            key_id: record.key_id,
-            principals: record.principals,
-            valid_after: record.valid_after,
-            valid_before: record.valid_before,
-            target: req.resource.clone(),
-            kind: req.kind,
-            login: scope.single_login(),
-            seconds_left: now.until(record.valid_before).max(0) as u64,
-            host: match scope.hosts.as_slice() {
-                [h] => Some(HostAddress {
-                    name: h.name.clone(),
-                    address: h.address.clone(),
-                    port: h.port,
-                }),
-                _ => None,
-            },
-            hosts: scope.hosts.clone(),
-            command: scope.command,
-            ca_fingerprint: self.ca.fingerprint(),
-            // The serial is its entry's sequence number; the answer waits for its flush.
-            log: self.inclusion(record.serial, record.serial, true)?,
-        };
-        Reply::of(&view, format!("{line}\n"))
+        let text = format!("{line}\n");
+        let seq = record.serial;
+        let ca_fingerprint = self.ca.fingerprint();
+        // The JSON form carries the proof that the certificate's entry is in the log (the
+        // serial is the entry's sequence number); it is built only when asked for, once the
+        // entry is durable.
+        Ok(Reply::proven(seq, text, move |log| {
+            let scope = crate::target::Scope {
+                hosts,
+                command: record.force_command,
+                left_out: vec![],
+            };
+            let view = CertView {
+                certificate: line,
+                serial: record.serial,
+                key_id: record.key_id,
+                principals: record.principals,
+                valid_after: record.valid_after,
+                valid_before: record.valid_before,
+                target: req.resource,
+                kind: req.kind,
+                login: scope.single_login(),
+                seconds_left: now.until(record.valid_before).max(0) as u64,
+                host: match scope.hosts.as_slice() {
+                    [h] => Some(HostAddress {
+                        name: h.name.clone(),
+                        address: h.address.clone(),
+                        port: h.port,
+                    }),
+                    _ => None,
+                },
+                hosts: scope.hosts,
+                command: scope.command,
+                ca_fingerprint,
+                log,
+            };
+            serde_json::to_value(&view)
+                .map_err(|e| Error::Internal(format!("cannot encode an answer: {e}")))
+        }))
     }
 }
 

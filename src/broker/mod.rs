@@ -4,6 +4,7 @@
 //! [`Broker::execute`] with `now` as an argument.
 
 mod access;
+mod answer;
 mod fleets;
 mod hosts;
 mod log;
@@ -15,14 +16,13 @@ mod rules;
 mod targets;
 mod wait;
 
+pub use answer::{Answer, Output, Reply};
 pub use log::verify_reply;
 pub use wait::MAX_WAIT_SECS;
 
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-use serde_json::Value;
 
 use crate::audit::AuditEvent;
 use crate::ca::Ca;
@@ -52,100 +52,6 @@ impl Call {
             defer,
             ticket: Cell::new(None),
             written: None,
-        }
-    }
-}
-
-/// What a command printed and how it exited, ready for a channel or a terminal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Output {
-    pub stdout: String,
-    pub stderr: String,
-    pub status: u32,
-}
-
-impl Output {
-    /// A failure, as text or as `{"error":{"code":...,"message":...}}`.
-    pub fn error(e: &Error, json: bool) -> Output {
-        let stderr = if json {
-            let body = crate::contract::ErrorBody {
-                error: crate::contract::ErrorView {
-                    code: e.code().to_string(),
-                    message: e.to_string(),
-                    retry_after_secs: e.retry_after_secs(),
-                },
-            };
-            let v = serde_json::to_string(&body).unwrap_or_else(|_| {
-                // Two strings and a number always encode; this is unreachable.
-                r#"{"error":{"code":"internal","message":"cannot encode an error"}}"#.into()
-            });
-            format!("{v}\n")
-        } else {
-            format!("error: {e}\n")
-        };
-        let status = match e {
-            Error::Usage(_) | Error::UnknownCommand { .. } | Error::ExecLineTooLong { .. } => 2,
-            _ => 1,
-        };
-        Output {
-            stdout: String::new(),
-            stderr,
-            status,
-        }
-    }
-
-    /// Help text, successfully.
-    pub fn text(s: String) -> Output {
-        Output {
-            stdout: s,
-            stderr: String::new(),
-            status: 0,
-        }
-    }
-}
-
-/// A command's result: machine and human forms of the same answer.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub json: Value,
-    pub text: String,
-    /// Non-zero for answers that are not errors but report a failure (a broken audit chain).
-    pub status: u32,
-    /// Print `text` even with `--json` (exports that are already JSON lines).
-    pub raw: bool,
-}
-
-impl Reply {
-    /// An answer whose JSON form is the contract object `view` (see [`crate::contract`]).
-    pub fn of(view: &impl serde::Serialize, text: impl Into<String>) -> Result<Reply> {
-        let json = serde_json::to_value(view)
-            .map_err(|e| Error::Internal(format!("cannot encode an answer: {e}")))?;
-        Ok(Reply::new(json, text))
-    }
-
-    pub fn new(json: Value, text: impl Into<String>) -> Reply {
-        Reply {
-            json,
-            text: text.into(),
-            status: 0,
-            raw: false,
-        }
-    }
-
-    fn render(self, json: bool) -> Output {
-        let stdout = if json && !self.raw {
-            format!("{}\n", self.json)
-        } else {
-            let mut t = self.text;
-            if !t.is_empty() && !t.ends_with('\n') {
-                t.push('\n');
-            }
-            t
-        };
-        Output {
-            stdout,
-            stderr: String::new(),
-            status: self.status,
         }
     }
 }
@@ -237,18 +143,20 @@ impl Broker {
         stdin: &[u8],
         now: Timestamp,
     ) -> Output {
-        self.run(fingerprint, inv, stdin, &Call::new(now, false))
+        let (out, proven) = self.run(fingerprint, inv, stdin, &Call::new(now, false));
+        // The change was durable before `run` returned.
+        self.prove(out, proven)
     }
 
-    /// Like [`Broker::execute`], but leaves waiting for durability to the caller: the output
-    /// must not be shown until [`Store::wait_durable`] for the returned ticket has returned.
+    /// Like [`Broker::execute`], but leaves waiting for durability to the caller: the answer
+    /// is shown only through [`Answer::ready`] or [`Broker::finish`].
     pub fn execute_deferred(
         &self,
         fingerprint: &str,
         inv: &Invocation,
         stdin: &[u8],
         now: Timestamp,
-    ) -> (Output, Option<Ticket>) {
+    ) -> Answer {
         self.execute_written(fingerprint, inv, stdin, now, None)
     }
 
@@ -260,14 +168,20 @@ impl Broker {
         stdin: &[u8],
         now: Timestamp,
         written: Option<Written>,
-    ) -> (Output, Option<Ticket>) {
+    ) -> Answer {
         let mut cx = Call::new(now, true);
         cx.written = written;
-        let out = self.run(fingerprint, inv, stdin, &cx);
-        (out, cx.ticket.get())
+        let (out, proven) = self.run(fingerprint, inv, stdin, &cx);
+        Answer::new(out, cx.ticket.get(), proven)
     }
 
-    fn run(&self, fingerprint: &str, inv: &Invocation, stdin: &[u8], cx: &Call) -> Output {
+    fn run(
+        &self,
+        fingerprint: &str,
+        inv: &Invocation,
+        stdin: &[u8],
+        cx: &Call,
+    ) -> (Output, Option<answer::Proven>) {
         let result = self
             .member_for_key(fingerprint)
             .and_then(|m| {
@@ -283,7 +197,7 @@ impl Broker {
             Err(e) => {
                 let error = crate::model::escape_for_log(&e.to_string());
                 tracing::info!(code = e.code(), %error, "command refused");
-                Output::error(&e, inv.json)
+                (Output::error(&e, inv.json), None)
             }
         }
     }

@@ -2,9 +2,9 @@
 //! inclusion proofs (`audit prove`, and the one each certificate carries) and consistency
 //! proofs (`audit consistency`), which let every member witness that the log only grows.
 //!
-//! Architecture invariant: a checkpoint is signed only for entries a flush has made durable
-//! (or, for a certificate, for its own entry, sent only after its flush), so a crash never
-//! leaves a member holding a checkpoint of entries the log lost.
+//! Architecture invariant: a checkpoint is signed only for entries a flush has made durable (a
+//! certificate's proof too: see `answer.rs`), so a crash never leaves a member holding a
+//! checkpoint of entries the log lost.
 
 use std::sync::{Arc, Mutex};
 

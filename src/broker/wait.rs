@@ -60,7 +60,10 @@ impl Broker {
     ) -> Output {
         let json = inv.json;
         match self.wait_inner(fingerprint, inv, stop).await {
-            Ok(reply) => reply.render(json),
+            Ok(reply) => {
+                let (out, proven) = reply.render(json);
+                self.prove(out, proven)
+            }
             Err(e) => Output::error(&e, json),
         }
     }

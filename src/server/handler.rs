@@ -94,21 +94,24 @@ impl Conn {
             self.spawn_command(session.handle(), channel, inv, stdin);
             return Ok(());
         };
-        let (out, ticket) = broker.execute_written(fp, &inv, &stdin, Timestamp::now(), None);
+        let answer = broker.execute_written(fp, &inv, &stdin, Timestamp::now(), None);
         self.signals.touch();
-        let Some(ticket) = ticket else {
-            write_output(session, channel, out)?;
-            self.signals.answered();
-            return Ok(());
+        let answer = match answer.ready() {
+            Ok(out) => {
+                write_output(session, channel, out)?;
+                self.signals.answered();
+                return Ok(());
+            }
+            Err(waits) => waits,
         };
         let (broker, signals, done) = (broker.clone(), self.signals.clone(), self.done.clone());
         let (handle, peer, json) = (session.handle(), self.peer, inv.json);
         signals.inflight.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
-            let out = match broker.store().wait_durable(ticket).await {
-                Ok(()) => out,
-                Err(e) => command_failed(peer, &e, json),
-            };
+            let out = broker
+                .finish(answer)
+                .await
+                .unwrap_or_else(|e| command_failed(peer, &e, json));
             send_output(&handle, channel, out).await;
             signals.touch();
             signals.inflight.fetch_sub(1, Ordering::SeqCst);
@@ -178,11 +181,7 @@ impl Conn {
                     Ok(run())
                 };
                 match done {
-                    Ok((out, Some(t))) => match broker.store().wait_durable(t).await {
-                        Ok(()) => out,
-                        Err(e) => failed(&e),
-                    },
-                    Ok((out, None)) => out,
+                    Ok(answer) => broker.finish(answer).await.unwrap_or_else(|e| failed(&e)),
                     Err(out) => out,
                 }
             };

@@ -99,29 +99,42 @@ impl Layers {
 /// The committed changes not yet in sled.
 #[derive(Default)]
 pub(super) struct Pending {
+    /// Held only for a moment at a time (a look-up, a scan's copy, taking or adding a group),
+    /// never while a change runs: readers and the flusher do not wait for a change's work.
     layers: Mutex<Layers>,
+    /// Held while a change runs, so changes run one at a time.
+    changes: Mutex<()>,
     /// Held while a group is taken and written, so groups reach sled in order.
     writer: Mutex<()>,
 }
 
 impl Pending {
+    fn layers(&self) -> MutexGuard<'_, Layers> {
+        self.layers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock(&self) -> MutexGuard<'_, Layers> {
-        // A change holds the lock while it runs; it must read through its view, or it would
-        // wait for itself.
+        // A change reads through its view, which sees its own writes; a read around it would
+        // not.
         debug_assert!(
             !IN_CHANGE.with(std::cell::Cell::get),
             "a change read the store outside its transaction"
         );
-        self.layers.lock().unwrap_or_else(|p| p.into_inner())
+        self.layers()
     }
 
     /// Runs `body` as one change on top of every change before it (`read` reads sled); its
     /// writes join the open group.
+    ///
+    /// Only this change adds to the layers while it runs; the flusher only moves them on to
+    /// sled (a group leaves the layers once sled holds it). So a key that is not in the
+    /// layers when the change looks is in sled as the latest value, and stays so until the
+    /// change ends: reading the layers and then sled, each for a moment, is consistent.
     pub(super) fn transact(&self, body: Body<'_>, read: Stored<'_>) -> Result<()> {
-        let mut layers = self.lock();
+        let _one = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         IN_CHANGE.with(|c| c.set(true));
         let view = View {
-            layers: &layers,
+            pending: self,
             read,
             mine: RefCell::default(),
         };
@@ -137,7 +150,7 @@ impl Pending {
             }
         }
         let mine = view.mine.into_inner();
-        layers.open.extend(mine);
+        self.lock().open.extend(mine);
         Ok(())
     }
 
@@ -210,7 +223,7 @@ impl Pending {
 
 /// One change's view: its own writes, then the groups not yet in sled, then sled.
 struct View<'a> {
-    layers: &'a Layers,
+    pending: &'a Pending,
     read: Stored<'a>,
     mine: RefCell<Writes>,
 }
@@ -220,8 +233,9 @@ impl TxEngine for View<'_> {
         if let Some(v) = self.mine.borrow().get(t, key) {
             return Ok(v.clone());
         }
-        match self.layers.get(t, key) {
-            Some(v) => Ok(v.clone()),
+        let layered = self.pending.layers().get(t, key).cloned();
+        match layered {
+            Some(v) => Ok(v),
             None => Ok((self.read)(t, key)?),
         }
     }
