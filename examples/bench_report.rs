@@ -178,6 +178,13 @@ fn main() -> anyhow::Result<()> {
         0.40,
         true,
     );
+    ratio_row(
+        "cert --json (the helper's answer, with its audit proof) vs whoami, reused connections",
+        get("broker_fetch-reuse-json", "ops_per_sec"),
+        whoami_reused,
+        0.40,
+        true,
+    );
     // Two brokers on a three-member etcd cluster, half the clients each (summed).
     let both = |label: &str| {
         Some(

@@ -343,6 +343,7 @@ pub fn open(dir: &DataDir) -> Result<Opened> {
     }
     same_ca(&store, &ca)?;
     store.build_tree()?;
+    store.build_denials()?;
     let signer = checkpoint_signer(dir, &ca)?;
     let endpoints = notify::config::load(&config.notify, &dir.config())?;
     let model = config

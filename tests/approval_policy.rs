@@ -519,10 +519,22 @@ fn a_rule_cap_holds_under_concurrent_requests() {
     assert!(broker.store().verify_audit().unwrap().ok);
 }
 
-/// The risk score counts the requester's recent denials (read from the index, not the records).
-#[test]
-fn recent_denials_raise_the_risk() {
-    let b = Broker::start_new();
+/// The risk factors of a request's answer that count recent denials.
+fn denial_factors(answer: &Value) -> Vec<Value> {
+    answer["risk"]["factors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["factor"].as_str().unwrap().contains("denial"))
+        .cloned()
+        .collect()
+}
+
+const ASK: &str =
+    "request web-01 --role viewer --for 1h --reason 'INC-4 read the access log' --json";
+
+/// alice (viewer) asks twice and adam (admin) denies both.
+fn two_denials(b: &Broker) -> util::Identity {
     let alice = b.add_member("alice", "viewer");
     let adam = b.add_member("adam", "admin");
     b.ssh(
@@ -530,30 +542,55 @@ fn recent_denials_raise_the_risk() {
         "host add web-01 --address 10.0.0.5 --login viewer=ro",
     )
     .ok();
-    let ask = "request web-01 --role viewer --for 1h --reason 'INC-4 read the access log' --json";
-    let first = b.ssh(&alice, ask).ok().json();
-    assert!(
-        first["risk"]["factors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|f| !f["factor"].as_str().unwrap().contains("denial"))
+    assert_eq!(
+        denial_factors(&b.ssh(&alice, ASK).ok().json()),
+        Vec::<Value>::new()
     );
+    // The first is still pending: cancelled, it is no denial.
+    b.ssh(&alice, "cancel 1").ok();
     for _ in 0..2 {
-        let r = b.ssh(&alice, ask).ok().json();
+        let r = b.ssh(&alice, ASK).ok().json();
         b.ssh(
             &adam,
             &format!("deny {} --reason 'not without a ticket'", r["id"]),
         )
         .ok();
     }
-    let next = b.ssh(&alice, ask).ok().json();
-    let denials: Vec<&Value> = next["risk"]["factors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["factor"] == "2 denial(s) in 30 days")
-        .collect();
+    alice
+}
+
+/// The risk score counts the requester's recent denials (read from the index, not the records).
+#[test]
+fn recent_denials_raise_the_risk() {
+    let b = Broker::start_new();
+    let alice = two_denials(&b);
+    let next = b.ssh(&alice, ASK).ok().json();
+    let denials = denial_factors(&next);
     assert_eq!(denials.len(), 1, "{next}");
+    assert_eq!(denials[0]["factor"], "2 denial(s) in 30 days");
     assert_eq!(denials[0]["points"], 10);
+}
+
+/// A database from before the denials index gets it built when the broker starts, so the
+/// count is what it was.
+#[test]
+fn a_database_from_before_the_denials_index_gets_it_built() {
+    let mut b = Broker::start_new();
+    let alice = two_denials(&b);
+    b.stop();
+    {
+        let opened = datadir::open(&DataDir::new(b.data.clone())).unwrap();
+        let store = opened.broker.store();
+        let id = store.member(&"alice".parse().unwrap()).unwrap().unwrap().id;
+        let since = Timestamp::from_unix(0);
+        assert_eq!(store.denials_of(id, since, 200).unwrap(), 2);
+        assert_eq!(store.denials_of(id, since, 1).unwrap(), 1);
+        store.danger_forget_denials().unwrap();
+        assert_eq!(store.denials_of(id, since, 200).unwrap(), 0);
+    }
+    b.spawn();
+    let next = b.ssh(&alice, ASK).ok().json();
+    let denials = denial_factors(&next);
+    assert_eq!(denials.len(), 1, "{next}");
+    assert_eq!(denials[0]["factor"], "2 denial(s) in 30 days");
 }

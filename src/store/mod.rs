@@ -66,6 +66,17 @@ pub struct CertRecord {
 const NEXT_REQUEST: &[u8] = b"last_request_id";
 const OWNERS: &[u8] = b"owner_count";
 const NEXT_IDENTITY: &[u8] = b"last_identity_id";
+/// Set once the denials index holds every denial (see [`Store::build_denials`]).
+const DENIALS_BUILT: &[u8] = b"denials_index_built";
+
+/// The denials index's key: requester, time of the denial, request.
+fn denial_key(member: IdentityId, at: u64, id: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&member.0.to_be_bytes());
+    k[8..16].copy_from_slice(&at.to_be_bytes());
+    k[16..].copy_from_slice(&id.to_be_bytes());
+    k
+}
 
 /// The broker's database.
 pub struct Store {
@@ -356,23 +367,50 @@ impl Store {
         Ok(out)
     }
 
-    /// How many of `member`'s newest `scan` requests were denied at or after `since`, read
-    /// from the index alone.
-    pub fn denials_of(&self, member: IdentityId, since: Timestamp, scan: usize) -> Result<u32> {
+    /// How many of `member`'s requests were denied at or after `since`, counting at most
+    /// `cap`: one range of the denials index.
+    pub fn denials_of(&self, member: IdentityId, since: Timestamp, cap: usize) -> Result<u32> {
+        let from = denial_key(member, since.unix().max(0) as u64, 0);
+        let to = denial_key(member, u64::MAX, u64::MAX);
         let mut n = 0;
-        for kv in self
-            .t
-            .by_member
-            .scan_prefix(member.0.to_be_bytes())
-            .rev()
-            .take(scan)
-        {
-            let (_, v) = kv?;
-            if v.len() == 8 && u64_at(&v, 0)? as i64 >= since.unix() {
-                n += 1;
-            }
+        for kv in self.t.denials.range(from..=to).take(cap) {
+            kv?;
+            n += 1;
         }
         Ok(n)
+    }
+
+    /// Empties the denials index and forgets it was built: a database from before it. For
+    /// the tests of [`Store::build_denials`].
+    #[doc(hidden)]
+    pub fn danger_forget_denials(&self) -> Result<()> {
+        self.t.denials.clear()?;
+        self.t.meta.remove(DENIALS_BUILT)
+    }
+
+    /// Builds the denials index of a database written before it existed (once, before
+    /// serving), from the denial times the by-member index keeps.
+    pub fn build_denials(&self) -> Result<()> {
+        if self.t.meta.contains_key(DENIALS_BUILT)? {
+            return Ok(());
+        }
+        let mut batch = Vec::new();
+        for kv in self.t.by_member.iter() {
+            let (k, v) = kv?;
+            if v.len() == 8 && k.len() == 16 {
+                let member = IdentityId(u64_at(&k, 0)?);
+                let key = denial_key(member, u64_at(&v, 0)?, u64_at(&k, 8)?);
+                batch.push((key.to_vec(), Some(Vec::new())));
+            }
+        }
+        let n = batch.len();
+        self.t.denials.apply(batch)?;
+        self.t.meta.insert(DENIALS_BUILT, [1])?;
+        self.engine.flush()?;
+        if n > 0 {
+            tracing::info!(denials = n, "built the denials index");
+        }
+        Ok(())
     }
 
     /// Requests of `identity` (as requester or as host) that are open at `now`: pending, or

@@ -69,6 +69,8 @@ tables! {
     pending: Pending = "pending_by_deadline",
     /// Requests by requester (a denial keeps its time as the value).
     by_member: ByMember = "requests_by_member",
+    /// Denials by requester, then time, then request: recent denials are one short range.
+    denials: Denials = "denials_by_member",
     /// Each member's pending requests, in one record.
     open: Open = "pending_by_requester",
     /// Granted requests by requester and by resource.

@@ -173,9 +173,11 @@ impl Tx<'_> {
         mk.extend_from_slice(&r.id.to_be_bytes());
         match &r.decision {
             Decision::Denied { at, .. } => {
+                let at = at.unix().max(0) as u64;
                 self.t
-                    .by_member
-                    .insert(mk, &(at.unix().max(0) as u64).to_be_bytes()[..])?;
+                    .denials
+                    .insert(denial_key(r.requester_id, at, r.id), [])?;
+                self.t.by_member.insert(mk, &at.to_be_bytes()[..])?;
             }
             _ => {
                 self.t.by_member.insert(mk, &[][..])?;
