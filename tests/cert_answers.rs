@@ -37,6 +37,7 @@ fn certificates_one_flush_covers_share_one_signed_checkpoint() {
         now,
         ..
     } = fixture();
+    let broker = std::sync::Arc::new(broker);
     let cert = parsed("cert 1 --json");
     let first = broker.execute_deferred(&alice, &cert, subject.as_bytes(), now);
     let second = broker.execute_deferred(&alice, &cert, subject.as_bytes(), now);
@@ -60,35 +61,34 @@ fn certificates_one_flush_covers_share_one_signed_checkpoint() {
 
 #[test]
 fn an_answer_waits_for_its_flush_and_text_is_the_certificate_alone() {
-    let f = fixture();
-    let answer = f
-        .broker
-        .execute_deferred(&f.alice, &f.cert, f.subject.as_bytes(), f.now);
+    let Fixture {
+        _tmp,
+        broker,
+        alice,
+        subject,
+        cert,
+        now,
+        ..
+    } = fixture();
+    let broker = std::sync::Arc::new(broker);
+    let answer = broker.execute_deferred(&alice, &cert, subject.as_bytes(), now);
     // A change is never shown before it is durable.
     let answer = answer.ready().unwrap_err();
-    let out = runtime().block_on(f.broker.finish(answer)).unwrap();
+    let out = runtime().block_on(broker.finish(answer)).unwrap();
     assert_eq!(out.status, 0, "{out:?}");
     assert!(out.stdout.starts_with("ssh-ed25519-cert-v01@openssh.com "));
     assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
 
     // In one call (the broker waits for the flush itself) the proof is there as well.
     let json = parsed("cert 1 --json");
-    let out = f
-        .broker
-        .execute(&f.alice, &json, f.subject.as_bytes(), f.now);
+    let out = broker.execute(&alice, &json, subject.as_bytes(), now);
     assert_eq!(out.status, 0, "{out:?}");
     let view = checked(&out.stdout);
     assert_eq!(view.log.seq, view.serial);
 
     // A refusal has nothing to wait for and no proof to add.
-    let refused = f
-        .broker
-        .execute_deferred(
-            &f.alice,
-            &parsed("cert 99 --json"),
-            f.subject.as_bytes(),
-            f.now,
-        )
+    let refused = broker
+        .execute_deferred(&alice, &parsed("cert 99 --json"), subject.as_bytes(), now)
         .ready()
         .unwrap();
     assert_eq!(refused.status, 1);

@@ -1,6 +1,8 @@
 //! A command's answer: the reply a command builds, the output that goes back to the caller,
 //! and an answer that may be shown only once its change is durable.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use super::Broker;
@@ -182,11 +184,19 @@ impl Answer {
 
 impl Broker {
     /// Waits until the answer's change is durable, then finishes its output.
-    pub async fn finish(&self, answer: Answer) -> Result<Output> {
+    pub async fn finish(self: &Arc<Self>, answer: Answer) -> Result<Output> {
         if let Some(t) = answer.ticket {
             self.store.wait_durable(t).await?;
         }
-        Ok(self.prove(answer.out, answer.proven))
+        let Answer { out, proven, .. } = answer;
+        if proven.is_none() || !self.store.is_shared() {
+            return Ok(self.prove(out, proven));
+        }
+        // On a shared database the proof's reads may cross the network: blocking pool.
+        let broker = self.clone();
+        tokio::task::spawn_blocking(move || broker.prove(out, proven))
+            .await
+            .map_err(|e| Error::Internal(format!("the proof's task failed: {e}")))
     }
 
     /// Adds the inclusion proof a JSON answer carries, against the log a flush has made
