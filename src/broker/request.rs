@@ -193,8 +193,8 @@ impl Broker {
             .collect())
     }
 
-    /// What `m` did lately: denials in the last 30 days (among their 200 newest requests, from
-    /// the index) and break-glass grants waiting for review.
+    /// What `m` did lately: denials in the last 30 days (counted up to 200, from the denials
+    /// index) and break-glass grants waiting for review.
     fn history_of(&self, m: &Member, now: Timestamp) -> Result<History> {
         let reviews = self.store.reviews_of(m.id, now)?;
         let since = Timestamp::from_unix(now.unix() - DENIALS_WINDOW_SECS);

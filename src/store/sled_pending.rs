@@ -128,8 +128,11 @@ impl Pending {
     ///
     /// Only this change adds to the layers while it runs; the flusher only moves them on to
     /// sled (a group leaves the layers once sled holds it). So a key that is not in the
-    /// layers when the change looks is in sled as the latest value, and stays so until the
-    /// change ends: reading the layers and then sled, each for a moment, is consistent.
+    /// layers when the change looks is in sled as its latest committed value, and no other
+    /// change can commit a newer one before this change ends: reading the layers and then
+    /// sled, each for a moment, is consistent. (Bookkeeping written outside transactions,
+    /// `SledEngine::write` and the like, can land meanwhile, as it always could between a
+    /// change's reads; no change relies on reading such a key twice.)
     pub(super) fn transact(&self, body: Body<'_>, read: Stored<'_>) -> Result<()> {
         let _one = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         IN_CHANGE.with(|c| c.set(true));

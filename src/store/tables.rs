@@ -53,6 +53,9 @@ macro_rules! tables {
     };
 }
 
+// A table's number is its place in this list, and redo records (`sled_redo.rs`) store it:
+// a record a crash left behind is applied by the next start, which may be a newer version.
+// Add new tables at the end; never reorder or remove one.
 tables! {
     /// Counters, the audit head and the owner count.
     meta: Meta = "meta",
@@ -69,8 +72,6 @@ tables! {
     pending: Pending = "pending_by_deadline",
     /// Requests by requester (a denial keeps its time as the value).
     by_member: ByMember = "requests_by_member",
-    /// Denials by requester, then time, then request: recent denials are one short range.
-    denials: Denials = "denials_by_member",
     /// Each member's pending requests, in one record.
     open: Open = "pending_by_requester",
     /// Granted requests by requester and by resource.
@@ -85,4 +86,42 @@ tables! {
     timers: Timers = "timers_by_due",
     /// Each notification endpoint's progress through the outbox (bookkeeping, not audited).
     deliveries: Deliveries = "deliveries",
+    /// Denials by requester, then time, then request: recent denials are one short range.
+    denials: Denials = "denials_by_member",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TableId;
+
+    /// Redo records written by an earlier version name tables by these numbers.
+    #[test]
+    fn table_numbers_never_move() {
+        let names: Vec<&str> = TableId::ALL.iter().map(|t| t.name()).collect();
+        let v1 = [
+            "meta",
+            "members",
+            "member_keys",
+            "hosts",
+            "fleets_and_commands",
+            "rules",
+            "reviews_by_deadline",
+            "requests",
+            "pending_by_deadline",
+            "requests_by_member",
+            "pending_by_requester",
+            "grants_by_identity",
+            "certs",
+            "audit",
+            "audit_tree",
+            "outbox",
+            "timers_by_due",
+            "deliveries",
+            "denials_by_member",
+        ];
+        assert_eq!(names, v1);
+        for (i, t) in TableId::ALL.iter().enumerate() {
+            assert_eq!(*t as usize, i);
+        }
+    }
 }
