@@ -381,6 +381,18 @@ mod tests {
     ];
     const WANT: &[&str] = &["a=1", "b=2", "c=2", "g=1", "h=2"];
 
+    /// Writes the pending group (successfully) and returns its keys, in the order written.
+    fn write_keys(pending: &Pending) -> Vec<Vec<u8>> {
+        let mut written = Vec::new();
+        pending
+            .write(|g| {
+                written = g.iter().map(|(_, k, _)| k.to_vec()).collect();
+                Ok(())
+            })
+            .unwrap();
+        written
+    }
+
     #[test]
     fn newer_writes_replace_add_and_hide_entries_from_either_end() {
         let forward: Vec<_> = std::iter::from_fn({
@@ -458,13 +470,7 @@ mod tests {
         assert!(matches!(stopped, Err(Error::Internal(_))));
         assert_eq!(pending.get(t, b"x"), None);
         // A group is written whole, in key order, and then read from sled.
-        let mut written = Vec::new();
-        pending
-            .write(|g| {
-                written = g.iter().map(|(_, k, _)| k.to_vec()).collect();
-                Ok(())
-            })
-            .unwrap();
+        let written = write_keys(&pending);
         assert_eq!(written, [b"k".to_vec(), b"s".to_vec()]);
         assert_eq!(pending.get(t, b"k"), None);
     }
@@ -533,13 +539,7 @@ mod tests {
         pending
             .transact(&|tx| tx.insert(t, b"b", b"2"), &sled)
             .unwrap();
-        let mut written = Vec::new();
-        pending
-            .write(|g| {
-                written = g.iter().map(|(_, k, _)| k.to_vec()).collect();
-                Ok(())
-            })
-            .unwrap();
+        let written = write_keys(&pending);
         assert_eq!(written, [b"a".to_vec(), b"b".to_vec()]);
     }
 }
