@@ -10,6 +10,10 @@
 #[path = "../benches/support/fixture.rs"]
 mod fixture;
 
+/// The daemon's allocator, so the count is of what the daemon runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(command), Some(calls)) = (args.next(), args.next().and_then(|n| n.parse().ok()))
