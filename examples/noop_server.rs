@@ -14,6 +14,10 @@ use clap::Parser;
 use russh::server::{Auth, Msg, Session};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 
+/// The broker's allocator, so the ceiling is not lowered by a slower one.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(about = "A russh server that answers every command at once (benchmark baseline)")]
 struct Args {
