@@ -96,6 +96,8 @@ async fn main() -> anyhow::Result<()> {
         let _ = socket.set_nodelay(true);
         let config = config.clone();
         tokio::spawn(async move {
+            // Read through a buffer as the broker does (server/mod.rs).
+            let socket = tokio::io::BufReader::with_capacity(8 * 1024, socket);
             if let Ok(session) = russh::server::run_stream(config, socket, Noop).await {
                 let _ = session.await;
             }

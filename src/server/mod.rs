@@ -245,6 +245,9 @@ impl Signals {
     }
 }
 
+/// Bytes read from a connection's socket at a time: a command's few packets arrive together.
+const READ_BUFFER: usize = 8 * 1024;
+
 async fn connection(
     socket: TcpStream,
     peer: SocketAddr,
@@ -267,6 +270,9 @@ async fn connection(
     let idle = Duration::from_secs(shared.limits.idle_timeout_secs.max(1));
     let signals = Arc::new(Signals::new());
     let handler = Conn::new(shared.clone(), peer, startup, signals.clone(), done);
+    // russh reads each packet in two exact reads (its first block, then the rest), which on a
+    // bare socket is two system calls per packet; a buffer takes what has arrived in one.
+    let socket = tokio::io::BufReader::with_capacity(READ_BUFFER, socket);
     let session =
         match tokio::time::timeout(grace, russh::server::run_stream(config, socket, handler)).await
         {
