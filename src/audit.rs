@@ -290,6 +290,19 @@ const SEQ_MEMBER: &[u8] = b",\"seq\":";
 /// `,"hash":"<64 hex>","prev":"<64 hex>"`.
 const CHAIN_SPAN: usize = 9 + 64 + 10 + 64 + 1;
 
+/// Where the chain members start in an entry of the stored form (`...<span>,"seq":N}`),
+/// counted from its end. For any entry in that form this is where the last `,"hash":"` is
+/// (nothing after it can contain one: hex digits have no `h` or `s`), found without scanning;
+/// an entry not in that form gets `None`, and `unseal` searches, to say what is wrong.
+fn chain_span_at_end(raw: &[u8]) -> Option<usize> {
+    let body = raw.strip_suffix(b"}")?;
+    let digits = body.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let i = body
+        .len()
+        .checked_sub(digits + SEQ_MEMBER.len() + CHAIN_SPAN)?;
+    raw[i..].starts_with(b",\"hash\":\"").then_some(i)
+}
+
 fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).rposition(|w| w == needle)
 }
@@ -315,7 +328,10 @@ struct Sealed<'a> {
 /// `"`, so the last `,"hash":"` is the entry's own.
 fn unseal(raw: &[u8]) -> std::result::Result<Sealed<'_>, String> {
     let bad = || "entry is not in the sealed form (chain members missing or altered)".to_string();
-    let i = rfind(raw, b",\"hash\":\"").ok_or_else(bad)?;
+    let i = match chain_span_at_end(raw) {
+        Some(i) => i,
+        None => rfind(raw, b",\"hash\":\"").ok_or_else(bad)?,
+    };
     let span = raw.get(i..i + CHAIN_SPAN).ok_or_else(bad)?;
     if &span[73..83] != b"\",\"prev\":\"" || span[CHAIN_SPAN - 1] != b'"' {
         return Err(bad());
@@ -607,5 +623,30 @@ mod tests {
         };
         v.expect_head(3, &head, None);
         assert_eq!(v.finish().first_bad_seq, Some(3));
+    }
+
+    #[test]
+    fn the_chain_members_are_found_from_the_end_as_a_search_finds_them() {
+        let hash_member = b",\"hash\":\"";
+        for raw in chain(12) {
+            assert_eq!(chain_span_at_end(&raw), rfind(&raw, hash_member));
+        }
+        // An entry not in the stored form takes the search, and is refused as before.
+        let raw = &chain(1)[0];
+        let mut no_seq = raw[..rfind(raw, SEQ_MEMBER).unwrap()].to_vec();
+        no_seq.push(b'}');
+        assert_eq!(chain_span_at_end(&no_seq), None);
+        assert_eq!(
+            unseal(&no_seq).err().as_deref(),
+            Some("entry has no sequence number where it belongs")
+        );
+        let odd_digit =
+            String::from_utf8(raw.clone())
+                .unwrap()
+                .replacen("\"prev\":\"0", "\"prev\":\"g", 1);
+        assert_eq!(
+            unseal(odd_digit.as_bytes()).err().as_deref(),
+            Some("'prev' is not 64 hex digits")
+        );
     }
 }
