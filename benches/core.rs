@@ -254,8 +254,16 @@ fn commands(c: &mut Criterion) {
     let (cert, whoami) = (&f.cert, &f.whoami);
     let mut g = c.benchmark_group("commands");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("parse_cert_line", |b| {
+    // A line seen before is remembered; a new one is parsed (the ids run past the memo's size).
+    g.bench_function("parse_cert_line_repeated", |b| {
         b.iter(|| black_box(parse_line(b"cert 1").unwrap()))
+    });
+    let mut id = 0u64;
+    g.bench_function("parse_cert_line_new", |b| {
+        b.iter(|| {
+            id += 1;
+            black_box(parse_line(format!("cert {id}").as_bytes()).unwrap())
+        })
     });
     g.bench_function("whoami", |b| {
         b.iter(|| assert_eq!(broker.execute(afp, whoami, b"", now).status, 0))
