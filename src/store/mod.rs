@@ -236,9 +236,14 @@ impl Store {
     }
 
     /// The member who owns the identity key with this SHA-256 fingerprint.
+    /// The member whose key this is: every command starts here, so the record's decoding is
+    /// remembered by its exact bytes (see [`decode_member`]).
     pub fn member_by_key(&self, fingerprint: &str) -> Result<Option<Member>> {
-        match self.t.keys.get(fingerprint.as_bytes())? {
-            Some(name) => get_json(&self.t.members, &name),
+        let Some(name) = self.t.keys.get(fingerprint.as_bytes())? else {
+            return Ok(None);
+        };
+        match self.t.members.get(&name)? {
+            Some(raw) => decode_member(&raw).map(Some),
             None => Ok(None),
         }
     }
@@ -507,6 +512,36 @@ fn u64_at(bytes: &[u8], at: usize) -> Result<u64> {
         .ok_or_else(|| Error::Internal("a stored key or counter is corrupt".into()))
 }
 
+/// How many member records each thread remembers the decoding of.
+const MEMBERS_REMEMBERED: usize = 32;
+
+/// Decodes a member record, remembering the last few by their exact bytes. Decoding is a
+/// function of the bytes alone, so a remembered record is never stale: a changed member is
+/// other bytes, decoded afresh.
+fn decode_member(raw: &[u8]) -> Result<Member> {
+    thread_local! {
+        static SEEN: std::cell::RefCell<Vec<(Box<[u8]>, Member)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    if let Some(m) = SEEN.with(|seen| {
+        let seen = seen.borrow();
+        seen.iter()
+            .find(|(r, _)| **r == *raw)
+            .map(|(_, m)| m.clone())
+    }) {
+        return Ok(m);
+    }
+    let member: Member = serde_json::from_slice(raw)?;
+    SEEN.with(|seen| {
+        let mut seen = seen.borrow_mut();
+        if seen.len() >= MEMBERS_REMEMBERED {
+            seen.remove(0);
+        }
+        seen.push((raw.into(), member.clone()));
+    });
+    Ok(member)
+}
+
 fn get_json<T: DeserializeOwned>(tree: &Table, key: &[u8]) -> Result<Option<T>> {
     match tree.get(key)? {
         Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
@@ -534,4 +569,55 @@ fn tx_put<T: Serialize>(tree: TxTable<'_>, key: &[u8], value: &T) -> TxResult<()
 /// The database directory inside a data dir.
 pub fn db_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("db")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Role;
+
+    /// A remembered decoding is by the record's bytes: a change shows on the next lookup.
+    #[test]
+    fn a_member_found_by_key_is_as_stored_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = crate::ca::generate_key("t").unwrap();
+        let public = key.public_key().to_openssh().unwrap();
+        let now = Timestamp::from_unix(1_700_000_000);
+        let m = crate::ca::member_with_key("ann".parse().unwrap(), Role::Viewer, &public, "t", now)
+            .unwrap();
+        let fp = m.key_fingerprints[0].clone();
+        let m = store
+            .apply(now, "t", |tx| {
+                let m = tx.add_member(&m)?;
+                Ok((m.clone(), vec![AuditEvent::member_added(&m)]))
+            })
+            .unwrap();
+        let role = |store: &Store| store.member_by_key(&fp).unwrap().map(|m| m.role);
+        assert_eq!(role(&store), Some(Role::Viewer));
+        assert_eq!(role(&store), Some(Role::Viewer));
+        let mut admin = m.clone();
+        admin.role = Role::Admin;
+        store
+            .apply(now, "t", |tx| {
+                let event = AuditEvent::MemberRoleChanged {
+                    name: "ann".into(),
+                    from: Role::Viewer,
+                    to: Role::Admin,
+                };
+                Ok((tx.replace_member(&m, &admin)?, vec![event]))
+            })
+            .unwrap();
+        assert_eq!(role(&store), Some(Role::Admin));
+        store
+            .apply(now, "t", |tx| {
+                let event = AuditEvent::MemberRemoved {
+                    name: "ann".into(),
+                    role: Some(Role::Admin),
+                };
+                Ok((tx.remove_member(&admin)?, vec![event]))
+            })
+            .unwrap();
+        assert_eq!(role(&store), None);
+    }
 }
