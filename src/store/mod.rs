@@ -8,6 +8,7 @@
 
 mod backend;
 mod copy;
+mod decoded;
 mod engine;
 mod etcd_batch;
 mod etcd_client;
@@ -232,18 +233,20 @@ impl Store {
     }
 
     pub fn member(&self, name: &Name) -> Result<Option<Member>> {
-        get_json(&self.t.members, name.as_str().as_bytes())
+        match self.t.members.get(name.as_str().as_bytes())? {
+            Some(raw) => decoded::member(&raw).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The member who owns the identity key with this SHA-256 fingerprint.
-    /// The member whose key this is: every command starts here, so the record's decoding is
-    /// remembered by its exact bytes (see [`decode_member`]).
+    /// The member whose key this is: every command starts here (see `decoded.rs`).
     pub fn member_by_key(&self, fingerprint: &str) -> Result<Option<Member>> {
         let Some(name) = self.t.keys.get(fingerprint.as_bytes())? else {
             return Ok(None);
         };
         match self.t.members.get(&name)? {
-            Some(raw) => decode_member(&raw).map(Some),
+            Some(raw) => decoded::member(&raw).map(Some),
             None => Ok(None),
         }
     }
@@ -253,7 +256,10 @@ impl Store {
     }
 
     pub fn host(&self, name: &Name) -> Result<Option<Host>> {
-        get_json(&self.t.hosts, name.as_str().as_bytes())
+        match self.t.hosts.get(name.as_str().as_bytes())? {
+            Some(raw) => decoded::host(&raw).map(Some),
+            None => Ok(None),
+        }
     }
 
     pub fn hosts(&self) -> Result<Vec<Host>> {
@@ -510,36 +516,6 @@ fn u64_at(bytes: &[u8], at: usize) -> Result<u64> {
         .and_then(|b| b.try_into().ok())
         .map(u64::from_be_bytes)
         .ok_or_else(|| Error::Internal("a stored key or counter is corrupt".into()))
-}
-
-/// How many member records each thread remembers the decoding of.
-const MEMBERS_REMEMBERED: usize = 32;
-
-/// Decodes a member record, remembering the last few by their exact bytes. Decoding is a
-/// function of the bytes alone, so a remembered record is never stale: a changed member is
-/// other bytes, decoded afresh.
-fn decode_member(raw: &[u8]) -> Result<Member> {
-    thread_local! {
-        static SEEN: std::cell::RefCell<Vec<(Box<[u8]>, Member)>> =
-            const { std::cell::RefCell::new(Vec::new()) };
-    }
-    if let Some(m) = SEEN.with(|seen| {
-        let seen = seen.borrow();
-        seen.iter()
-            .find(|(r, _)| **r == *raw)
-            .map(|(_, m)| m.clone())
-    }) {
-        return Ok(m);
-    }
-    let member: Member = serde_json::from_slice(raw)?;
-    SEEN.with(|seen| {
-        let mut seen = seen.borrow_mut();
-        if seen.len() >= MEMBERS_REMEMBERED {
-            seen.remove(0);
-        }
-        seen.push((raw.into(), member.clone()));
-    });
-    Ok(member)
 }
 
 fn get_json<T: DeserializeOwned>(tree: &Table, key: &[u8]) -> Result<Option<T>> {

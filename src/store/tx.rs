@@ -5,7 +5,10 @@ use super::*;
 
 impl Tx<'_> {
     pub fn member(&self, name: &Name) -> TxResult<Option<Member>> {
-        tx_get(self.t.members, name.as_str().as_bytes())
+        match self.t.members.get(name.as_str().as_bytes())? {
+            Some(raw) => Ok(Some(decoded::member(&raw)?)),
+            None => Ok(None),
+        }
     }
 
     pub fn key_owner(&self, fingerprint: &str) -> TxResult<Option<String>> {
@@ -88,7 +91,10 @@ impl Tx<'_> {
     }
 
     pub fn host(&self, name: &Name) -> TxResult<Option<Host>> {
-        tx_get(self.t.hosts, name.as_str().as_bytes())
+        match self.t.hosts.get(name.as_str().as_bytes())? {
+            Some(raw) => Ok(Some(decoded::host(&raw)?)),
+            None => Ok(None),
+        }
     }
 
     /// Stores a new host under a new identity (never reused); returns it as stored.
