@@ -278,7 +278,7 @@ pub fn seal(
     stored.extend_from_slice(&canonical[..cut]);
     stored.extend_from_slice(b",\"hash\":\"");
     stored.extend_from_slice(hex::encode(hash).as_bytes());
-    stored.extend_from_slice(b"\",\"prev\":\"");
+    stored.extend_from_slice(PREV_MEMBER);
     stored.extend_from_slice(hex::encode(prev_hash).as_bytes());
     stored.push(b'"');
     stored.extend_from_slice(&canonical[cut..]);
@@ -287,6 +287,8 @@ pub fn seal(
 
 /// `,"seq":` — the last member of every entry.
 const SEQ_MEMBER: &[u8] = b",\"seq\":";
+/// `","prev":"`, between the two chain members.
+const PREV_MEMBER: &[u8] = b"\",\"prev\":\"";
 /// `,"hash":"<64 hex>","prev":"<64 hex>"`.
 const CHAIN_SPAN: usize = 9 + 64 + 10 + 64 + 1;
 
@@ -333,7 +335,7 @@ fn unseal(raw: &[u8]) -> std::result::Result<Sealed<'_>, String> {
         None => rfind(raw, b",\"hash\":\"").ok_or_else(bad)?,
     };
     let span = raw.get(i..i + CHAIN_SPAN).ok_or_else(bad)?;
-    if &span[73..83] != b"\",\"prev\":\"" || span[CHAIN_SPAN - 1] != b'"' {
+    if &span[73..83] != PREV_MEMBER || span[CHAIN_SPAN - 1] != b'"' {
         return Err(bad());
     }
     let (mut hash, mut prev) = ([0u8; 32], [0u8; 32]);
@@ -442,6 +444,10 @@ impl Verifier {
     }
 
     fn check(&mut self, raw: &[u8]) -> std::result::Result<(), String> {
+        if let Some(hash) = self.intact(raw) {
+            self.prev = hash;
+            return Ok(());
+        }
         let e = unseal(raw)?;
         if e.seq != self.expected_seq {
             return Err(format!(
@@ -462,6 +468,37 @@ impl Verifier {
         }
         self.prev = e.hash;
         Ok(())
+    }
+
+    /// The common case, checked without decoding hex (which cost as much as the hashing): an
+    /// entry in exactly the stored form, with the expected sequence number, whose `prev` reads
+    /// as the chain's last hash and whose `hash` as the hash of its contents. `None` sends the
+    /// entry to the full check, which accepts these same entries (and hex in capitals too) and
+    /// says what is wrong with the rest. Returns the entry's hash.
+    fn intact(&self, raw: &[u8]) -> Option<[u8; 32]> {
+        let i = chain_span_at_end(raw)?;
+        let (head, rest) = raw.split_at(i);
+        let (span, tail) = rest.split_at_checked(CHAIN_SPAN)?;
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(self.prev, &mut hex).ok()?;
+        if span[73..83] != *PREV_MEMBER || span[83..147] != hex || span[147] != b'"' {
+            return None;
+        }
+        let digits = tail.strip_prefix(SEQ_MEMBER)?.strip_suffix(b"}")?;
+        let seq = digits.iter().try_fold(0u64, |n, d| {
+            d.is_ascii_digit()
+                .then(|| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))?
+        })?;
+        if digits.is_empty() || seq != self.expected_seq {
+            return None;
+        }
+        let mut h = Sha256::new();
+        h.update(self.prev);
+        h.update(head);
+        h.update(tail);
+        let computed: [u8; 32] = h.finalize().into();
+        hex::encode_to_slice(computed, &mut hex).ok()?;
+        (span[9..73] == hex).then_some(computed)
     }
 
     /// Records a failure found outside the entries themselves (a missing tail, say).
@@ -647,6 +684,44 @@ mod tests {
         assert_eq!(
             unseal(odd_digit.as_bytes()).err().as_deref(),
             Some("'prev' is not 64 hex digits")
+        );
+    }
+
+    #[test]
+    fn the_quick_check_takes_intact_entries_and_leaves_the_rest_to_the_full_one() {
+        let c = chain(20);
+        let mut v = Verifier::default();
+        for e in &c {
+            assert!(v.intact(e).is_some());
+            v.push(e);
+        }
+        assert!(v.finish().ok);
+        // The same hash in capitals means the same chain: the full check still accepts it.
+        let mut c = chain(3);
+        let hash_at = chain_span_at_end(&c[1]).unwrap() + 9;
+        c[1][hash_at..hash_at + 64].make_ascii_uppercase();
+        let mut v = Verifier::default();
+        v.push(&c[0]);
+        assert!(v.intact(&c[1]).is_none());
+        c.iter().skip(1).for_each(|e| v.push(e));
+        assert!(v.finish().ok);
+        // A wrong sequence number, a wrong prev: refused, with the full check's words.
+        let c = chain(3);
+        let mut v = Verifier::default();
+        v.push(&c[0]);
+        v.push(&c[2]);
+        assert_eq!(
+            v.finish().problem.as_deref(),
+            Some("sequence number is 3, expected 2")
+        );
+        let mut c = chain(2);
+        let prev_at = chain_span_at_end(&c[1]).unwrap() + 83;
+        c[1][prev_at] = if c[1][prev_at] == b'0' { b'1' } else { b'0' };
+        let r = verify(&c);
+        assert_eq!(r.first_bad_seq, Some(2));
+        assert_eq!(
+            r.problem.as_deref(),
+            Some("prev does not match the previous entry's hash")
         );
     }
 }
