@@ -239,8 +239,8 @@ impl Store {
         }
     }
 
-    /// The member who owns the identity key with this SHA-256 fingerprint.
-    /// The member whose key this is: every command starts here (see `decoded.rs`).
+    /// The member who owns the identity key with this SHA-256 fingerprint. Every command
+    /// starts here, so the record's decoding is remembered (see `decoded.rs`).
     pub fn member_by_key(&self, fingerprint: &str) -> Result<Option<Member>> {
         let Some(name) = self.t.keys.get(fingerprint.as_bytes())? else {
             return Ok(None);
