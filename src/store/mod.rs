@@ -233,10 +233,11 @@ impl Store {
     }
 
     pub fn member(&self, name: &Name) -> Result<Option<Member>> {
-        match self.t.members.get(name.as_str().as_bytes())? {
-            Some(raw) => decoded::member(&raw).map(Some),
-            None => Ok(None),
-        }
+        self.t
+            .members
+            .get(name.as_str().as_bytes())?
+            .map(|raw| decoded::member(&raw))
+            .transpose()
     }
 
     /// The member who owns the identity key with this SHA-256 fingerprint. Every command
@@ -245,10 +246,11 @@ impl Store {
         let Some(name) = self.t.keys.get(fingerprint.as_bytes())? else {
             return Ok(None);
         };
-        match self.t.members.get(&name)? {
-            Some(raw) => decoded::member(&raw).map(Some),
-            None => Ok(None),
-        }
+        self.t
+            .members
+            .get(&name)?
+            .map(|raw| decoded::member(&raw))
+            .transpose()
     }
 
     pub fn members(&self) -> Result<Vec<Member>> {
@@ -256,10 +258,11 @@ impl Store {
     }
 
     pub fn host(&self, name: &Name) -> Result<Option<Host>> {
-        match self.t.hosts.get(name.as_str().as_bytes())? {
-            Some(raw) => decoded::host(&raw).map(Some),
-            None => Ok(None),
-        }
+        self.t
+            .hosts
+            .get(name.as_str().as_bytes())?
+            .map(|raw| decoded::host(&raw))
+            .transpose()
     }
 
     pub fn hosts(&self) -> Result<Vec<Host>> {

@@ -5,10 +5,12 @@ use super::*;
 
 impl Tx<'_> {
     pub fn member(&self, name: &Name) -> TxResult<Option<Member>> {
-        match self.t.members.get(name.as_str().as_bytes())? {
-            Some(raw) => Ok(Some(decoded::member(&raw)?)),
-            None => Ok(None),
-        }
+        Ok(self
+            .t
+            .members
+            .get(name.as_str().as_bytes())?
+            .map(|raw| decoded::member(&raw))
+            .transpose()?)
     }
 
     pub fn key_owner(&self, fingerprint: &str) -> TxResult<Option<String>> {
@@ -91,10 +93,12 @@ impl Tx<'_> {
     }
 
     pub fn host(&self, name: &Name) -> TxResult<Option<Host>> {
-        match self.t.hosts.get(name.as_str().as_bytes())? {
-            Some(raw) => Ok(Some(decoded::host(&raw)?)),
-            None => Ok(None),
-        }
+        Ok(self
+            .t
+            .hosts
+            .get(name.as_str().as_bytes())?
+            .map(|raw| decoded::host(&raw))
+            .transpose()?)
     }
 
     /// Stores a new host under a new identity (never reused); returns it as stored.
