@@ -310,8 +310,8 @@ impl Broker {
                 tx.put_cert(&record)?;
                 if let crate::model::Decision::Approved { grant } = &mut req.decision {
                     grant.certificates += 1;
+                    tx.count_certificate(id, grant.certificates)?;
                 }
-                tx.put_request_record(&req)?;
                 let event = AuditEvent::CertificateIssued {
                     id,
                     serial,

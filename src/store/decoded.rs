@@ -1,5 +1,6 @@
-//! Members and hosts decoded lately, remembered per thread by their stored bytes: every
-//! command finds its member, and every certificate checks its hosts, while both change rarely.
+//! Members, hosts and requests decoded lately, remembered per thread by their stored bytes:
+//! every command finds its member, and every certificate checks its hosts and reads its
+//! request, while all three change rarely.
 //!
 //! Decoding is a function of the bytes alone, so what is remembered is never stale: a changed
 //! record is other bytes, and those are decoded afresh. Nothing here knows keys or tables.
@@ -10,7 +11,7 @@ use std::thread::LocalKey;
 use serde::de::DeserializeOwned;
 
 use crate::error::Result;
-use crate::model::{Host, Member};
+use crate::model::{Host, Member, Request};
 
 /// How many records of each kind a thread remembers (a fleet's hosts, a team's members).
 const REMEMBERED: usize = 64;
@@ -20,6 +21,7 @@ type Seen<T> = RefCell<Vec<(Box<[u8]>, T)>>;
 thread_local! {
     static MEMBERS: Seen<Member> = const { RefCell::new(Vec::new()) };
     static HOSTS: Seen<Host> = const { RefCell::new(Vec::new()) };
+    static REQUESTS: Seen<Request> = const { RefCell::new(Vec::new()) };
 }
 
 /// A stored member record, decoded.
@@ -30,6 +32,11 @@ pub(super) fn member(raw: &[u8]) -> Result<Member> {
 /// A stored host record, decoded.
 pub(super) fn host(raw: &[u8]) -> Result<Host> {
     remembered(&HOSTS, raw)
+}
+
+/// A stored request record, decoded.
+pub(super) fn request(raw: &[u8]) -> Result<Request> {
+    remembered(&REQUESTS, raw)
 }
 
 fn remembered<T: DeserializeOwned + Clone>(

@@ -321,7 +321,16 @@ impl Store {
     }
 
     pub fn request(&self, id: u64) -> Result<Option<Request>> {
-        get_json(&self.t.requests, &id.to_be_bytes())
+        self.t
+            .requests
+            .get(id.to_be_bytes())?
+            .map(|raw| self.stored_request(&raw))
+            .transpose()
+    }
+
+    /// A request's stored record, decoded, with its certificate count.
+    fn stored_request(&self, raw: &[u8]) -> Result<Request> {
+        with_issued(raw, |r| self.t.issued.get(r.id.to_be_bytes()))
     }
 
     /// The newest `limit` requests in `state` at `now`, oldest first.
@@ -352,7 +361,7 @@ impl Store {
             if out.len() >= limit {
                 break;
             }
-            let r: Request = serde_json::from_slice(&kv?.1)?;
+            let r = self.stored_request(&kv?.1)?;
             if state.is_none_or(|s| r.state_at(now) == s) {
                 out.push(r);
             }
@@ -521,6 +530,25 @@ fn u64_at(bytes: &[u8], at: usize) -> Result<u64> {
         .ok_or_else(|| Error::Internal("a stored key or counter is corrupt".into()))
 }
 
+/// A request record, decoded, with the count of certificates its grant issued from
+/// `issued`: a record written before counts were kept apart holds its own count.
+fn with_issued<E: From<Error>>(
+    raw: &[u8],
+    issued: impl FnOnce(&Request) -> std::result::Result<Option<Vec<u8>>, E>,
+) -> std::result::Result<Request, E> {
+    let mut r = decoded::request(raw)?;
+    if matches!(r.decision, Decision::Approved { .. })
+        && let Some(count) = issued(&r)?
+    {
+        let count = u32::try_from(u64_at(&count, 0)?)
+            .map_err(|_| Error::Internal("a stored certificate count is corrupt".into()))?;
+        if let Decision::Approved { grant } = &mut r.decision {
+            grant.certificates = count;
+        }
+    }
+    Ok(r)
+}
+
 fn get_json<T: DeserializeOwned>(tree: &Table, key: &[u8]) -> Result<Option<T>> {
     match tree.get(key)? {
         Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
@@ -598,5 +626,80 @@ mod tests {
             })
             .unwrap();
         assert_eq!(role(&store), None);
+    }
+
+    /// A certificate counts in a table of its own and leaves its request's record as it was;
+    /// a record from before that kept its count in itself still reads with that count.
+    #[test]
+    fn a_certificate_leaves_its_request_record_as_it_was() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = crate::datadir::DataDir::new(tmp.path().join("data"));
+        let t0 = Timestamp::from_unix(1_900_000_000);
+        let keys: Vec<_> = ["olga", "alice", "subject"]
+            .iter()
+            .map(|n| crate::ca::generate_key(n).unwrap())
+            .collect();
+        let line = |i: usize| keys[i].public_key().to_openssh().unwrap();
+        let fp = |i: usize| crate::ca::fingerprint(keys[i].public_key().key_data());
+        crate::datadir::init(&dir, "olga", &line(0), "127.0.0.1:0", t0).unwrap();
+        let broker = crate::datadir::open(&dir).unwrap().broker;
+        let run = |who: usize, l: &str, stdin: &str| {
+            let out = broker.run_line(&fp(who), l.as_bytes(), stdin.as_bytes(), t0);
+            assert_eq!(out.status, 0, "{l}: {}", out.stderr);
+        };
+        run(
+            0,
+            &format!("member add alice --role viewer --key '{}'", line(1)),
+            "",
+        );
+        run(
+            0,
+            "host add web-01 --address 10.0.0.5 --login viewer=ro",
+            "",
+        );
+        run(
+            1,
+            "request web-01 --role viewer --for 1h --reason 'INC-1 look'",
+            "",
+        );
+        run(0, "approve 1", "");
+        let store = broker.store();
+        let count = || {
+            store
+                .request(1)
+                .unwrap()
+                .unwrap()
+                .grant()
+                .unwrap()
+                .certificates
+        };
+        let record = || store.t.requests.get(1u64.to_be_bytes()).unwrap().unwrap();
+        let approved = record();
+        assert_eq!(count(), 0);
+        run(1, "cert 1", &line(2));
+        run(1, "cert 1", &line(2));
+        assert_eq!(
+            record(),
+            approved,
+            "a certificate rewrote the request's record"
+        );
+        assert_eq!(count(), 2);
+
+        // As an earlier version stored it: the count in the record, none apart.
+        let mut old: Request = serde_json::from_slice(&approved).unwrap();
+        if let Decision::Approved { grant } = &mut old.decision {
+            grant.certificates = 7;
+        }
+        store.t.issued.remove(1u64.to_be_bytes()).unwrap();
+        store
+            .t
+            .requests
+            .insert(1u64.to_be_bytes(), serde_json::to_vec(&old).unwrap())
+            .unwrap();
+        assert_eq!(count(), 7);
+        run(1, "cert 1", &line(2));
+        assert_eq!(count(), 8);
+        let apart = store.t.issued.get(1u64.to_be_bytes()).unwrap().unwrap();
+        assert_eq!(u64_at(&apart, 0).unwrap(), 8);
     }
 }

@@ -88,6 +88,9 @@ tables! {
     deliveries: Deliveries = "deliveries",
     /// Denials by requester, then time, then request: recent denials are one short range.
     denials: Denials = "denials_by_member",
+    /// Certificates issued per request, apart from its record: a certificate then leaves the
+    /// record as it was (its bytes, and what they decode to, stay the same).
+    issued: Issued = "certs_per_request",
 }
 
 #[cfg(test)]
@@ -118,6 +121,7 @@ mod tests {
             "timers_by_due",
             "deliveries",
             "denials_by_member",
+            "certs_per_request",
         ];
         assert_eq!(names, v1);
         for (i, t) in TableId::ALL.iter().enumerate() {

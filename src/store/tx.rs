@@ -160,7 +160,12 @@ impl Tx<'_> {
     }
 
     pub fn request(&self, id: u64) -> TxResult<Option<Request>> {
-        tx_get(self.t.requests, &id.to_be_bytes())
+        let key = id.to_be_bytes();
+        let Some(raw) = self.t.requests.get(key)? else {
+            return Ok(None);
+        };
+        let issued = |_: &Request| self.t.issued.get(key);
+        Ok(Some(with_issued(&raw, issued)?))
     }
 
     /// Stores a request and keeps every index of it true: pending by deadline, by member,
@@ -217,13 +222,15 @@ impl Tx<'_> {
                 self.t.grants.insert(k, &[][..])?;
             }
         }
-        self.put_request_record(r)
+        tx_put(self.t.requests, &r.id.to_be_bytes(), r)
     }
 
-    /// Rewrites a request's record when its state and indexes do not change (a certificate
-    /// count going up).
-    pub fn put_request_record(&self, r: &Request) -> TxResult<()> {
-        tx_put(self.t.requests, &r.id.to_be_bytes(), r)
+    /// Counts one more certificate for request `id`'s grant, which now has `issued`. Only
+    /// the count changes: the request's record stays as it was.
+    pub fn count_certificate(&self, id: u64, issued: u32) -> TxResult<()> {
+        self.t
+            .issued
+            .insert(id.to_be_bytes(), u64::from(issued).to_be_bytes())
     }
 
     /// A member's pending requests, as of the last change that touched them; entries whose
