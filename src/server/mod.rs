@@ -393,7 +393,13 @@ fn split_killer(socket: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpS
 }
 
 /// Sends a command's answer: stdout, stderr (extended data 1), exit status, EOF, close.
+///
+/// An empty message goes first. russh's session task, woken by a message from a handle,
+/// takes that one message alone and writes it out, then takes everything queued since in one
+/// batch and one write. The empty one writes nothing, so the whole answer leaves in one
+/// `sendto` rather than two (its data, then the rest).
 async fn send_output(handle: &Handle, channel: ChannelId, out: Output) {
+    let _ = handle.data(channel, Vec::<u8>::new()).await;
     if !out.stdout.is_empty() {
         let _ = handle.data(channel, out.stdout.into_bytes()).await;
     }
