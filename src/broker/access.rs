@@ -307,7 +307,7 @@ impl Broker {
                     issued_at: now,
                     force_command: profile.force_command.clone(),
                 };
-                tx.put_cert(&record)?;
+                tx.put_cert(id, serial)?;
                 if let crate::model::Decision::Approved { grant } = &mut req.decision {
                     grant.certificates += 1;
                     tx.count_certificate(id, grant.certificates)?;

@@ -47,7 +47,7 @@ use flush::{GroupFlush, RequestWatch};
 use sled_engine::SledEngine;
 use tables::{TableId, Tables, TxTables};
 
-/// A certificate the broker issued, kept for status and forensics.
+/// A certificate the broker issued, as `show` lists it (read from its audit entry).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertRecord {
     pub serial: u64,
@@ -463,13 +463,55 @@ impl Store {
         Ok(ids)
     }
 
-    /// Certificates issued for a request.
+    /// Certificates issued for a request, read from their audit entries (an index entry
+    /// written before that holds its own record).
     pub fn certs_of(&self, request_id: u64) -> Result<Vec<CertRecord>> {
         self.t
             .certs
             .scan_prefix(request_id.to_be_bytes())
-            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .map(|kv| {
+                let (k, v) = kv?;
+                if !v.is_empty() {
+                    return Ok(serde_json::from_slice(&v)?);
+                }
+                self.cert_from_log(request_id, u64_at(&k, 8)?)
+            })
             .collect()
+    }
+
+    /// Certificate `serial` of request `request_id`, as its audit entry records it.
+    fn cert_from_log(&self, request_id: u64, serial: u64) -> Result<CertRecord> {
+        let lost = || {
+            Error::Internal(format!(
+                "audit entry {serial} does not record certificate {serial} of request {request_id}; run audit verify"
+            ))
+        };
+        let raw = self.audit_entry(serial)?.ok_or_else(lost)?;
+        let entry: crate::audit::AuditEntry = serde_json::from_slice(&raw)?;
+        match entry.event {
+            AuditEvent::CertificateIssued {
+                id,
+                serial: issued,
+                key_id,
+                principals,
+                valid_after,
+                valid_before,
+                key_fingerprint,
+                force_command,
+            } if id == request_id && issued == serial => Ok(CertRecord {
+                serial,
+                request_id,
+                member: entry.actor.parse().map_err(|_| lost())?,
+                key_id,
+                principals,
+                valid_after,
+                valid_before,
+                key_fingerprint,
+                issued_at: entry.at,
+                force_command,
+            }),
+            _ => Err(lost()),
+        }
     }
 
     /// Flushes everything to the OS.
@@ -684,6 +726,35 @@ mod tests {
             "a certificate rewrote the request's record"
         );
         assert_eq!(count(), 2);
+
+        // The index holds no record: `show` reads each certificate from its audit entry.
+        let certs = store.certs_of(1).unwrap();
+        assert_eq!(certs.len(), 2);
+        for c in &certs {
+            let key = [1u64.to_be_bytes(), c.serial.to_be_bytes()].concat();
+            assert_eq!(store.t.certs.get(&key).unwrap(), Some(vec![]));
+            assert_eq!((c.request_id, c.member.as_str()), (1, "alice"));
+            assert_eq!(c.key_fingerprint, fp(2));
+            assert_eq!(c.issued_at, t0);
+            assert_eq!(c.principals, vec!["ro@web-01".to_string()]);
+        }
+        assert!(certs[0].serial < certs[1].serial);
+        // One written before, with its record in the index, reads as written.
+        let mut older = certs[0].clone();
+        older.serial = 1;
+        let key = [1u64.to_be_bytes(), 1u64.to_be_bytes()].concat();
+        store
+            .t
+            .certs
+            .insert(&key, serde_json::to_vec(&older).unwrap())
+            .unwrap();
+        assert_eq!(store.certs_of(1).unwrap()[0], older);
+        // An index entry whose audit entry records something else is an error, not a guess.
+        let key = [1u64.to_be_bytes(), 2u64.to_be_bytes()].concat();
+        store.t.certs.insert(&key, []).unwrap();
+        let e = store.certs_of(1).unwrap_err();
+        assert!(e.to_string().contains("run audit verify"), "{e}");
+        store.t.certs.remove(&key).unwrap();
 
         // As an earlier version stored it: the count in the record, none apart.
         let mut old: Request = serde_json::from_slice(&approved).unwrap();

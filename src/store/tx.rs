@@ -283,11 +283,13 @@ impl Tx<'_> {
         self.next_seq()
     }
 
-    pub fn put_cert(&self, c: &CertRecord) -> TxResult<()> {
+    /// Indexes a certificate under its request. The value is empty: the certificate's audit
+    /// entry, whose sequence number is its serial, holds everything about it.
+    pub fn put_cert(&self, request_id: u64, serial: u64) -> TxResult<()> {
         // Keyed by request, then serial: a request's certificates are one prefix scan.
-        let mut key = c.request_id.to_be_bytes().to_vec();
-        key.extend_from_slice(&c.serial.to_be_bytes());
-        tx_put(self.t.certs, &key, c)
+        let mut key = request_id.to_be_bytes().to_vec();
+        key.extend_from_slice(&serial.to_be_bytes());
+        self.t.certs.insert(key, [])
     }
 
     fn bump(&self, key: &[u8]) -> TxResult<u64> {
