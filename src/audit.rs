@@ -264,16 +264,20 @@ pub fn seal(
     event: &AuditEvent,
     prev_hash: &[u8; 32],
 ) -> Result<(Vec<u8>, [u8; 32])> {
-    let body = serde_json::json!({
-        "seq": seq,
-        "at": at,
-        "actor": actor,
-        "event": serde_json::to_value(event)?,
-    });
-    let canonical = serde_json::to_vec(&body)?;
+    // Canonical JSON sorts keys at every level. The event goes through a `Value` for that;
+    // the four top-level members are written in their sorted order directly.
+    let mut canonical = Vec::with_capacity(512);
+    canonical.extend_from_slice(b"{\"actor\":");
+    serde_json::to_writer(&mut canonical, actor)?;
+    canonical.extend_from_slice(b",\"at\":");
+    serde_json::to_writer(&mut canonical, &at)?;
+    canonical.extend_from_slice(b",\"event\":");
+    serde_json::to_writer(&mut canonical, &serde_json::to_value(event)?)?;
+    let cut = canonical.len();
+    canonical.extend_from_slice(SEQ_MEMBER);
+    canonical.extend_from_slice(seq.to_string().as_bytes());
+    canonical.push(b'}');
     let hash = chain_hash(prev_hash, &canonical);
-    let cut = rfind(&canonical, SEQ_MEMBER)
-        .ok_or_else(|| Error::Internal("sealed entry has no seq member".into()))?;
     let mut stored = Vec::with_capacity(canonical.len() + CHAIN_SPAN);
     stored.extend_from_slice(&canonical[..cut]);
     stored.extend_from_slice(b",\"hash\":\"");
@@ -614,6 +618,43 @@ mod tests {
         let mut v = Verifier::default();
         entries.iter().for_each(|e| v.push(e));
         v.finish()
+    }
+
+    /// The entry's canonical bytes are the sorted JSON `Value` of all four members, written
+    /// out by serde_json: what an outside verifier rebuilds.
+    #[test]
+    fn the_canonical_bytes_are_those_of_the_sorted_value() {
+        let events = [
+            AuditEvent::MemberRemoved {
+                name: "o\"dd\\ \u{1b}[31m".into(),
+                role: None,
+            },
+            AuditEvent::CertificateIssued {
+                id: 7,
+                serial: 12,
+                key_id: "sshjit:alice:7:12".into(),
+                principals: vec!["ro@web-01".into(), "deploy@web-02".into()],
+                valid_after: Timestamp::from_unix(1_900_000_000),
+                valid_before: Timestamp::from_unix(1_900_003_600),
+                key_fingerprint: "SHA256:abc".into(),
+                force_command: Some("systemctl restart \"app\"".into()),
+            },
+        ];
+        for (i, event) in events.iter().enumerate() {
+            let (seq, at, actor) = (u64::MAX - i as u64, Timestamp::from_unix(-5), "bot:ci");
+            let prev = [i as u8; 32];
+            let value = serde_json::json!({
+                "seq": seq,
+                "at": at,
+                "actor": actor,
+                "event": serde_json::to_value(event).unwrap(),
+            });
+            let canonical = serde_json::to_vec(&value).unwrap();
+            let (raw, hash) = seal(seq, at, actor, event, &prev).unwrap();
+            assert_eq!(hash, chain_hash(&prev, &canonical));
+            let e = unseal(&raw).unwrap();
+            assert_eq!([e.head, e.tail].concat(), canonical);
+        }
     }
 
     #[test]
