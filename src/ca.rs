@@ -90,15 +90,18 @@ pub fn parse_public_key(text: &str) -> Result<PublicKey> {
             printable(text, 60)
         )));
     }
-    let shown = printable(text, 60);
+    // Escaped only for a refusal: every certificate parses a key.
+    let shown = || printable(text, 60);
     if text.contains("-cert-v01@openssh.com") {
         return Err(Error::InvalidKey(format!(
-            "'{shown}' is a certificate, not a public key; give the .pub file of the key"
+            "'{}' is a certificate, not a public key; give the .pub file of the key",
+            shown()
         )));
     }
     let key = PublicKey::from_openssh(text).map_err(|_| {
         Error::InvalidKey(format!(
-            "'{shown}' is not an OpenSSH public key; give one line such as the contents of ~/.ssh/id_ed25519.pub"
+            "'{}' is not an OpenSSH public key; give one line such as the contents of ~/.ssh/id_ed25519.pub",
+            shown()
         ))
     })?;
     match key.key_data() {
