@@ -100,7 +100,11 @@ fn corrupt() -> Error {
 
 /// table (1) · key length (4) · key · present (1) · [value length (4) · value], repeated.
 fn encode(writes: &Writes) -> Vec<u8> {
-    let mut out = Vec::new();
+    let size = writes
+        .iter()
+        .map(|(_, k, v)| 1 + 4 + k.len() + 1 + v.as_ref().map_or(0, |v| 4 + v.len()))
+        .sum();
+    let mut out = Vec::with_capacity(size);
     for (t, k, v) in writes.iter() {
         out.push(t as u8);
         out.extend_from_slice(&(k.len() as u32).to_be_bytes());
@@ -114,6 +118,11 @@ fn encode(writes: &Writes) -> Vec<u8> {
             None => out.push(0),
         }
     }
+    debug_assert_eq!(
+        out.len(),
+        size,
+        "the record's size is counted as it is written"
+    );
     out
 }
 
