@@ -513,7 +513,9 @@ pub struct Grant {
     pub effective_role: Option<GrantRole>,
     /// The hosts, logins and forced command, fixed at final approval.
     pub scope: Scope,
-    /// Certificates issued for this grant so far (capped by policy).
+    /// Certificates issued for this grant so far (capped by policy). The store keeps the
+    /// count apart from the record (`certs_per_request`) and sets it here on every read; a
+    /// stored record holds the count it had when last written.
     #[serde(default)]
     pub certificates: u32,
     /// Set when the requester or the host was removed: no certificate is issued after it.

@@ -13,8 +13,13 @@ use serde::de::DeserializeOwned;
 use crate::error::Result;
 use crate::model::{Host, Member, Request};
 
-/// How many records of each kind a thread remembers (a fleet's hosts, a team's members).
+/// How many members and hosts a thread remembers (a team's members, a fleet's hosts).
 const REMEMBERED: usize = 64;
+/// How many requests a thread remembers: certificates come for a few grants at a time.
+const REMEMBERED_REQUESTS: usize = 16;
+/// Records longer than this (a grant over a large fleet) are decoded each time, so what a
+/// thread remembers stays small.
+const REMEMBERED_BYTES: usize = 8 * 1024;
 
 type Seen<T> = RefCell<Vec<(Box<[u8]>, T)>>;
 
@@ -26,21 +31,22 @@ thread_local! {
 
 /// A stored member record, decoded.
 pub(super) fn member(raw: &[u8]) -> Result<Member> {
-    remembered(&MEMBERS, raw)
+    remembered(&MEMBERS, REMEMBERED, raw)
 }
 
 /// A stored host record, decoded.
 pub(super) fn host(raw: &[u8]) -> Result<Host> {
-    remembered(&HOSTS, raw)
+    remembered(&HOSTS, REMEMBERED, raw)
 }
 
 /// A stored request record, decoded.
 pub(super) fn request(raw: &[u8]) -> Result<Request> {
-    remembered(&REQUESTS, raw)
+    remembered(&REQUESTS, REMEMBERED_REQUESTS, raw)
 }
 
 fn remembered<T: DeserializeOwned + Clone>(
     seen: &'static LocalKey<Seen<T>>,
+    most: usize,
     raw: &[u8],
 ) -> Result<T> {
     let hit = seen.with(|seen| {
@@ -53,9 +59,12 @@ fn remembered<T: DeserializeOwned + Clone>(
         return Ok(v);
     }
     let v: T = serde_json::from_slice(raw)?;
+    if raw.len() > REMEMBERED_BYTES {
+        return Ok(v);
+    }
     seen.with(|seen| {
         let mut seen = seen.borrow_mut();
-        if seen.len() >= REMEMBERED {
+        if seen.len() >= most {
             seen.remove(0);
         }
         seen.push((raw.into(), v.clone()));
@@ -106,5 +115,12 @@ mod tests {
         for _ in 0..2 {
             assert!(member(b"{\"name\":").is_err());
         }
+        // A record over the size limit decodes, and is not kept.
+        let before = MEMBERS.with(|s| s.borrow().len());
+        let mut big = record("big", Role::Viewer);
+        let pad = " ".repeat(REMEMBERED_BYTES);
+        big.splice(1..1, pad.bytes());
+        assert_eq!(member(&big).unwrap().name.as_str(), "big");
+        assert_eq!(MEMBERS.with(|s| s.borrow().len()), before);
     }
 }
