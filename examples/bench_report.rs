@@ -78,15 +78,23 @@ fn main() -> anyhow::Result<()> {
         .criterion
         .clone()
         .unwrap_or_else(|| PathBuf::from("target/criterion"));
-    let mut r: HashMap<String, Value> = HashMap::new();
+    // A label measured in several rounds has one line per round.
+    let mut r: HashMap<String, Vec<Value>> = HashMap::new();
     for line in std::fs::read_to_string(results)?.lines() {
         if let Ok(v) = serde_json::from_str::<Value>(line)
             && let Some(l) = v["label"].as_str()
         {
-            r.insert(l.to_string(), v.clone());
+            r.entry(l.to_string()).or_default().push(v.clone());
         }
     }
-    let get = |label: &str, field: &str| r.get(label).and_then(|v| v[field].as_f64());
+    let get = |label: &str, field: &str| {
+        let values: Vec<f64> = r
+            .get(label)?
+            .iter()
+            .filter_map(|v| v[field].as_f64())
+            .collect();
+        median(values)
+    };
     let mut rows = Vec::new();
     let mut ratio_row =
         |what: &str, m: Option<f64>, b: Option<f64>, target: f64, unit_ratio: bool| {
@@ -335,16 +343,17 @@ fn main() -> anyhow::Result<()> {
             row.what, row.measured, row.baseline, row.ratio, row.target, met
         ));
     }
-    out.push_str("\nLoad generator runs (all clients, whole run):\n\n| Run | Clients | ops/s | p50 | p95 | p99 | errors |\n|---|---|---|---|---|---|---|\n");
-    let mut labels: Vec<&String> = r
-        .keys()
-        .filter(|k| r[*k]["ops_per_sec"].is_number())
+    out.push_str("\nLoad generator runs (all clients, whole run; the figures above take each run's median over its rounds):\n\n| Run | Round | Clients | ops/s | p50 | p95 | p99 | errors |\n|---|---|---|---|---|---|---|---|\n");
+    let mut runs: Vec<(&String, &Value)> = r
+        .iter()
+        .flat_map(|(l, vs)| vs.iter().map(move |v| (l, v)))
+        .filter(|(_, v)| v["ops_per_sec"].is_number())
         .collect();
-    labels.sort();
-    for l in labels {
-        let v = &r[l];
+    runs.sort_by_key(|(l, v)| (*l, v["round"].as_u64()));
+    for (l, v) in runs {
+        let round = v["round"].as_u64().map_or("-".into(), |n| n.to_string());
         out.push_str(&format!(
-            "| {l} | {} | {} | {} ms | {} ms | {} ms | {} |\n",
+            "| {l} | {round} | {} | {} | {} ms | {} ms | {} ms | {} |\n",
             v["clients"], v["ops_per_sec"], v["p50_ms"], v["p95_ms"], v["p99_ms"], v["errors"]
         ));
     }
@@ -366,6 +375,17 @@ fn main() -> anyhow::Result<()> {
     }
     print!("{out}");
     Ok(())
+}
+
+/// The middle value (the mean of the two middle ones for an even count); None for none.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
 }
 
 fn ratio_row_at_scale(rows: &mut Vec<Row>, rate: Option<f64>, sha: Option<f64>) {
