@@ -272,6 +272,13 @@ fn main() -> anyhow::Result<()> {
         &|x| x <= 100.0 * 1024.0,
     );
     plain(
+        "Scale: daemon RSS, idle, on the seeded database",
+        get("scale_rss_idle", "rss_kb"),
+        &mb,
+        "(no target)",
+        &|_| true,
+    );
+    plain(
         "Scale: `requests --state pending` p50",
         get("scale_requests_pending", "p50_ms"),
         &ms,
