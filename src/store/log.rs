@@ -5,6 +5,11 @@
 //! in the same transaction as the change the entry records. The head holds the last entry's
 //! sequence number and hash and the tree's frontier at that size, so appending reads one record
 //! and the root at any size is a few reads of stored nodes, never a rehash of the log.
+//!
+//! The nodes are stored in tiles: the nodes of one level with indexes [16t, 16t + 16) are one
+//! value, grown as they complete. An entry then rewrites a value that is already there far more
+//! often than it adds a key, and a table whose keys only grow splits its last node every few
+//! inserts (most of what a stored node used to cost).
 
 use super::{Store, Table, Tx, TxResult, u64_at};
 use crate::audit::{self, AuditEvent, GENESIS, VerifyReport};
@@ -17,6 +22,8 @@ use crate::model::Timestamp;
 pub(super) const HEAD: &[u8] = b"audit_head";
 /// Entries per batch when the tree is built for a log written before it existed.
 const BUILD_BATCH: u64 = 10_000;
+/// Nodes per tile.
+const TILE: u64 = 16;
 
 /// The head record: the last entry's sequence number and hash, and the tree's frontier at
 /// that size (absent in a database written before the tree existed, until it is built).
@@ -79,6 +86,28 @@ fn node_key(level: u8, index: u64) -> [u8; 9] {
     k
 }
 
+/// The key of the tile that holds the node at `level`, `index`.
+fn tile_key(level: u8, index: u64) -> [u8; 9] {
+    node_key(level, index / TILE)
+}
+
+/// Where in its tile the node at `index` starts.
+fn tile_offset(index: u64) -> usize {
+    (index % TILE) as usize * 32
+}
+
+/// The node at `index` in its tile, if the tile holds it.
+fn in_tile(tile: &[u8], index: u64) -> Option<Hash> {
+    let at = tile_offset(index);
+    tile.get(at..at + 32).and_then(to_hash)
+}
+
+fn incomplete(level: u8, index: u64) -> Error {
+    Error::Internal(format!(
+        "the audit log's Merkle tree does not end where the head says (level {level}, index {index}); check it with 'sshjit-broker audit verify --data-dir'"
+    ))
+}
+
 impl Tx<'_> {
     /// Appends an audit entry, the tree nodes it completes and the new head; returns its
     /// sequence number.
@@ -94,14 +123,18 @@ impl Tx<'_> {
         })?;
         let seq = head.seq + 1;
         let (raw, hash) = audit::seal(seq, now, actor, event, &head.hash)?;
-        let mut failed = None;
+        let mut completed = Vec::new();
         frontier.push(merkle::leaf_hash(&raw), |level, index, node| {
-            if failed.is_none() {
-                failed = self.t.tree.insert(node_key(level, index), node).err();
-            }
+            completed.push((level, index, *node));
         });
-        if let Some(e) = failed {
-            return Err(e);
+        for (level, index, node) in completed {
+            let key = tile_key(level, index);
+            let mut tile = self.t.tiles.get(key)?.unwrap_or_default();
+            if tile.len() != tile_offset(index) {
+                return Err(incomplete(level, index).into());
+            }
+            tile.extend_from_slice(&node);
+            self.t.tiles.insert(key, tile)?;
         }
         self.t.audit.insert(&seq.to_be_bytes()[..], raw)?;
         let head = Head {
@@ -124,7 +157,7 @@ impl Tx<'_> {
 /// stored nodes.
 struct Stored<'a> {
     audit: &'a Table,
-    tree: &'a Table,
+    tiles: &'a Table,
 }
 
 impl Nodes for Stored<'_> {
@@ -143,8 +176,11 @@ impl Nodes for Stored<'_> {
                 .ok_or_else(missing)?;
             return Ok(merkle::leaf_hash(&raw));
         }
-        let v = self.tree.get(node_key(level, index))?.ok_or_else(missing)?;
-        to_hash(&v).ok_or_else(missing)
+        let tile = self
+            .tiles
+            .get(tile_key(level, index))?
+            .ok_or_else(missing)?;
+        in_tile(&tile, index).ok_or_else(missing)
     }
 }
 
@@ -156,7 +192,7 @@ impl Store {
     fn stored_tree(&self) -> Stored<'_> {
         Stored {
             audit: &self.t.audit,
-            tree: &self.t.tree,
+            tiles: &self.t.tiles,
         }
     }
 
@@ -243,6 +279,8 @@ impl Store {
         // A log from before the tree has no stored nodes yet: only the entries are checked.
         let built = self.head()?.frontier.is_some();
         let mut bad_node = None;
+        // The tile each level's nodes were last read from (tiles hold 16 nodes each).
+        let mut tiles: std::collections::HashMap<u8, (u64, Vec<u8>)> = Default::default();
         // A live broker appends while the log is read: what was appended after the scan
         // passed is read too, until the head read after a scan names no later entry.
         let mut scanned = 0;
@@ -256,8 +294,16 @@ impl Store {
                     if bad_node.is_some() || !built {
                         return;
                     }
-                    let stored = self.t.tree.get(node_key(level, index)).ok().flatten();
-                    if stored.as_deref() != Some(&hash[..]) {
+                    let read = || {
+                        let tile = self.t.tiles.get(tile_key(level, index)).ok().flatten();
+                        (index / TILE, tile.unwrap_or_default())
+                    };
+                    let cached = tiles.entry(level).or_insert_with(read);
+                    // Another tile, or one that grew since it was read (a live broker).
+                    if cached.0 != index / TILE || in_tile(&cached.1, index).is_none() {
+                        *cached = read();
+                    }
+                    if in_tile(&cached.1, index) != Some(*hash) {
                         bad_node = Some((level, index));
                     }
                 });
@@ -277,31 +323,61 @@ impl Store {
         Ok(v.finish())
     }
 
-    /// Builds the Merkle tree of a log written before the tree existed (once, before serving;
-    /// appending refuses until it is built).
+    /// Builds the Merkle tree's tiles, once, before serving: for a log written before the tree
+    /// existed (appending refuses until it is built), and for one whose tree was stored node by
+    /// node, before tiles (its frontier must come out as its head records it; the old nodes are
+    /// no longer read).
     pub fn build_tree(&self) -> Result<()> {
         let before = self.t.meta.get(HEAD)?;
         let head = Head::decode(before.as_deref())?;
-        if head.frontier.is_some() {
+        // Two entries make the first node, so a tree of two or more has a tile.
+        let untiled = head.seq >= 2 && self.t.tiles.range::<&[u8]>(..).next().is_none();
+        if head.frontier.is_some() && !untiled {
             return Ok(());
         }
         let mut frontier = Frontier::new();
         let mut batch = Vec::new();
+        // Each level's tile being filled: its number and its nodes so far.
+        let mut open: std::collections::BTreeMap<u8, (u64, Vec<u8>)> = Default::default();
         for raw in self.audit_raw(0) {
             frontier.push(merkle::leaf_hash(&raw?), |level, index, node| {
-                batch.push((node_key(level, index).to_vec(), Some(node.to_vec())));
+                let tile = open.entry(level).or_insert((index / TILE, Vec::new()));
+                if tile.0 != index / TILE {
+                    let full = std::mem::take(&mut tile.1);
+                    batch.push((tile_key(level, tile.0 * TILE).to_vec(), Some(full)));
+                    tile.0 = index / TILE;
+                }
+                tile.1.extend_from_slice(node);
             });
             if frontier.size().is_multiple_of(BUILD_BATCH) {
-                self.t.tree.apply(std::mem::take(&mut batch))?;
+                self.t.tiles.apply(std::mem::take(&mut batch))?;
             }
         }
-        self.t.tree.apply(batch)?;
+        for (level, (t, nodes)) in open {
+            batch.push((tile_key(level, t * TILE).to_vec(), Some(nodes)));
+        }
+        self.t.tiles.apply(batch)?;
         if frontier.size() != head.seq {
             return Err(Error::Storage(format!(
                 "the audit log holds {} entries but its head names entry {}; check it with 'sshjit-broker audit verify --data-dir'",
                 frontier.size(),
                 head.seq
             )));
+        }
+        if let Some(recorded) = &head.frontier {
+            if *recorded != frontier {
+                return Err(Error::Storage(
+                    "the audit log's entries do not give the Merkle tree its head records; check it with 'sshjit-broker audit verify --data-dir'".into(),
+                ));
+            }
+            // The node-by-node table is left as it is: emptying a million keys took sled longer
+            // than building the tiles, and left it holding more memory than before.
+            self.engine.flush()?;
+            tracing::info!(
+                entries = head.seq,
+                "stored the audit log's Merkle tree in tiles"
+            );
+            return Ok(());
         }
         let built = Head {
             frontier: Some(frontier),
@@ -326,7 +402,7 @@ impl Store {
     #[doc(hidden)]
     pub fn danger_reseal_log(&self, entries: &[audit::AuditEntry]) -> Result<()> {
         self.t.audit.clear()?;
-        self.t.tree.clear()?;
+        self.t.tiles.clear()?;
         self.t.meta.remove(HEAD)?;
         for e in entries {
             self.commit(e.at, &e.actor, |_| Ok(((), vec![e.event.clone()])))?;
@@ -407,7 +483,7 @@ mod tests {
         // The head and tree as a database from before the tree has them.
         let head = store.t.meta.get(HEAD).unwrap().unwrap();
         store.t.meta.insert(HEAD, &head[..40]).unwrap();
-        store.t.tree.clear().unwrap();
+        store.t.tiles.clear().unwrap();
         assert!(matches!(
             store.commit(Timestamp::from_unix(0), "t", |_| Ok((
                 (),
@@ -427,16 +503,95 @@ mod tests {
     }
 
     #[test]
+    fn a_tree_stored_node_by_node_is_put_in_tiles_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        append(&store, 45);
+        let m = in_memory(&store);
+        // The tree as a database from before tiles holds it: one key per node.
+        store.t.tiles.clear().unwrap();
+        let mut level = 1;
+        while 1u64 << level <= 45 {
+            for index in 0..45 >> level {
+                let node = m.node(level, index).unwrap();
+                store
+                    .t
+                    .tree
+                    .insert(node_key(level, index), &node[..])
+                    .unwrap();
+            }
+            level += 1;
+        }
+        store.build_tree().unwrap();
+        for size in [2, 17, 32, 45] {
+            assert_eq!(
+                store.audit_root(size).unwrap(),
+                merkle::root_at(&m, size).unwrap()
+            );
+        }
+        assert!(store.verify_audit().unwrap().ok);
+        // Once is enough: another start leaves the tiles as they are.
+        let tiles: Vec<_> = store.t.tiles.range::<&[u8]>(..).collect();
+        store.build_tree().unwrap();
+        let again: Vec<_> = store.t.tiles.range::<&[u8]>(..).collect();
+        assert_eq!(format!("{tiles:?}"), format!("{again:?}"));
+        append(&store, 3);
+        assert_eq!(
+            store.audit_root(48).unwrap(),
+            merkle::root_at(&in_memory(&store), 48).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_tree_in_tiles_that_disagrees_with_the_head_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        append(&store, 9);
+        store.t.tiles.clear().unwrap();
+        // An entry changed under the head: its tree no longer gives the recorded frontier.
+        let mut raw = store.audit_entry(3).unwrap().unwrap();
+        let last = raw.len() - 2;
+        raw[last] ^= 1;
+        store.danger_put_audit_entry(3, Some(&raw)).unwrap();
+        assert!(matches!(store.build_tree(), Err(Error::Storage(_))));
+    }
+
+    #[test]
     fn a_changed_tree_node_or_frontier_is_named_by_verify() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        append(&store, 8);
-        let node = store.t.tree.get(node_key(1, 0)).unwrap().unwrap();
-        store.t.tree.insert(node_key(1, 0), &[0u8; 32][..]).unwrap();
+        append(&store, 40);
+        // Level 1 holds 20 nodes: tiles 0 (nodes 0-15) and 1 (16-19).
+        for (index, nodes) in [(0, 16), (18, 4)] {
+            let tile = store.t.tiles.get(tile_key(1, index)).unwrap().unwrap();
+            assert_eq!(tile.len(), 32 * nodes);
+            let mut bad = tile.clone();
+            bad[tile_offset(index)] ^= 1;
+            store.t.tiles.insert(tile_key(1, index), bad).unwrap();
+            let r = store.verify_audit().unwrap();
+            assert!(!r.ok);
+            assert!(
+                r.problem
+                    .unwrap()
+                    .contains(&format!("level 1, index {index} "))
+            );
+            store.t.tiles.insert(tile_key(1, index), tile).unwrap();
+            assert!(store.verify_audit().unwrap().ok);
+        }
+        // A tile cut short: verify names its first missing node, and appending refuses.
+        let tile = store.t.tiles.get(tile_key(1, 16)).unwrap().unwrap();
+        store.t.tiles.insert(tile_key(1, 16), &tile[..64]).unwrap();
         let r = store.verify_audit().unwrap();
-        assert!(!r.ok);
-        assert!(r.problem.unwrap().contains("level 1, index 0"));
-        store.t.tree.insert(node_key(1, 0), node).unwrap();
+        assert!(r.problem.unwrap().contains("level 1, index 18 "));
+        append(&store, 1);
+        assert!(matches!(
+            store.commit(Timestamp::from_unix(0), "t", |_| Ok((
+                (),
+                vec![AuditEvent::NotifyTest {}]
+            ))),
+            Err(Error::Internal(_))
+        ));
+        store.t.tiles.insert(tile_key(1, 16), tile).unwrap();
         assert!(store.verify_audit().unwrap().ok);
         let mut head = store.t.meta.get(HEAD).unwrap().unwrap().to_vec();
         let last = head.len() - 1;

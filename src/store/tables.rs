@@ -78,7 +78,8 @@ tables! {
     grants: Grants = "grants_by_identity",
     certs: Certs = "certs",
     audit: Audit = "audit",
-    /// The audit log's Merkle tree: nodes of level 1 and up, by level and index.
+    /// The audit log's Merkle tree as written before tiles, node by node (level 1 and up, by
+    /// level and index). No longer read: a database from then gets `tiles` built once.
     tree: Tree = "audit_tree",
     /// Notifications to send, by the sequence number of the audit entry that records them.
     outbox: Outbox = "outbox",
@@ -91,6 +92,9 @@ tables! {
     /// Certificates issued per request, apart from its record: a certificate then leaves the
     /// record as it was (its bytes, and what they decode to, stay the same).
     issued: Issued = "certs_per_request",
+    /// The audit log's Merkle tree in tiles: the nodes of one level (1 and up) with indexes
+    /// [16t, 16t + 16) in one value, by level and t.
+    tiles: Tiles = "audit_tiles",
 }
 
 #[cfg(test)]
@@ -122,6 +126,7 @@ mod tests {
             "deliveries",
             "denials_by_member",
             "certs_per_request",
+            "audit_tiles",
         ];
         assert_eq!(names, v1);
         for (i, t) in TableId::ALL.iter().enumerate() {
