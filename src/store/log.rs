@@ -25,6 +25,9 @@ const BUILD_BATCH: u64 = 10_000;
 /// Nodes per tile.
 const TILE: u64 = 16;
 
+/// Tiles to write: key and value.
+type Tiles = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 /// The head record: the last entry's sequence number and hash, and the tree's frontier at
 /// that size (absent in a database written before the tree existed, until it is built).
 pub(super) struct Head {
@@ -276,8 +279,11 @@ impl Store {
         if let Some(cp) = checkpoint {
             v.expect_checkpoint(cp.size, cp.root);
         }
-        // A log from before the tree has no stored nodes yet: only the entries are checked.
-        let built = self.head()?.frontier.is_some();
+        // A log from before the tree, or from before tiles (not yet served by this version),
+        // has no tiles yet: only the entries are checked, against the head.
+        let head = self.head()?;
+        let built = head.frontier.is_some()
+            && (head.seq < 2 || self.t.tiles.get(tile_key(1, 0))?.is_some());
         let mut bad_node = None;
         // The tile each level's nodes were last read from (tiles hold 16 nodes each).
         let mut tiles: std::collections::HashMap<u8, (u64, Vec<u8>)> = Default::default();
@@ -319,59 +325,34 @@ impl Store {
             v.fail_tree(format!(
                 "the stored Merkle tree node at level {level}, index {index} does not match the entries"
             ));
+        } else if built && !self.tiles_end_at_head()? {
+            v.fail_tree(
+                "the stored Merkle tree's tiles do not end where the head says (a tile is cut short or runs on)".into(),
+            );
         }
         Ok(v.finish())
     }
 
-    /// Builds the Merkle tree's tiles, once, before serving: for a log written before the tree
-    /// existed (appending refuses until it is built), and for one whose tree was stored node by
-    /// node, before tiles (its frontier must come out as its head records it; the old nodes are
-    /// no longer read).
+    /// Builds the Merkle tree's tiles before serving, when they do not end where the head
+    /// says: for a log written before the tree existed (appending refuses until it is built),
+    /// for one whose tree was stored node by node, before tiles, and after a build a crash cut
+    /// short. A log with a recorded frontier is first checked against it, and nothing is
+    /// written if it does not match. (The old node-by-node table is no longer read.)
     pub fn build_tree(&self) -> Result<()> {
         let before = self.t.meta.get(HEAD)?;
         let head = Head::decode(before.as_deref())?;
-        // Two entries make the first node, so a tree of two or more has a tile.
-        let untiled = head.seq >= 2 && self.t.tiles.range::<&[u8]>(..).next().is_none();
-        if head.frontier.is_some() && !untiled {
+        if head.frontier.is_some() && self.tiles_end_at(head.seq)? {
             return Ok(());
         }
-        let mut frontier = Frontier::new();
-        let mut batch = Vec::new();
-        // Each level's tile being filled: its number and its nodes so far.
-        let mut open: std::collections::BTreeMap<u8, (u64, Vec<u8>)> = Default::default();
-        for raw in self.audit_raw(0) {
-            frontier.push(merkle::leaf_hash(&raw?), |level, index, node| {
-                let tile = open.entry(level).or_insert((index / TILE, Vec::new()));
-                if tile.0 != index / TILE {
-                    let full = std::mem::take(&mut tile.1);
-                    batch.push((tile_key(level, tile.0 * TILE).to_vec(), Some(full)));
-                    tile.0 = index / TILE;
-                }
-                tile.1.extend_from_slice(node);
-            });
-            if frontier.size().is_multiple_of(BUILD_BATCH) {
-                self.t.tiles.apply(std::mem::take(&mut batch))?;
-            }
-        }
-        for (level, (t, nodes)) in open {
-            batch.push((tile_key(level, t * TILE).to_vec(), Some(nodes)));
-        }
-        self.t.tiles.apply(batch)?;
-        if frontier.size() != head.seq {
-            return Err(Error::Storage(format!(
-                "the audit log holds {} entries but its head names entry {}; check it with 'sshjit-broker audit verify --data-dir'",
-                frontier.size(),
-                head.seq
-            )));
-        }
         if let Some(recorded) = &head.frontier {
+            let frontier = self.tree_of_entries(&mut |_| Ok(()))?;
+            self.same_size(frontier.size(), head.seq)?;
             if *recorded != frontier {
                 return Err(Error::Storage(
                     "the audit log's entries do not give the Merkle tree its head records; check it with 'sshjit-broker audit verify --data-dir'".into(),
                 ));
             }
-            // The node-by-node table is left as it is: emptying a million keys took sled longer
-            // than building the tiles, and left it holding more memory than before.
+            self.tree_of_entries(&mut |batch| self.t.tiles.apply(batch))?;
             self.engine.flush()?;
             tracing::info!(
                 entries = head.seq,
@@ -379,6 +360,8 @@ impl Store {
             );
             return Ok(());
         }
+        let frontier = self.tree_of_entries(&mut |batch| self.t.tiles.apply(batch))?;
+        self.same_size(frontier.size(), head.seq)?;
         let built = Head {
             frontier: Some(frontier),
             ..head
@@ -395,6 +378,72 @@ impl Store {
         self.engine.flush()?;
         tracing::info!(entries = built.seq, "built the audit log's Merkle tree");
         Ok(())
+    }
+
+    /// The tree of every stored entry, its tiles handed to `write` in batches (each tile
+    /// whole and once: a level's nodes come in order, so a tile left behind is full).
+    fn tree_of_entries(&self, write: &mut dyn FnMut(Tiles) -> Result<()>) -> Result<Frontier> {
+        let mut frontier = Frontier::new();
+        let mut batch = Vec::new();
+        // Each level's tile being filled: its number and its nodes so far.
+        let mut open: std::collections::BTreeMap<u8, (u64, Vec<u8>)> = Default::default();
+        for raw in self.audit_raw(0) {
+            frontier.push(merkle::leaf_hash(&raw?), |level, index, node| {
+                let tile = open.entry(level).or_insert((index / TILE, Vec::new()));
+                if tile.0 != index / TILE {
+                    let full = std::mem::take(&mut tile.1);
+                    batch.push((tile_key(level, tile.0 * TILE).to_vec(), Some(full)));
+                    tile.0 = index / TILE;
+                }
+                tile.1.extend_from_slice(node);
+            });
+            if frontier.size().is_multiple_of(BUILD_BATCH) {
+                write(std::mem::take(&mut batch))?;
+            }
+        }
+        for (level, (t, nodes)) in open {
+            batch.push((tile_key(level, t * TILE).to_vec(), Some(nodes)));
+        }
+        write(batch)?;
+        Ok(frontier)
+    }
+
+    fn same_size(&self, entries: u64, head: u64) -> Result<()> {
+        if entries == head {
+            return Ok(());
+        }
+        Err(Error::Storage(format!(
+            "the audit log holds {entries} entries but its head names entry {head}; check it with 'sshjit-broker audit verify --data-dir'"
+        )))
+    }
+
+    /// [`Self::tiles_end_at`] the head's size, while a live broker may be appending: a
+    /// mismatch counts only if the head did not move meanwhile.
+    fn tiles_end_at_head(&self) -> Result<bool> {
+        for _ in 0..8 {
+            let size = self.head()?.seq;
+            if self.tiles_end_at(size)? {
+                return Ok(true);
+            }
+            if self.head()?.seq == size {
+                return Ok(false);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether each level's last tile holds exactly the nodes a tree of `size` entries has.
+    fn tiles_end_at(&self, size: u64) -> Result<bool> {
+        let mut level = 1u8;
+        while level < 64 && size >> level > 0 {
+            let last = (size >> level) - 1;
+            let tile = self.t.tiles.get(tile_key(level, last))?;
+            if tile.map(|t| t.len()) != Some(tile_offset(last) + 32) {
+                return Ok(false);
+            }
+            level += 1;
+        }
+        Ok(true)
     }
 
     /// Replaces the whole log with `entries`, re-sealed: chain, tree and head made consistent

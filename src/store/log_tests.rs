@@ -85,24 +85,21 @@ fn a_log_written_before_the_tree_gets_it_built_once() {
 fn a_tree_stored_node_by_node_is_put_in_tiles_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    append(&store, 45);
+    append(&store, 70);
     let m = in_memory(&store);
-    // The tree as a database from before tiles holds it: one key per node.
+    // A database from before tiles: its nodes one per key (no longer read), no tiles.
     store.t.tiles.clear().unwrap();
-    let mut level = 1;
-    while 1u64 << level <= 45 {
-        for index in 0..45 >> level {
-            let node = m.node(level, index).unwrap();
-            store
-                .t
-                .tree
-                .insert(node_key(level, index), &node[..])
-                .unwrap();
-        }
-        level += 1;
-    }
+    store
+        .t
+        .tree
+        .insert(node_key(1, 0), &m.node(1, 0).unwrap()[..])
+        .unwrap();
+    // Offline, before a broker of this version has served it: the entries and the head are
+    // checked, and the missing tiles are not taken for tampering.
+    assert!(store.verify_audit().unwrap().ok);
     store.build_tree().unwrap();
-    for size in [2, 17, 32, 45] {
+    // 70 entries: level 1 has tiles 0-2, level 2 tiles 0-1 (17 nodes), level 6 one node.
+    for size in [2, 17, 32, 45, 64, 70] {
         assert_eq!(
             store.audit_root(size).unwrap(),
             merkle::root_at(&m, size).unwrap()
@@ -114,10 +111,16 @@ fn a_tree_stored_node_by_node_is_put_in_tiles_once() {
     store.build_tree().unwrap();
     let again: Vec<_> = store.t.tiles.range::<&[u8]>(..).collect();
     assert_eq!(format!("{tiles:?}"), format!("{again:?}"));
+    // A build a crash cut short (the last tiles are written last): the next start builds
+    // again.
+    store.t.tiles.remove(tile_key(2, 16)).unwrap();
+    store.build_tree().unwrap();
+    let rebuilt: Vec<_> = store.t.tiles.range::<&[u8]>(..).collect();
+    assert_eq!(format!("{tiles:?}"), format!("{rebuilt:?}"));
     append(&store, 3);
     assert_eq!(
-        store.audit_root(48).unwrap(),
-        merkle::root_at(&in_memory(&store), 48).unwrap()
+        store.audit_root(73).unwrap(),
+        merkle::root_at(&in_memory(&store), 73).unwrap()
     );
 }
 
@@ -132,6 +135,9 @@ fn a_tree_in_tiles_that_disagrees_with_the_head_is_refused() {
     let last = raw.len() - 2;
     raw[last] ^= 1;
     store.danger_put_audit_entry(3, Some(&raw)).unwrap();
+    assert!(matches!(store.build_tree(), Err(Error::Storage(_))));
+    // Nothing was written, so the next start refuses again instead of serving that tree.
+    assert!(store.t.tiles.range::<&[u8]>(..).next().is_none());
     assert!(matches!(store.build_tree(), Err(Error::Storage(_))));
 }
 
@@ -170,6 +176,18 @@ fn a_changed_tree_node_or_frontier_is_named_by_verify() {
         ))),
         Err(Error::Internal(_))
     ));
+    store.t.tiles.insert(tile_key(1, 16), tile.clone()).unwrap();
+    assert!(store.verify_audit().unwrap().ok);
+    // A last tile that runs on past the head is named too.
+    let mut longer = tile.clone();
+    longer.extend_from_slice(&[7u8; 32]);
+    store.t.tiles.insert(tile_key(1, 16), longer).unwrap();
+    let r = store.verify_audit().unwrap();
+    assert!(
+        r.problem
+            .unwrap()
+            .contains("tiles do not end where the head says")
+    );
     store.t.tiles.insert(tile_key(1, 16), tile).unwrap();
     assert!(store.verify_audit().unwrap().ok);
     let mut head = store.t.meta.get(HEAD).unwrap().unwrap().to_vec();
