@@ -327,7 +327,7 @@ impl Store {
             ));
         } else if built && !self.tiles_end_at_head()? {
             v.fail_tree(
-                "the stored Merkle tree's tiles do not end where the head says (a tile is cut short or runs on)".into(),
+                "the stored Merkle tree's tiles do not end where the head says (a tile is cut short or runs on, or one lies past the end)".into(),
             );
         }
         Ok(v.finish())
@@ -353,6 +353,10 @@ impl Store {
                 ));
             }
             self.tree_of_entries(&mut |batch| self.t.tiles.apply(batch))?;
+            let stray = self.stray_tiles(head.seq)?;
+            self.t
+                .tiles
+                .apply(stray.into_iter().map(|k| (k, None)).collect())?;
             self.engine.flush()?;
             tracing::info!(
                 entries = head.seq,
@@ -432,7 +436,8 @@ impl Store {
         Ok(false)
     }
 
-    /// Whether each level's last tile holds exactly the nodes a tree of `size` entries has.
+    /// Whether each level's last tile holds exactly the nodes a tree of `size` entries has,
+    /// and no tile lies past it.
     fn tiles_end_at(&self, size: u64) -> Result<bool> {
         let mut level = 1u8;
         while level < 64 && size >> level > 0 {
@@ -443,7 +448,34 @@ impl Store {
             }
             level += 1;
         }
-        Ok(true)
+        Ok(self.stray_tiles(size)?.is_empty())
+    }
+
+    /// The keys of stored tiles that a tree of `size` entries does not have: past a level's
+    /// last tile, or at a level the tree does not reach (leaves are never stored). Appending
+    /// would refuse on reaching one, so a build removes them.
+    fn stray_tiles(&self, size: u64) -> Result<Vec<Vec<u8>>> {
+        let mut stray = Vec::new();
+        let mut outside = |lo: [u8; 9], hi: Option<[u8; 9]>| -> Result<()> {
+            let scan = match hi {
+                Some(hi) => self.t.tiles.range(lo..hi),
+                None => self.t.tiles.range(lo..),
+            };
+            for entry in scan {
+                stray.push(entry?.0);
+            }
+            Ok(())
+        };
+        let mut from = node_key(0, 0);
+        let mut level = 1u8;
+        while level < 64 && size >> level > 0 {
+            let last = (size >> level) - 1;
+            outside(from, Some(node_key(level, 0)))?;
+            from = node_key(level, last / TILE + 1);
+            level += 1;
+        }
+        outside(from, None)?;
+        Ok(stray)
     }
 
     /// Replaces the whole log with `entries`, re-sealed: chain, tree and head made consistent

@@ -119,20 +119,6 @@ impl Receiver {
         Receiver::serve(listener)
     }
 
-    /// Starts on a given port (to come back up where a stopped receiver was), retrying bind for up to 5 s.
-    pub fn on_port(port: u16) -> Receiver {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match TcpListener::bind(("127.0.0.1", port)) {
-                Ok(listener) => return Receiver::serve(listener),
-                Err(e) if Instant::now() >= deadline => {
-                    panic!("could not bind 127.0.0.1:{port} within 5 s: {e}")
-                }
-                Err(_) => thread::sleep(Duration::from_millis(50)),
-            }
-        }
-    }
-
     fn serve(listener: TcpListener) -> Receiver {
         let port = listener.local_addr().expect("local_addr").port();
         let shared = Arc::new(Shared {
