@@ -281,6 +281,62 @@ fn losing_a_broker_or_an_etcd_member_loses_nothing_acknowledged() {
     assert!(va["entries"].as_u64() > before["entries"].as_u64());
 }
 
+#[test]
+fn a_broker_restarts_while_another_appends() {
+    let mut t = team(3);
+    let Team {
+        brokers,
+        editors,
+        adam,
+        ..
+    } = &mut t;
+    let (restarting, serving) = brokers.split_at_mut(1);
+    let (a, b) = (&mut restarting[0], &serving[0]);
+    let acked = Mutex::new(Vec::new());
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for (i, ed) in editors.iter().enumerate() {
+            let (acked, stop, adam) = (&acked, &stop, &*adam);
+            s.spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let key = keygen(b.tmp.path(), &format!("r{i}-{n}"));
+                    acked
+                        .lock()
+                        .unwrap()
+                        .push(cycle([b, b, b], ed, adam, &key).unwrap());
+                }
+            });
+        }
+        // Each start checks the tree's tiles against the head while `b` moves both: an
+        // append meanwhile is no damage, and the start goes on without rebuilding. (The load
+        // stops even if a start fails, so that the failure is reported.)
+        let restarts = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for _ in 0..12 {
+                std::thread::sleep(Duration::from_millis(200));
+                a.stop();
+                a.spawn();
+            }
+        }));
+        stop.store(true, Ordering::SeqCst);
+        if let Err(panic) = restarts {
+            std::panic::resume_unwind(panic);
+        }
+    });
+    let log = a.log();
+    assert!(!log.contains("stored the audit log's Merkle tree"), "{log}");
+    let acked = acked.into_inner().unwrap();
+    assert!(
+        acked.len() >= 4,
+        "only {} cycles under the restarts",
+        acked.len()
+    );
+    all_present(a, &acked);
+    let (va, vb) = (verified(a), verified(b));
+    assert_eq!(va["entries"], vb["entries"]);
+}
+
 /// On a fresh broker: an editor, an admin and a host, and one acknowledged cycle.
 fn first_cycle(b: &Broker) -> (Identity, Identity, Acked) {
     let ed = b.add_member("ed", "editor");

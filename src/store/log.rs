@@ -341,7 +341,9 @@ impl Store {
     pub fn build_tree(&self) -> Result<()> {
         let before = self.t.meta.get(HEAD)?;
         let head = Head::decode(before.as_deref())?;
-        if head.frontier.is_some() && self.tiles_end_at(head.seq)? {
+        // Read against the head as it moves: on a shared database another broker may be
+        // appending meanwhile, which is no reason to rebuild.
+        if head.frontier.is_some() && self.tiles_end_at_head()? {
             return Ok(());
         }
         if let Some(recorded) = &head.frontier {
@@ -422,7 +424,8 @@ impl Store {
     }
 
     /// [`Self::tiles_end_at`] the head's size, while a live broker may be appending: a
-    /// mismatch counts only if the head did not move meanwhile.
+    /// mismatch counts only if the head did not move meanwhile. A head that keeps moving is
+    /// taken as a yes: each of those appends checked the tile it extends.
     fn tiles_end_at_head(&self) -> Result<bool> {
         for _ in 0..8 {
             let size = self.head()?.seq;
@@ -433,7 +436,7 @@ impl Store {
                 return Ok(false);
             }
         }
-        Ok(false)
+        Ok(true)
     }
 
     /// Whether each level's last tile holds exactly the nodes a tree of `size` entries has,
