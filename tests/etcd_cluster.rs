@@ -302,10 +302,8 @@ fn a_broker_restarts_while_another_appends() {
                 while !stop.load(Ordering::SeqCst) {
                     n += 1;
                     let key = keygen(b.tmp.path(), &format!("r{i}-{n}"));
-                    acked
-                        .lock()
-                        .unwrap()
-                        .push(cycle([b, b, b], ed, adam, &key).unwrap());
+                    let done = cycle([b, b, b], ed, adam, &key).unwrap();
+                    acked.lock().unwrap().push(done);
                 }
             });
         }

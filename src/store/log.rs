@@ -327,7 +327,7 @@ impl Store {
             ));
         } else if built && !self.tiles_end_at_head()? {
             v.fail_tree(
-                "the stored Merkle tree's tiles do not end where the head says (a tile is cut short or runs on, or one lies past the end)".into(),
+                "the stored Merkle tree's tiles do not end where the head says (a tile is cut short or runs on)".into(),
             );
         }
         Ok(v.finish())
@@ -341,9 +341,14 @@ impl Store {
     pub fn build_tree(&self) -> Result<()> {
         let before = self.t.meta.get(HEAD)?;
         let head = Head::decode(before.as_deref())?;
-        // Read against the head as it moves: on a shared database another broker may be
-        // appending meanwhile, which is no reason to rebuild.
-        if head.frontier.is_some() && self.tiles_end_at_head()? {
+        // On a shared database another broker may append between the check's reads: there a
+        // last tile need only reach where the head says.
+        let whole = if self.engine.shared() {
+            self.tiles_reach(head.seq)?
+        } else {
+            self.tiles_end_at(head.seq)?
+        };
+        if head.frontier.is_some() && whole {
             return Ok(());
         }
         if let Some(recorded) = &head.frontier {
@@ -355,10 +360,6 @@ impl Store {
                 ));
             }
             self.tree_of_entries(&mut |batch| self.t.tiles.apply(batch))?;
-            let stray = self.stray_tiles(head.seq)?;
-            self.t
-                .tiles
-                .apply(stray.into_iter().map(|k| (k, None)).collect())?;
             self.engine.flush()?;
             tracing::info!(
                 entries = head.seq,
@@ -424,8 +425,7 @@ impl Store {
     }
 
     /// [`Self::tiles_end_at`] the head's size, while a live broker may be appending: a
-    /// mismatch counts only if the head did not move meanwhile. A head that keeps moving is
-    /// taken as a yes: each of those appends checked the tile it extends.
+    /// mismatch counts only if the head did not move meanwhile.
     fn tiles_end_at_head(&self) -> Result<bool> {
         for _ in 0..8 {
             let size = self.head()?.seq;
@@ -436,49 +436,36 @@ impl Store {
                 return Ok(false);
             }
         }
-        Ok(true)
+        Ok(false)
     }
 
-    /// Whether each level's last tile holds exactly the nodes a tree of `size` entries has,
-    /// and no tile lies past it.
+    /// Whether each level's last tile holds exactly the nodes a tree of `size` entries has.
     fn tiles_end_at(&self, size: u64) -> Result<bool> {
+        self.last_tiles(size, |len, end| len == end)
+    }
+
+    /// Whether each level's last tile holds at least the nodes a tree of `size` entries has:
+    /// what a start on a shared database needs (a build cut short, refused or never made
+    /// leaves a tile short or missing), and what holds while another broker appends, whose
+    /// tiles may be read after its head moved on. A tile that runs on refuses the append
+    /// that reaches it, and `verify` names it.
+    fn tiles_reach(&self, size: u64) -> Result<bool> {
+        self.last_tiles(size, |len, end| len >= end)
+    }
+
+    /// Whether `fits(length, end)` holds for each level's last tile of a tree of `size`
+    /// entries, where `end` is where the tile's last node ends.
+    fn last_tiles(&self, size: u64, fits: impl Fn(usize, usize) -> bool) -> Result<bool> {
         let mut level = 1u8;
         while level < 64 && size >> level > 0 {
             let last = (size >> level) - 1;
             let tile = self.t.tiles.get(tile_key(level, last))?;
-            if tile.map(|t| t.len()) != Some(tile_offset(last) + 32) {
+            if !tile.is_some_and(|t| fits(t.len(), tile_offset(last) + 32)) {
                 return Ok(false);
             }
             level += 1;
         }
-        Ok(self.stray_tiles(size)?.is_empty())
-    }
-
-    /// The keys of stored tiles that a tree of `size` entries does not have: past a level's
-    /// last tile, or at a level the tree does not reach (leaves are never stored). Appending
-    /// would refuse on reaching one, so a build removes them.
-    fn stray_tiles(&self, size: u64) -> Result<Vec<Vec<u8>>> {
-        let mut stray = Vec::new();
-        let mut outside = |lo: [u8; 9], hi: Option<[u8; 9]>| -> Result<()> {
-            let scan = match hi {
-                Some(hi) => self.t.tiles.range(lo..hi),
-                None => self.t.tiles.range(lo..),
-            };
-            for entry in scan {
-                stray.push(entry?.0);
-            }
-            Ok(())
-        };
-        let mut from = node_key(0, 0);
-        let mut level = 1u8;
-        while level < 64 && size >> level > 0 {
-            let last = (size >> level) - 1;
-            outside(from, Some(node_key(level, 0)))?;
-            from = node_key(level, last / TILE + 1);
-            level += 1;
-        }
-        outside(from, None)?;
-        Ok(stray)
+        Ok(true)
     }
 
     /// Replaces the whole log with `entries`, re-sealed: chain, tree and head made consistent

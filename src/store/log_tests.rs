@@ -197,30 +197,3 @@ fn a_changed_tree_node_or_frontier_is_named_by_verify() {
     let r = store.verify_audit().unwrap();
     assert!(r.problem.unwrap().contains("recorded in the head"));
 }
-
-#[test]
-fn a_stray_tile_is_named_by_verify_and_removed_by_the_next_build() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    // 40 entries: level 1 ends in tile 1 (node 19), level 5 is the top (node 0).
-    append(&store, 40);
-    let tiles = || store.t.tiles.range::<&[u8]>(..).count();
-    let kept = tiles();
-    // Past level 1's last tile, at a level the tree does not reach, and at the leaves.
-    for key in [tile_key(1, 2 * TILE), tile_key(9, 0), tile_key(0, 0)] {
-        store.t.tiles.insert(key, vec![7u8; 32]).unwrap();
-        let r = store.verify_audit().unwrap();
-        assert!(
-            r.problem
-                .as_deref()
-                .is_some_and(|p| p.contains("one lies past the end")),
-            "{r:?}"
-        );
-    }
-    // The next start's build removes them, and nothing else.
-    store.build_tree().unwrap();
-    assert_eq!(tiles(), kept);
-    assert!(store.verify_audit().unwrap().ok);
-    append(&store, 30);
-    assert!(store.verify_audit().unwrap().ok);
-}
