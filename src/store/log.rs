@@ -105,6 +105,16 @@ fn in_tile(tile: &[u8], index: u64) -> Option<Hash> {
     tile.get(at..at + 32).and_then(to_hash)
 }
 
+/// Refuses a build whose entries do not come to the head's size.
+fn same_size(entries: u64, head: u64) -> Result<()> {
+    if entries == head {
+        return Ok(());
+    }
+    Err(Error::Storage(format!(
+        "the audit log holds {entries} entries but its head names entry {head}; check it with 'sshjit-broker audit verify --data-dir'"
+    )))
+}
+
 fn incomplete(level: u8, index: u64) -> Error {
     Error::Internal(format!(
         "the audit log's Merkle tree does not end where the head says (level {level}, index {index}); check it with 'sshjit-broker audit verify --data-dir'"
@@ -343,17 +353,19 @@ impl Store {
         let head = Head::decode(before.as_deref())?;
         // On a shared database another broker may append between the check's reads: there a
         // last tile need only reach where the head says.
-        let whole = if self.engine.shared() {
-            self.tiles_reach(head.seq)?
-        } else {
-            self.tiles_end_at(head.seq)?
+        let whole = |size| {
+            if self.engine.shared() {
+                self.tiles_reach(size)
+            } else {
+                self.tiles_end_at(size)
+            }
         };
-        if head.frontier.is_some() && whole {
+        if head.frontier.is_some() && whole(head.seq)? {
             return Ok(());
         }
         if let Some(recorded) = &head.frontier {
             let frontier = self.tree_of_entries(&mut |_| Ok(()))?;
-            self.same_size(frontier.size(), head.seq)?;
+            same_size(frontier.size(), head.seq)?;
             if *recorded != frontier {
                 return Err(Error::Storage(
                     "the audit log's entries do not give the Merkle tree its head records; check it with 'sshjit-broker audit verify --data-dir'".into(),
@@ -368,7 +380,7 @@ impl Store {
             return Ok(());
         }
         let frontier = self.tree_of_entries(&mut |batch| self.t.tiles.apply(batch))?;
-        self.same_size(frontier.size(), head.seq)?;
+        same_size(frontier.size(), head.seq)?;
         let built = Head {
             frontier: Some(frontier),
             ..head
@@ -413,15 +425,6 @@ impl Store {
         }
         write(batch)?;
         Ok(frontier)
-    }
-
-    fn same_size(&self, entries: u64, head: u64) -> Result<()> {
-        if entries == head {
-            return Ok(());
-        }
-        Err(Error::Storage(format!(
-            "the audit log holds {entries} entries but its head names entry {head}; check it with 'sshjit-broker audit verify --data-dir'"
-        )))
     }
 
     /// [`Self::tiles_end_at`] the head's size, while a live broker may be appending: a

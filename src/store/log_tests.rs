@@ -13,6 +13,14 @@ fn append(store: &Store, n: u64) {
     }
 }
 
+/// A store in a temp dir (kept as long as the store is used) holding `n` entries.
+fn with_entries(n: u64) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    append(&store, n);
+    (dir, store)
+}
+
 fn in_memory(store: &Store) -> MemTree {
     let mut t = MemTree::new();
     for raw in store.audit_raw(0) {
@@ -23,9 +31,7 @@ fn in_memory(store: &Store) -> MemTree {
 
 #[test]
 fn stored_proofs_match_the_whole_tree_in_memory() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    append(&store, 70);
+    let (_dir, store) = with_entries(70);
     let m = in_memory(&store);
     for size in 1..=70u64 {
         let root = merkle::root_at(&m, size).unwrap();
@@ -55,9 +61,7 @@ fn stored_proofs_match_the_whole_tree_in_memory() {
 
 #[test]
 fn a_log_written_before_the_tree_gets_it_built_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    append(&store, 37);
+    let (_dir, store) = with_entries(37);
     let root = store.audit_root(37).unwrap();
     // The head and tree as a database from before the tree has them.
     let head = store.t.meta.get(HEAD).unwrap().unwrap();
@@ -83,9 +87,7 @@ fn a_log_written_before_the_tree_gets_it_built_once() {
 
 #[test]
 fn a_tree_stored_node_by_node_is_put_in_tiles_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    append(&store, 70);
+    let (_dir, store) = with_entries(70);
     let m = in_memory(&store);
     // A database from before tiles: its nodes one per key (no longer read), no tiles.
     store.t.tiles.clear().unwrap();
@@ -126,9 +128,7 @@ fn a_tree_stored_node_by_node_is_put_in_tiles_once() {
 
 #[test]
 fn a_tree_in_tiles_that_disagrees_with_the_head_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    append(&store, 9);
+    let (_dir, store) = with_entries(9);
     store.t.tiles.clear().unwrap();
     // An entry changed under the head: its tree no longer gives the recorded frontier.
     let mut raw = store.audit_entry(3).unwrap().unwrap();
@@ -143,9 +143,7 @@ fn a_tree_in_tiles_that_disagrees_with_the_head_is_refused() {
 
 #[test]
 fn a_changed_tree_node_or_frontier_is_named_by_verify() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    append(&store, 40);
+    let (_dir, store) = with_entries(40);
     // Level 1 holds 20 nodes: tiles 0 (nodes 0-15) and 1 (16-19).
     for (index, nodes) in [(0, 16), (18, 4)] {
         let tile = store.t.tiles.get(tile_key(1, index)).unwrap().unwrap();
