@@ -269,8 +269,21 @@ impl Ca {
 
     /// Signs a user certificate for `subject` with exactly `profile`.
     pub fn sign(&self, subject: &KeyData, profile: &Profile) -> Result<Certificate> {
-        let sign_err =
-            |e: ssh_key::Error| Error::Internal(format!("cannot sign a certificate: {e}"));
+        self.finish(self.prepare(subject, profile)?)
+    }
+
+    /// The certificate for `subject` with exactly `profile`, everything but its signature:
+    /// every check that could refuse it is made here, so that a change can record the
+    /// certificate and leave the signature, most of its cost, to [`Ca::finish`] after it
+    /// commits (changes run one at a time; none should wait on a signature).
+    pub fn prepare(&self, subject: &KeyData, profile: &Profile) -> Result<Unsigned> {
+        // The builder refuses a certificate without principals only when it signs (one
+        // without any would be valid for every login).
+        if profile.principals.is_empty() {
+            return Err(Error::Internal(
+                "cannot sign a certificate that names no principal".into(),
+            ));
+        }
         let mut b = Builder::new_with_random_nonce(
             &mut rand::rng(),
             subject.clone(),
@@ -291,11 +304,25 @@ impl Ca {
         for e in &profile.extensions {
             b.extension(*e, "").map_err(sign_err)?;
         }
+        Ok(Unsigned(b))
+    }
+
+    /// Signs a certificate [`Ca::prepare`] made. (Left to fail: only encoding the signed
+    /// bytes, which the checks before make impossible in practice.)
+    pub fn finish(&self, unsigned: Unsigned) -> Result<Certificate> {
         match &self.fast {
-            Some(fast) => b.sign(fast).map_err(sign_err),
-            None => b.sign(&self.key).map_err(sign_err),
+            Some(fast) => unsigned.0.sign(fast).map_err(sign_err),
+            None => unsigned.0.sign(&self.key).map_err(sign_err),
         }
     }
+}
+
+/// A certificate checked and built but not yet signed ([`Ca::prepare`]).
+#[derive(Debug)]
+pub struct Unsigned(Builder);
+
+fn sign_err(e: ssh_key::Error) -> Error {
+    Error::Internal(format!("cannot sign a certificate: {e}"))
 }
 
 /// One file a host needs.
@@ -540,6 +567,16 @@ mod tests {
         let fp = key.public_key().fingerprint(HashAlg::Sha256);
         cert.validate_at(1_900_000_000, &[fp]).unwrap();
         assert!(cert.validate_at(1_900_003_600, &[fp]).is_err());
+        // A certificate with no principal (valid for every login) is refused before any
+        // change records it, not when it is signed.
+        let none = Profile {
+            principals: vec![],
+            ..p
+        };
+        let e = ca
+            .prepare(subject.public_key().key_data(), &none)
+            .unwrap_err();
+        assert_eq!(e.code(), "internal", "{e}");
     }
 
     #[test]

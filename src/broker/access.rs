@@ -266,7 +266,7 @@ impl Broker {
         }
         let key_fingerprint = ca::fingerprint(key.key_data());
         let rate = self.policy.cert_rate;
-        let (cert, record, req, hosts) = self.metered(actor, "cert", rate, now, || {
+        let (unsigned, record, req, hosts) = self.metered(actor, "cert", rate, now, || {
             self.apply(cx, actor, |tx| {
                 if tx.key_owner(&key_fingerprint)?.is_some() {
                     return Err(Error::InvalidKey(
@@ -294,7 +294,7 @@ impl Broker {
                 let grant = grant.clone();
                 let serial = tx.next_serial()?;
                 let profile = ca::profile(&req, &grant, &hosts.iter().collect::<Vec<_>>(), serial);
-                let cert = self.ca.sign(key.key_data(), &profile)?;
+                let unsigned = self.ca.prepare(key.key_data(), &profile)?;
                 let record = CertRecord {
                     serial,
                     request_id: id,
@@ -322,9 +322,13 @@ impl Broker {
                     key_fingerprint: key_fingerprint.clone(),
                     force_command: record.force_command.clone(),
                 };
-                Ok(((cert, record, req, hosts), vec![event]))
+                Ok(((unsigned, record, req, hosts), vec![event]))
             })
         })?;
+        // Signed once the change has committed: the record and the audit entry say all the
+        // certificate says but its signature, and changes run one at a time, so none waits
+        // on this one's signature. (Nothing is sent before the change is durable.)
+        let cert = self.ca.finish(unsigned)?;
         tracing::info!(id, serial = record.serial, key_id = %record.key_id, "certificate issued");
         let line = cert
             .to_openssh()
