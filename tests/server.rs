@@ -5,6 +5,7 @@ mod util;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use util::{Broker, Identity, require, ssh_opts};
@@ -377,4 +378,125 @@ fn a_connection_that_ran_its_commands_is_hung_up_with_the_reason() {
     );
     // A new connection runs commands at once.
     assert_eq!(b.ssh(&b.owner, "whoami").ok().stdout.trim(), "olga (owner)");
+}
+
+/// Accepts the broker's host key: the test started the broker it talks to.
+struct AnyKey;
+
+impl russh::client::Handler for AnyKey {
+    type Error = russh::Error;
+    async fn check_server_key(
+        &mut self,
+        _: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// Every message on `ch` until it closes.
+async fn messages(ch: &mut russh::Channel<russh::client::Msg>) -> Vec<russh::ChannelMsg> {
+    let mut all = vec![];
+    while let Some(m) = ch.wait().await {
+        let close = matches!(m, russh::ChannelMsg::Close);
+        all.push(m);
+        if close {
+            break;
+        }
+    }
+    all
+}
+
+/// What a channel's messages say: their kinds in order, and the text of its stdout.
+fn summary(all: &[russh::ChannelMsg]) -> (Vec<&'static str>, String) {
+    let mut out = String::new();
+    let kinds = all
+        .iter()
+        .map(|m| match m {
+            russh::ChannelMsg::Success => "success",
+            russh::ChannelMsg::Data { data } => {
+                out.push_str(&String::from_utf8_lossy(data));
+                "data"
+            }
+            russh::ChannelMsg::ExtendedData { .. } => "stderr",
+            russh::ChannelMsg::ExitStatus { exit_status: 0 } => "exit 0",
+            russh::ChannelMsg::ExitStatus { .. } => "exit !0",
+            russh::ChannelMsg::Eof => "eof",
+            russh::ChannelMsg::Close => "close",
+            _ => "other",
+        })
+        .collect();
+    (kinds, out)
+}
+
+/// A `cert`'s exec reply is held until its answer (so both leave in one write) only while
+/// its key is on the way: a client that waits for the reply before it sends the key, as
+/// some SSH libraries do, still gets it, and every client gets exactly one, first.
+#[test]
+fn a_cert_gets_its_exec_reply_whether_or_not_the_client_waits_for_it() {
+    let b = Broker::start_new();
+    let alice = b.add_member("alice", "viewer");
+    b.ssh(
+        &b.owner,
+        "host add web-01 --address 10.0.0.5 --login viewer=ro",
+    )
+    .ok();
+    let line = "request web-01 --role viewer --for 10m --reason 'INC-3 exec reply' --json";
+    let id = b.ssh(&alice, line).ok().json()["id"].as_u64().unwrap();
+    b.ssh(&b.owner, &format!("approve {id}")).ok();
+    let subject = util::keygen(b.tmp.path(), "subject").public;
+    let key = Arc::new(russh::keys::load_secret_key(&alice.key, None).unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let config = Arc::new(russh::client::Config::default());
+        let mut h = russh::client::connect(config, b.addr, AnyKey)
+            .await
+            .unwrap();
+        let auth = russh::keys::PrivateKeyWithHashAlg::new(key, None);
+        assert!(h.authenticate_publickey("x", auth).await.unwrap().success());
+        let cert_line = format!("cert {id}").into_bytes();
+
+        // Waits for the reply before it sends anything: the reply comes by itself.
+        let mut ch = h.channel_open_session().await.unwrap();
+        ch.exec(true, cert_line.clone()).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), ch.wait()).await;
+        assert!(
+            matches!(first, Ok(Some(russh::ChannelMsg::Success))),
+            "{first:?}"
+        );
+        ch.data(subject.as_bytes()).await.unwrap();
+        ch.eof().await.unwrap();
+        let (kinds, out) = summary(&messages(&mut ch).await);
+        assert_eq!(kinds, ["data", "exit 0", "eof", "close"], "{out}");
+        assert!(
+            out.starts_with("ssh-ed25519-cert-v01@openssh.com "),
+            "{out}"
+        );
+
+        // Sends its key at once: the reply comes first, with the answer.
+        let mut ch = h.channel_open_session().await.unwrap();
+        ch.exec(true, cert_line.clone()).await.unwrap();
+        ch.data(subject.as_bytes()).await.unwrap();
+        ch.eof().await.unwrap();
+        let (kinds, out) = summary(&messages(&mut ch).await);
+        assert_eq!(
+            kinds,
+            ["success", "data", "exit 0", "eof", "close"],
+            "{out}"
+        );
+        assert!(
+            out.starts_with("ssh-ed25519-cert-v01@openssh.com "),
+            "{out}"
+        );
+
+        // Refused for its stdin: the reply still comes first, then the refusal.
+        let mut ch = h.channel_open_session().await.unwrap();
+        ch.exec(true, cert_line).await.unwrap();
+        ch.data(&vec![b'x'; 17 * 1024][..]).await.unwrap();
+        ch.eof().await.unwrap();
+        let (kinds, _) = summary(&messages(&mut ch).await);
+        assert_eq!(kinds, ["success", "stderr", "exit !0", "eof", "close"]);
+    });
 }

@@ -12,12 +12,20 @@ use russh::{Channel, ChannelId, Disconnect, Pty, Sig};
 use tokio::sync::mpsc;
 
 use super::admission::{Seat, Startup};
-use super::{Shared, Signals, send_output};
+use super::answer::{HeldReply, send_output, write_output};
+use super::{Shared, Signals};
 use crate::broker::{Output, wants_json};
 use crate::ca;
 use crate::commands::{Command, Invocation, Parsed, parse_line};
 use crate::error::Error;
 use crate::model::{Timestamp, printable};
+
+/// A command reading its stdin.
+struct Waiting {
+    inv: Invocation,
+    stdin: Vec<u8>,
+    reply: HeldReply,
+}
 
 /// One connection's handler.
 pub(super) struct Conn {
@@ -33,8 +41,8 @@ pub(super) struct Conn {
     /// as authentication completes, and every further attempt is refused.
     refused: Option<String>,
     signals: Arc<Signals>,
-    /// Commands waiting for their stdin (a public key) to end.
-    waiting: HashMap<ChannelId, (Invocation, Vec<u8>)>,
+    /// Commands waiting for their stdin (a public key) to end, with their exec reply.
+    waiting: HashMap<ChannelId, Waiting>,
     done: mpsc::Sender<()>,
 }
 
@@ -64,26 +72,29 @@ impl Conn {
         matches!(self.shared.broker.member_for_key(&fp), Ok(Some(_)))
     }
 
-    /// Answers on `channel` in the background: stdout, stderr, exit status, EOF, close.
-    fn reply(&self, handle: Handle, channel: ChannelId, out: Output) {
+    /// Answers on `channel` in the background: stdout, stderr, exit status, EOF, close
+    /// (after the exec request's reply if it is `owed`).
+    fn reply(&self, handle: Handle, channel: ChannelId, out: Output, owed: bool) {
         let done = self.done.clone();
         let signals = self.signals.clone();
         tokio::spawn(async move {
-            send_output(&handle, channel, out).await;
+            send_output(&handle, channel, out, owed).await;
             signals.answered();
             drop(done);
         });
     }
 
-    /// Runs a parsed command and answers when it is done (and its change is durable). One
-    /// that needs nothing slow runs at once in the session's task: its answer goes out
-    /// directly, or, for a change, from a task that waits for the flush.
+    /// Runs a parsed command and answers when it is done (and its change is durable), after
+    /// the exec request's reply if it is `owed`. One that needs nothing slow runs at once in
+    /// the session's task: its answer goes out directly, or, for a change, from a task that
+    /// waits for the flush.
     fn start_command(
         &self,
         session: &mut Session,
         channel: ChannelId,
         inv: Invocation,
         stdin: Vec<u8>,
+        owed: bool,
     ) -> Result<(), russh::Error> {
         let broker = &self.shared.broker;
         let slow = inv.command.waits()
@@ -91,14 +102,14 @@ impl Conn {
             || broker.store().is_shared()
             || (matches!(inv.command, Command::Request(_)) && broker.model().is_some());
         let Some(fp) = self.fingerprint.as_deref().filter(|_| !slow) else {
-            self.spawn_command(session.handle(), channel, inv, stdin);
+            self.spawn_command(session.handle(), channel, inv, stdin, owed);
             return Ok(());
         };
         let answer = broker.execute_written(fp, &inv, &stdin, Timestamp::now(), None);
         self.signals.touch();
         let answer = match answer.ready() {
             Ok(out) => {
-                write_output(session, channel, out)?;
+                write_output(session, channel, out, owed)?;
                 self.signals.answered();
                 return Ok(());
             }
@@ -112,7 +123,7 @@ impl Conn {
                 .finish(answer)
                 .await
                 .unwrap_or_else(|e| command_failed(peer, &e, json));
-            send_output(&handle, channel, out).await;
+            send_output(&handle, channel, out, owed).await;
             signals.touch();
             signals.inflight.fetch_sub(1, Ordering::SeqCst);
             signals.answered();
@@ -122,13 +133,17 @@ impl Conn {
     }
 
     /// Runs a command in a task of its own and answers when it is done (and durable).
-    fn spawn_command(&self, handle: Handle, channel: ChannelId, inv: Invocation, stdin: Vec<u8>) {
+    fn spawn_command(
+        &self,
+        handle: Handle,
+        channel: ChannelId,
+        inv: Invocation,
+        stdin: Vec<u8>,
+        owed: bool,
+    ) {
         let Some(fp) = self.fingerprint.clone() else {
-            return self.reply(
-                handle,
-                channel,
-                Output::error(&not_authenticated(), inv.json),
-            );
+            let out = Output::error(&not_authenticated(), inv.json);
+            return self.reply(handle, channel, out, owed);
         };
         let broker = self.shared.broker.clone();
         let shared = self.shared.clone();
@@ -185,7 +200,7 @@ impl Conn {
                     Err(out) => out,
                 }
             };
-            send_output(&handle, channel, out).await;
+            send_output(&handle, channel, out, owed).await;
             signals.touch();
             signals.inflight.fetch_sub(1, Ordering::SeqCst);
             signals.answered();
@@ -227,24 +242,6 @@ fn command_failed(peer: SocketAddr, e: &dyn std::fmt::Display, json: bool) -> Ou
         &Error::Internal("the command failed; see the broker log".into()),
         json,
     )
-}
-
-/// Sends a whole answer on `channel` from the session's own task: stdout, stderr, exit
-/// status, EOF, close.
-fn write_output(
-    session: &mut Session,
-    channel: ChannelId,
-    out: Output,
-) -> Result<(), russh::Error> {
-    if !out.stdout.is_empty() {
-        session.data(channel, out.stdout.into_bytes())?;
-    }
-    if !out.stderr.is_empty() {
-        session.extended_data(channel, 1, out.stderr.into_bytes())?;
-    }
-    session.exit_status_request(channel, out.status)?;
-    session.eof(channel)?;
-    session.close(channel)
 }
 
 fn not_authenticated() -> Error {
@@ -345,22 +342,41 @@ impl russh::server::Handler for Conn {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_success(channel)?;
         self.signals.touch();
         let json = wants_json(data);
         if let Some(out) = self.admission(json) {
-            self.reply(session.handle(), channel, out);
+            session.channel_success(channel)?;
+            self.reply(session.handle(), channel, out, false);
             return Ok(());
         }
-        match parse_line(data) {
-            Ok(Parsed::Help(text)) => self.reply(session.handle(), channel, Output::text(text)),
+        let parsed = match parse_line(data) {
             Ok(Parsed::Run(inv)) if inv.reads_stdin() => {
-                self.waiting.insert(channel, (*inv, Vec::new()));
+                // The reply goes with the answer, or after GRACE (see `answer`).
+                let reply = HeldReply::hold(session.handle(), channel);
+                let stdin = Vec::new();
+                self.waiting.insert(
+                    channel,
+                    Waiting {
+                        inv: *inv,
+                        stdin,
+                        reply,
+                    },
+                );
+                return Ok(());
             }
-            Ok(Parsed::Run(inv)) => return self.start_command(session, channel, *inv, Vec::new()),
+            parsed => parsed,
+        };
+        session.channel_success(channel)?;
+        match parsed {
+            Ok(Parsed::Help(text)) => {
+                self.reply(session.handle(), channel, Output::text(text), false)
+            }
+            Ok(Parsed::Run(inv)) => {
+                return self.start_command(session, channel, *inv, Vec::new(), false);
+            }
             Err(e) => {
                 tracing::info!(peer = %self.peer, code = e.code(), "refused a command line");
-                self.reply(session.handle(), channel, Output::error(&e, json));
+                self.reply(session.handle(), channel, Output::error(&e, json), false);
             }
         }
         Ok(())
@@ -381,7 +397,7 @@ impl russh::server::Handler for Conn {
             stderr: text,
             status: 2,
         };
-        self.reply(session.handle(), channel, out);
+        self.reply(session.handle(), channel, out, false);
         Ok(())
     }
 
@@ -463,21 +479,27 @@ impl russh::server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let max = self.shared.limits.max_stdin_bytes;
-        let Some((_, buf)) = self.waiting.get_mut(&channel) else {
+        let Some(w) = self.waiting.get_mut(&channel) else {
             return Ok(());
         };
         self.signals.touch();
-        if buf.len() + data.len() > max {
-            let Some((inv, _)) = self.waiting.remove(&channel) else {
+        if w.stdin.len() + data.len() > max {
+            let Some(w) = self.waiting.remove(&channel) else {
                 return Ok(());
             };
             let e = Error::InvalidKey(format!(
                 "stdin is over {max} bytes; send one public key line"
             ));
-            self.reply(session.handle(), channel, Output::error(&e, inv.json));
+            let owed = w.reply.take();
+            self.reply(
+                session.handle(),
+                channel,
+                Output::error(&e, w.inv.json),
+                owed,
+            );
             return Ok(());
         }
-        buf.extend_from_slice(data);
+        w.stdin.extend_from_slice(data);
         Ok(())
     }
 
@@ -486,8 +508,9 @@ impl russh::server::Handler for Conn {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some((inv, stdin)) = self.waiting.remove(&channel) {
-            return self.start_command(session, channel, inv, stdin);
+        if let Some(w) = self.waiting.remove(&channel) {
+            let owed = w.reply.take();
+            return self.start_command(session, channel, w.inv, w.stdin, owed);
         }
         Ok(())
     }
@@ -497,7 +520,10 @@ impl russh::server::Handler for Conn {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.waiting.remove(&channel);
+        // Closed: nothing more is sent on it, the held reply included.
+        if let Some(w) = self.waiting.remove(&channel) {
+            w.reply.take();
+        }
         Ok(())
     }
 }

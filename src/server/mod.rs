@@ -5,7 +5,9 @@
 //! - identity is the authenticated key alone; the SSH user name is ignored;
 //! - every handler method not implemented here rejects (russh's default), and every channel
 //!   request the broker does not serve is answered with a failure at once, so the server
-//!   fails closed and never leaves a client waiting;
+//!   fails closed and never leaves a client waiting (the one reply held back, to an exec
+//!   whose command reads stdin, goes with its answer or after a few milliseconds; see
+//!   [`answer`]);
 //! - a connection holds a place in the unauthenticated budget until it authenticates, then a
 //!   seat (see [`admission`]); a flood of silent sockets cannot take the seats members use;
 //! - commands run on the connection's task (whole-log ones on the blocking pool), and nothing
@@ -13,6 +15,7 @@
 //!   ones finish and answer, then flushes the database.
 
 mod admission;
+mod answer;
 mod handler;
 
 pub use admission::{Admission, Refusal};
@@ -25,11 +28,11 @@ use std::time::{Duration, Instant};
 
 use russh::keys::PrivateKey;
 use russh::server::Handle;
-use russh::{ChannelId, Disconnect, MethodKind, MethodSet};
+use russh::{Disconnect, MethodKind, MethodSet};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, broadcast, mpsc};
 
-use crate::broker::{Broker, Output};
+use crate::broker::Broker;
 use crate::datadir::Limits;
 use admission::Startup;
 use handler::Conn;
@@ -390,25 +393,4 @@ fn split_killer(socket: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpS
     let std_socket = socket.into_std()?;
     let killer = std_socket.try_clone()?;
     Ok((TcpStream::from_std(std_socket)?, killer))
-}
-
-/// Sends a command's answer: stdout, stderr (extended data 1), exit status, EOF, close.
-///
-/// An empty message goes first. russh's session task, woken by a message from a handle,
-/// takes that one message alone and writes it out, then takes everything queued since in one
-/// batch and one write. The empty one writes nothing, so the whole answer leaves in one
-/// `sendto` rather than two (its data, then the rest).
-async fn send_output(handle: &Handle, channel: ChannelId, out: Output) {
-    let _ = handle.data(channel, Vec::<u8>::new()).await;
-    if !out.stdout.is_empty() {
-        let _ = handle.data(channel, out.stdout.into_bytes()).await;
-    }
-    if !out.stderr.is_empty() {
-        let _ = handle
-            .extended_data(channel, 1, out.stderr.into_bytes())
-            .await;
-    }
-    let _ = handle.exit_status_request(channel, out.status).await;
-    let _ = handle.eof(channel).await;
-    let _ = handle.close(channel).await;
 }

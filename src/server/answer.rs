@@ -1,0 +1,95 @@
+//! How a command's answer leaves: in as few writes as russh allows, with the reply to its
+//! exec request held back, for a command that reads stdin, until the answer goes.
+//!
+//! A `cert` reads its key on stdin and answers only once its change is durable. Replying to
+//! its exec request at once would cost a packet of its own: a `sendto` on the broker and a
+//! wake-up on the client, for every certificate. A client that sends its key without waiting
+//! for that reply (OpenSSH, the helper, russh) gets it in the same write as the answer
+//! instead. A client that waits for the reply before it sends (some SSH libraries do) gets it
+//! after [`GRACE`]: held, never withheld.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use russh::ChannelId;
+use russh::server::{Handle, Session};
+
+use crate::broker::Output;
+
+/// How long an exec request's reply is held while its stdin has not ended: long enough for
+/// a client that sends its key at once, short for one that waits.
+pub(super) const GRACE: Duration = Duration::from_millis(5);
+
+/// The success reply owed to an exec request whose command reads stdin. Whoever takes it
+/// first sends it: the answer (stdin ended), or the timer (it did not, within [`GRACE`]).
+#[derive(Clone)]
+pub(super) struct HeldReply(Arc<AtomicBool>);
+
+impl HeldReply {
+    /// Holds the reply for `channel`; it is sent by itself if nobody has taken it after
+    /// [`GRACE`].
+    pub(super) fn hold(handle: Handle, channel: ChannelId) -> HeldReply {
+        let held = HeldReply(Arc::new(AtomicBool::new(false)));
+        let timer = held.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(GRACE).await;
+            if timer.take() {
+                let _ = handle.channel_success(channel).await;
+            }
+        });
+        held
+    }
+
+    /// Whether the reply is still owed; if so, the caller now sends it.
+    pub(super) fn take(&self) -> bool {
+        !self.0.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// Writes a whole answer into the session, after the exec request's reply if it is
+/// `owed`: all of it leaves in the session's next write.
+pub(super) fn write_output(
+    session: &mut Session,
+    channel: ChannelId,
+    out: Output,
+    owed: bool,
+) -> Result<(), russh::Error> {
+    if owed {
+        session.channel_success(channel)?;
+    }
+    if !out.stdout.is_empty() {
+        session.data(channel, out.stdout.into_bytes())?;
+    }
+    if !out.stderr.is_empty() {
+        session.extended_data(channel, 1, out.stderr.into_bytes())?;
+    }
+    session.exit_status_request(channel, out.status)?;
+    session.eof(channel)?;
+    session.close(channel)
+}
+
+/// Sends a command's answer from another task, after the exec request's reply if it is
+/// `owed`: stdout, stderr (extended data 1), exit status, EOF, close.
+///
+/// An empty message goes first. russh's session task, woken by a message from a handle,
+/// takes that one message alone and writes it out, then takes everything queued since in one
+/// batch and one write. The empty one writes nothing, so the whole answer leaves in one
+/// `sendto` rather than two (its first message, then the rest).
+pub(super) async fn send_output(handle: &Handle, channel: ChannelId, out: Output, owed: bool) {
+    let _ = handle.data(channel, Vec::<u8>::new()).await;
+    if owed {
+        let _ = handle.channel_success(channel).await;
+    }
+    if !out.stdout.is_empty() {
+        let _ = handle.data(channel, out.stdout.into_bytes()).await;
+    }
+    if !out.stderr.is_empty() {
+        let _ = handle
+            .extended_data(channel, 1, out.stderr.into_bytes())
+            .await;
+    }
+    let _ = handle.exit_status_request(channel, out.status).await;
+    let _ = handle.eof(channel).await;
+    let _ = handle.close(channel).await;
+}
