@@ -491,6 +491,23 @@ fn a_cert_gets_its_exec_reply_whether_or_not_the_client_waits_for_it() {
             "{out}"
         );
 
+        // Sends its key about when the reply is due by itself: whichever sends the reply,
+        // it comes once and before the answer.
+        for ms in [3, 4, 5, 6, 7, 8] {
+            let mut ch = h.channel_open_session().await.unwrap();
+            ch.exec(true, cert_line.clone()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            ch.data(subject.as_bytes()).await.unwrap();
+            ch.eof().await.unwrap();
+            let all = messages(&mut ch).await;
+            let (kinds, out) = summary(&all);
+            assert_eq!(
+                kinds,
+                ["success", "data", "exit 0", "eof", "close"],
+                "{ms} ms: {out}"
+            );
+        }
+
         // Refused for its stdin: the reply still comes first, then the refusal.
         let mut ch = h.channel_open_session().await.unwrap();
         ch.exec(true, cert_line).await.unwrap();

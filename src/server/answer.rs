@@ -6,14 +6,15 @@
 //! wake-up on the client, for every certificate. A client that sends its key without waiting
 //! for that reply (OpenSSH, the helper, russh) gets it in the same write as the answer
 //! instead. A client that waits for the reply before it sends (some SSH libraries do) gets it
-//! after [`GRACE`]: held, never withheld.
+//! after [`GRACE`]: held, never withheld. Either way the reply comes first on its channel,
+//! and once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use russh::ChannelId;
 use russh::server::{Handle, Session};
+use tokio::sync::Mutex;
 
 use crate::broker::Output;
 
@@ -21,41 +22,72 @@ use crate::broker::Output;
 /// a client that sends its key at once, short for one that waits.
 pub(super) const GRACE: Duration = Duration::from_millis(5);
 
-/// The success reply owed to an exec request whose command reads stdin. Whoever takes it
-/// first sends it: the answer (stdin ended), or the timer (it did not, within [`GRACE`]).
+/// The success reply owed to an exec request whose command reads stdin, while it is held
+/// (`true`). The timer holds the lock while it sends the reply, so an answer that takes the
+/// lock after it is queued behind the reply.
 #[derive(Clone)]
-pub(super) struct HeldReply(Arc<AtomicBool>);
+pub(super) struct HeldReply(Arc<Mutex<bool>>);
+
+/// Where the exec request's reply stands when its answer is ready.
+pub(super) enum ExecReply {
+    /// Sent with the request.
+    Sent,
+    /// Still owed: it goes first in the answer's own write.
+    Owed,
+    /// Sent, or being sent, by the timer through the session's handle: the answer must
+    /// follow it there, once it is queued.
+    ByTimer(HeldReply),
+}
 
 impl HeldReply {
     /// Holds the reply for `channel`; it is sent by itself if nobody has taken it after
     /// [`GRACE`].
     pub(super) fn hold(handle: Handle, channel: ChannelId) -> HeldReply {
-        let held = HeldReply(Arc::new(AtomicBool::new(false)));
+        let held = HeldReply(Arc::new(Mutex::new(true)));
         let timer = held.clone();
         tokio::spawn(async move {
             tokio::time::sleep(GRACE).await;
-            if timer.take() {
+            let mut owed = timer.0.lock().await;
+            if std::mem::take(&mut *owed) {
                 let _ = handle.channel_success(channel).await;
             }
         });
         held
     }
 
-    /// Whether the reply is still owed; if so, the caller now sends it.
-    pub(super) fn take(&self) -> bool {
-        !self.0.swap(true, Ordering::AcqRel)
+    /// Takes the reply for the answer, if the timer has not. Never waits (the session's
+    /// task calls it, and the timer may be waiting on that task to take its message).
+    pub(super) fn take(&self) -> ExecReply {
+        let owed = match self.0.try_lock() {
+            Ok(mut owed) => std::mem::take(&mut *owed),
+            Err(_) => false,
+        };
+        if owed {
+            ExecReply::Owed
+        } else {
+            ExecReply::ByTimer(self.clone())
+        }
     }
 }
 
-/// Writes a whole answer into the session, after the exec request's reply if it is
-/// `owed`: all of it leaves in the session's next write.
+impl ExecReply {
+    /// Whether the answer may be written straight into the session (not behind a reply
+    /// the timer queued on the handle).
+    pub(super) fn direct(&self) -> bool {
+        !matches!(self, ExecReply::ByTimer(_))
+    }
+}
+
+/// Writes a whole answer into the session, after the exec request's reply if it is owed:
+/// all of it leaves in the session's next write. (Only for a reply that is not the timer's:
+/// [`ExecReply::direct`].)
 pub(super) fn write_output(
     session: &mut Session,
     channel: ChannelId,
     out: Output,
-    owed: bool,
+    reply: ExecReply,
 ) -> Result<(), russh::Error> {
-    if owed {
+    if matches!(reply, ExecReply::Owed) {
         session.channel_success(channel)?;
     }
     if !out.stdout.is_empty() {
@@ -69,14 +101,24 @@ pub(super) fn write_output(
     session.close(channel)
 }
 
-/// Sends a command's answer from another task, after the exec request's reply if it is
-/// `owed`: stdout, stderr (extended data 1), exit status, EOF, close.
+/// Sends a command's answer from another task, after the exec request's reply: stdout,
+/// stderr (extended data 1), exit status, EOF, close.
 ///
 /// An empty message goes first. russh's session task, woken by a message from a handle,
 /// takes that one message alone and writes it out, then takes everything queued since in one
 /// batch and one write. The empty one writes nothing, so the whole answer leaves in one
 /// `sendto` rather than two (its first message, then the rest).
-pub(super) async fn send_output(handle: &Handle, channel: ChannelId, out: Output, owed: bool) {
+pub(super) async fn send_output(
+    handle: &Handle,
+    channel: ChannelId,
+    out: Output,
+    reply: ExecReply,
+) {
+    let owed = matches!(reply, ExecReply::Owed);
+    if let ExecReply::ByTimer(held) = reply {
+        // Once the timer lets go, its reply is queued: everything sent now comes after it.
+        drop(held.0.lock().await);
+    }
     let _ = handle.data(channel, Vec::<u8>::new()).await;
     if owed {
         let _ = handle.channel_success(channel).await;

@@ -12,7 +12,7 @@ use russh::{Channel, ChannelId, Disconnect, Pty, Sig};
 use tokio::sync::mpsc;
 
 use super::admission::{Seat, Startup};
-use super::answer::{HeldReply, send_output, write_output};
+use super::answer::{ExecReply, HeldReply, send_output, write_output};
 use super::{Shared, Signals};
 use crate::broker::{Output, wants_json};
 use crate::ca;
@@ -73,19 +73,19 @@ impl Conn {
     }
 
     /// Answers on `channel` in the background: stdout, stderr, exit status, EOF, close
-    /// (after the exec request's reply if it is `owed`).
-    fn reply(&self, handle: Handle, channel: ChannelId, out: Output, owed: bool) {
+    /// (after the exec request's reply).
+    fn reply(&self, handle: Handle, channel: ChannelId, out: Output, reply: ExecReply) {
         let done = self.done.clone();
         let signals = self.signals.clone();
         tokio::spawn(async move {
-            send_output(&handle, channel, out, owed).await;
+            send_output(&handle, channel, out, reply).await;
             signals.answered();
             drop(done);
         });
     }
 
     /// Runs a parsed command and answers when it is done (and its change is durable), after
-    /// the exec request's reply if it is `owed`. One that needs nothing slow runs at once in
+    /// the exec request's reply. One that needs nothing slow runs at once in
     /// the session's task: its answer goes out directly, or, for a change, from a task that
     /// waits for the flush.
     fn start_command(
@@ -94,7 +94,7 @@ impl Conn {
         channel: ChannelId,
         inv: Invocation,
         stdin: Vec<u8>,
-        owed: bool,
+        reply: ExecReply,
     ) -> Result<(), russh::Error> {
         let broker = &self.shared.broker;
         let slow = inv.command.waits()
@@ -102,14 +102,18 @@ impl Conn {
             || broker.store().is_shared()
             || (matches!(inv.command, Command::Request(_)) && broker.model().is_some());
         let Some(fp) = self.fingerprint.as_deref().filter(|_| !slow) else {
-            self.spawn_command(session.handle(), channel, inv, stdin, owed);
+            self.spawn_command(session.handle(), channel, inv, stdin, reply);
             return Ok(());
         };
         let answer = broker.execute_written(fp, &inv, &stdin, Timestamp::now(), None);
         self.signals.touch();
         let answer = match answer.ready() {
+            Ok(out) if !reply.direct() => {
+                self.reply(session.handle(), channel, out, reply);
+                return Ok(());
+            }
             Ok(out) => {
-                write_output(session, channel, out, owed)?;
+                write_output(session, channel, out, reply)?;
                 self.signals.answered();
                 return Ok(());
             }
@@ -123,7 +127,7 @@ impl Conn {
                 .finish(answer)
                 .await
                 .unwrap_or_else(|e| command_failed(peer, &e, json));
-            send_output(&handle, channel, out, owed).await;
+            send_output(&handle, channel, out, reply).await;
             signals.touch();
             signals.inflight.fetch_sub(1, Ordering::SeqCst);
             signals.answered();
@@ -139,11 +143,11 @@ impl Conn {
         channel: ChannelId,
         inv: Invocation,
         stdin: Vec<u8>,
-        owed: bool,
+        reply: ExecReply,
     ) {
         let Some(fp) = self.fingerprint.clone() else {
             let out = Output::error(&not_authenticated(), inv.json);
-            return self.reply(handle, channel, out, owed);
+            return self.reply(handle, channel, out, reply);
         };
         let broker = self.shared.broker.clone();
         let shared = self.shared.clone();
@@ -200,7 +204,7 @@ impl Conn {
                     Err(out) => out,
                 }
             };
-            send_output(&handle, channel, out, owed).await;
+            send_output(&handle, channel, out, reply).await;
             signals.touch();
             signals.inflight.fetch_sub(1, Ordering::SeqCst);
             signals.answered();
@@ -346,7 +350,7 @@ impl russh::server::Handler for Conn {
         let json = wants_json(data);
         if let Some(out) = self.admission(json) {
             session.channel_success(channel)?;
-            self.reply(session.handle(), channel, out, false);
+            self.reply(session.handle(), channel, out, ExecReply::Sent);
             return Ok(());
         }
         let parsed = match parse_line(data) {
@@ -368,15 +372,23 @@ impl russh::server::Handler for Conn {
         };
         session.channel_success(channel)?;
         match parsed {
-            Ok(Parsed::Help(text)) => {
-                self.reply(session.handle(), channel, Output::text(text), false)
-            }
+            Ok(Parsed::Help(text)) => self.reply(
+                session.handle(),
+                channel,
+                Output::text(text),
+                ExecReply::Sent,
+            ),
             Ok(Parsed::Run(inv)) => {
-                return self.start_command(session, channel, *inv, Vec::new(), false);
+                return self.start_command(session, channel, *inv, Vec::new(), ExecReply::Sent);
             }
             Err(e) => {
                 tracing::info!(peer = %self.peer, code = e.code(), "refused a command line");
-                self.reply(session.handle(), channel, Output::error(&e, json), false);
+                self.reply(
+                    session.handle(),
+                    channel,
+                    Output::error(&e, json),
+                    ExecReply::Sent,
+                );
             }
         }
         Ok(())
@@ -397,7 +409,7 @@ impl russh::server::Handler for Conn {
             stderr: text,
             status: 2,
         };
-        self.reply(session.handle(), channel, out, false);
+        self.reply(session.handle(), channel, out, ExecReply::Sent);
         Ok(())
     }
 
@@ -490,12 +502,12 @@ impl russh::server::Handler for Conn {
             let e = Error::InvalidKey(format!(
                 "stdin is over {max} bytes; send one public key line"
             ));
-            let owed = w.reply.take();
+            let reply = w.reply.take();
             self.reply(
                 session.handle(),
                 channel,
                 Output::error(&e, w.inv.json),
-                owed,
+                reply,
             );
             return Ok(());
         }
@@ -509,8 +521,8 @@ impl russh::server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(w) = self.waiting.remove(&channel) {
-            let owed = w.reply.take();
-            return self.start_command(session, channel, w.inv, w.stdin, owed);
+            let reply = w.reply.take();
+            return self.start_command(session, channel, w.inv, w.stdin, reply);
         }
         Ok(())
     }
