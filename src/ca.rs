@@ -64,8 +64,17 @@ pub fn read_private_key(path: &Path) -> Result<PrivateKey> {
     }
     let text = std::fs::read_to_string(path)
         .map_err(Error::io(format!("cannot read {}", path.display())))?;
-    PrivateKey::from_openssh(text.trim())
-        .map_err(|_| Error::DataDir(format!("{} is not an OpenSSH private key", path.display())))
+    let key = PrivateKey::from_openssh(text.trim())
+        .map_err(|_| Error::DataDir(format!("{} is not an OpenSSH private key", path.display())))?;
+    if key.is_encrypted() {
+        // The broker runs unattended: nobody is there to type a passphrase.
+        return Err(Error::DataDir(format!(
+            "{} is encrypted; the broker needs it without a passphrase: run 'ssh-keygen -p -N \"\" -f {}' (and keep it 0600)",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(key)
 }
 
 /// SHA-256 fingerprint of a public key, as OpenSSH prints it (`SHA256:...`).
@@ -232,6 +241,25 @@ impl From<&Ed25519Signer> for KeyData {
 }
 
 impl Ca {
+    /// The CA of `key`, once it has signed a trial certificate: `cert` signs only after its
+    /// change commits, so a key that cannot sign must be refused before any change.
+    pub fn open(key: PrivateKey) -> Result<Self> {
+        let ca = Ca::new(key);
+        let subject = generate_key("sshjit-trial")?;
+        let trial = Profile {
+            serial: 0,
+            key_id: "sshjit:trial".into(),
+            principals: vec!["trial".into()],
+            valid_after: 0,
+            valid_before: 1,
+            extensions: vec![],
+            force_command: None,
+        };
+        ca.sign(subject.public_key().key_data(), &trial)
+            .map_err(|e| Error::DataDir(format!("the CA key cannot sign certificates: {e}")))?;
+        Ok(ca)
+    }
+
     pub fn new(key: PrivateKey) -> Self {
         let fast = key.key_data().ed25519().map(|kp| Ed25519Signer {
             key: ed25519_dalek::SigningKey::from_bytes(&kp.private.to_bytes()),
@@ -273,9 +301,10 @@ impl Ca {
     }
 
     /// The certificate for `subject` with exactly `profile`, everything but its signature:
-    /// every check that could refuse it is made here, so that a change can record the
-    /// certificate and leave the signature, most of its cost, to [`Ca::finish`] after it
-    /// commits (changes run one at a time; none should wait on a signature).
+    /// every check that could refuse it is made here (and [`Ca::open`] has shown that the key
+    /// signs), so that a change can record the certificate and leave the signature, most of
+    /// its cost, to [`Ca::finish`] after it commits (changes run one at a time; none should
+    /// wait on a signature).
     pub fn prepare(&self, subject: &KeyData, profile: &Profile) -> Result<Unsigned> {
         // The builder refuses a certificate without principals only when it signs (one
         // without any would be valid for every login).
@@ -307,8 +336,8 @@ impl Ca {
         Ok(Unsigned(b))
     }
 
-    /// Signs a certificate [`Ca::prepare`] made. (Left to fail: only encoding the signed
-    /// bytes, which the checks before make impossible in practice.)
+    /// Signs a certificate [`Ca::prepare`] made. (What is left to fail, encoding the signed
+    /// bytes or a key that cannot sign, the checks before rule out.)
     pub fn finish(&self, unsigned: Unsigned) -> Result<Certificate> {
         match &self.fast {
             Some(fast) => unsigned.0.sign(fast).map_err(sign_err),

@@ -332,7 +332,7 @@ pub fn open(dir: &DataDir) -> Result<Opened> {
     }
     check_files(dir, current_uid())?;
     let config = Config::load(&dir.config())?;
-    let ca = Ca::new(ca::read_private_key(&dir.ca_key())?);
+    let ca = Ca::open(ca::read_private_key(&dir.ca_key())?)?;
     let host_key = ca::read_private_key(&dir.host_key())?;
     let store = Store::connect(&dir.db(), &config.store)?;
     if !store.is_initialized()? {

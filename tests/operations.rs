@@ -47,6 +47,33 @@ fn check_config_passes_a_fresh_data_dir_and_names_each_problem() {
         text.contains(&format!("chmod 600 {}", cfg.display())),
         "{text}"
     );
+    // A CA key with a passphrase: named, with how to remove it; and `serve` refuses it
+    // before it could record a certificate it cannot sign.
+    std::fs::write(&cfg, &t).unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let ca_key = data.join("ca_key");
+    let status = Command::new(util::require("ssh-keygen"))
+        .args(["-q", "-p", "-N", "secret", "-f"])
+        .arg(&ca_key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (ok, text) = check_config(&data);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("PROBLEM ca_key") && text.contains("is encrypted"),
+        "{text}"
+    );
+    assert!(text.contains("ssh-keygen -p -N"), "{text}");
+    let serve = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!serve.status.success());
+    let err = String::from_utf8_lossy(&serve.stderr);
+    assert!(err.contains("is encrypted"), "{err}");
+
     // Not a data dir at all.
     let (ok, text) = check_config(tmp.path());
     assert!(!ok);

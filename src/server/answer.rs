@@ -8,6 +8,10 @@
 //! instead. A client that waits for the reply before it sends (some SSH libraries do) gets it
 //! after [`GRACE`]: held, never withheld. Either way the reply comes first on its channel,
 //! and once.
+//!
+//! One limit comes from russh, which keeps a single pending reply per channel: a client that
+//! sends another request on the channel while the reply is held (none of the clients above
+//! does; a second exec is refused) takes the reply's place, and the exec gets none.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -347,6 +347,13 @@ impl russh::server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.signals.touch();
+        if let Some(w) = self.waiting.remove(&channel) {
+            // One command per channel: a second exec while the first reads its stdin ends
+            // both (and the first's held reply, which russh has just let the second replace).
+            w.reply.take();
+            self.unsupported(channel, "a second exec", session)?;
+            return session.close(channel);
+        }
         let json = wants_json(data);
         if let Some(out) = self.admission(json) {
             session.channel_success(channel)?;

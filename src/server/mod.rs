@@ -6,8 +6,8 @@
 //! - every handler method not implemented here rejects (russh's default), and every channel
 //!   request the broker does not serve is answered with a failure at once, so the server
 //!   fails closed and never leaves a client waiting (the one reply held back, to an exec
-//!   whose command reads stdin, goes with its answer or after a few milliseconds; see
-//!   [`answer`]);
+//!   whose command reads stdin, goes with its answer, or by itself if the stdin has not
+//!   ended within a few milliseconds; see [`answer`]);
 //! - a connection holds a place in the unauthenticated budget until it authenticates, then a
 //!   seat (see [`admission`]); a flood of silent sockets cannot take the seats members use;
 //! - commands run on the connection's task (whole-log ones on the blocking pool), and nothing
