@@ -196,6 +196,33 @@ fn keepalives_do_not_keep_an_idle_connection() {
         .unwrap();
     assert!(took >= Duration::from_secs(2), "{took:?}");
     assert!(err.contains("no command ran for 2s"), "{err}");
+
+    // Nor does a `cert` whose key comes a byte at a time and never ends: a command waiting
+    // for its stdin is not running.
+    let key = Arc::new(russh::keys::load_secret_key(&b.owner.key, None).unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let took = rt.block_on(async {
+        let config = Arc::new(russh::client::Config::default());
+        let mut h = russh::client::connect(config, b.addr, AnyKey)
+            .await
+            .unwrap();
+        let auth = russh::keys::PrivateKeyWithHashAlg::new(key, None);
+        assert!(h.authenticate_publickey("x", auth).await.unwrap().success());
+        let ch = h.channel_open_session().await.unwrap();
+        ch.exec(true, "cert 1").await.unwrap();
+        let started = Instant::now();
+        for _ in 0..40 {
+            if ch.data(&b"s"[..]).await.is_err() || h.is_closed() {
+                return started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("a trickle of stdin kept the connection for 10 s");
+    });
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
 }
 
 #[test]
@@ -432,8 +459,9 @@ fn summary(all: &[russh::ChannelMsg]) -> (Vec<&'static str>, String) {
 /// A `cert`'s exec reply, held so that it can leave with the answer, is never withheld: a
 /// client that waits for it before it sends the key, as some SSH libraries do, still gets
 /// it, and whenever the key comes, the reply comes once and first. (That it does leave with
-/// the answer shows in the `sendto`s per certificate, docs/PERFORMANCE.md.) A second exec
-/// on the channel meanwhile is refused.
+/// the answer shows in the `sendto`s per certificate, docs/PERFORMANCE.md.) A second exec,
+/// or any other request, on the channel meanwhile ends the command; on a channel with a
+/// terminal the reply is not held.
 #[test]
 fn a_cert_gets_its_exec_reply_whether_or_not_the_client_waits_for_it() {
     let b = Broker::start_new();
@@ -517,6 +545,67 @@ fn a_cert_gets_its_exec_reply_whether_or_not_the_client_waits_for_it() {
         ch.exec(true, cert_line.clone()).await.unwrap();
         let (kinds, _) = summary(&messages(&mut ch).await);
         assert_eq!(kinds, ["failure", "close"]);
+
+        // Another request while the reply is held (russh gives it the reply's place): the
+        // command ends with the reason, so a client waiting for the reply is not left there.
+        let mut ch = h.channel_open_session().await.unwrap();
+        ch.exec(true, cert_line.clone()).await.unwrap();
+        ch.window_change(100, 40, 0, 0).await.unwrap();
+        let all = messages(&mut ch).await;
+        let (kinds, _) = summary(&all);
+        // (The timer may have sent the reply first on a slow machine.)
+        let rest = kinds.strip_prefix(&["success"][..]).unwrap_or(&kinds);
+        assert_eq!(rest, ["stderr", "exit !0", "eof", "close"], "{kinds:?}");
+        let stderr = all.iter().find_map(|m| match m {
+            russh::ChannelMsg::ExtendedData { data, .. } => Some(String::from_utf8_lossy(data)),
+            _ => None,
+        });
+        assert!(
+            stderr.is_some_and(|e| e.contains("a channel request came while")),
+            "{all:?}"
+        );
+
+        // On a channel with a terminal, whose window-change may come at any moment, the
+        // reply is not held: it is not lost to one.
+        let mut ch = h.channel_open_session().await.unwrap();
+        ch.request_pty(true, "xterm", 80, 24, 0, 0, &[])
+            .await
+            .unwrap();
+        ch.exec(true, cert_line.clone()).await.unwrap();
+        ch.window_change(100, 40, 0, 0).await.unwrap();
+        for reply in ["pty", "exec"] {
+            let m = tokio::time::timeout(Duration::from_secs(5), ch.wait()).await;
+            assert!(
+                matches!(m, Ok(Some(russh::ChannelMsg::Success))),
+                "{reply}: {m:?}"
+            );
+        }
+        ch.data(subject.as_bytes()).await.unwrap();
+        ch.eof().await.unwrap();
+        let (kinds, out) = summary(&messages(&mut ch).await);
+        assert_eq!(kinds, ["data", "exit 0", "eof", "close"], "{out}");
+
+        // Another exec while the command runs (a `wait` for a second): refused, and the
+        // command goes on alone, so one channel cannot run command after command past the
+        // per-connection limit.
+        let mut ch = h.channel_open_session().await.unwrap();
+        let wait = format!("wait {id} --while approved --timeout 1s");
+        ch.exec(true, wait.as_bytes()).await.unwrap();
+        for _ in 0..3 {
+            ch.exec(true, cert_line.clone()).await.unwrap();
+        }
+        let (kinds, out) = summary(&messages(&mut ch).await);
+        assert_eq!(
+            kinds,
+            [
+                "success", "failure", "failure", "failure", "data", "exit 0", "eof", "close"
+            ],
+            "{out}"
+        );
+        assert!(
+            out.contains("approved") && !out.contains("cert-v01"),
+            "{out}"
+        );
 
         // Refused for its stdin: the reply still comes first, then the refusal.
         let mut ch = h.channel_open_session().await.unwrap();

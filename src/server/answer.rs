@@ -9,9 +9,10 @@
 //! after [`GRACE`]: held, never withheld. Either way the reply comes first on its channel,
 //! and once.
 //!
-//! One limit comes from russh, which keeps a single pending reply per channel: a client that
-//! sends another request on the channel while the reply is held (none of the clients above
-//! does; a second exec is refused) takes the reply's place, and the exec gets none.
+//! russh keeps a single pending reply per channel, so another request on the channel while
+//! the reply is held takes the reply's place. The handler ends the command then, with the
+//! reason (a client waiting for the reply is not left waiting), and does not hold the reply
+//! on a channel with a pty, where a terminal's window-change may come at any moment.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! per exec channel, stdin for `cert`, and an immediate answer to every other channel request
 //! (a failure for all the broker does not serve; a no-op success for a pty).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,7 +24,15 @@ use crate::model::{Timestamp, printable};
 struct Waiting {
     inv: Invocation,
     stdin: Vec<u8>,
-    reply: HeldReply,
+    /// Its exec reply, if held (not on a channel with a pty: it went with the request).
+    reply: Option<HeldReply>,
+}
+
+impl Waiting {
+    /// Where the exec reply stands now that the answer is to be sent.
+    fn take_reply(&self) -> ExecReply {
+        self.reply.as_ref().map_or(ExecReply::Sent, HeldReply::take)
+    }
 }
 
 /// One connection's handler.
@@ -43,6 +51,12 @@ pub(super) struct Conn {
     signals: Arc<Signals>,
     /// Commands waiting for their stdin (a public key) to end, with their exec reply.
     waiting: HashMap<ChannelId, Waiting>,
+    /// Channels granted a pty: their exec replies are not held, since a terminal's
+    /// window-change may come at any moment and would take a held reply's place.
+    ptys: HashSet<ChannelId>,
+    /// Channels that have had their one exec or shell: another is refused, as OpenSSH does,
+    /// so one channel cannot run command after command past the per-connection limit.
+    started: HashSet<ChannelId>,
     done: mpsc::Sender<()>,
 }
 
@@ -63,6 +77,8 @@ impl Conn {
             refused: None,
             signals,
             waiting: HashMap::new(),
+            ptys: HashSet::new(),
+            started: HashSet::new(),
             done,
         }
     }
@@ -229,13 +245,42 @@ impl Conn {
 
     /// Refuses a channel request the broker does not serve, at once.
     fn unsupported(
-        &self,
+        &mut self,
         channel: ChannelId,
         what: &str,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
+        self.interrupt_held(channel, session);
         tracing::debug!(peer = %self.peer, request = what, "refused a channel request");
         session.channel_failure(channel)
+    }
+
+    /// Ends the command of a channel whose exec reply is held, since another request came:
+    /// russh keeps one pending reply per channel and has just given this request the
+    /// exec's place, so the exec would never get its reply, and a client waiting for it
+    /// would wait until the idle timeout. It gets the reason and the channel's end instead.
+    fn interrupt_held(&mut self, channel: ChannelId, session: &Session) {
+        if self.waiting.get(&channel).is_none_or(|w| w.reply.is_none()) {
+            return;
+        }
+        let Some(w) = self.waiting.remove(&channel) else {
+            return;
+        };
+        // Not sent now (the flag russh sends it by is this request's): only kept in order.
+        let reply = match w.take_reply() {
+            ExecReply::Owed => ExecReply::Sent,
+            by_timer => by_timer,
+        };
+        let e = Error::Usage(
+            "a channel request came while the command read its stdin; send stdin and its end first"
+                .into(),
+        );
+        self.reply(
+            session.handle(),
+            channel,
+            Output::error(&e, w.inv.json),
+            reply,
+        );
     }
 }
 
@@ -350,9 +395,13 @@ impl russh::server::Handler for Conn {
         if let Some(w) = self.waiting.remove(&channel) {
             // One command per channel: a second exec while the first reads its stdin ends
             // both (and the first's held reply, which russh has just let the second replace).
-            w.reply.take();
+            w.take_reply();
             self.unsupported(channel, "a second exec", session)?;
             return session.close(channel);
+        }
+        if !self.started.insert(channel) {
+            // Its command ran or is running: refused, and that command goes on.
+            return self.unsupported(channel, "a second exec", session);
         }
         let json = wants_json(data);
         if let Some(out) = self.admission(json) {
@@ -362,8 +411,14 @@ impl russh::server::Handler for Conn {
         }
         let parsed = match parse_line(data) {
             Ok(Parsed::Run(inv)) if inv.reads_stdin() => {
-                // The reply goes with the answer, or after GRACE (see `answer`).
-                let reply = HeldReply::hold(session.handle(), channel);
+                // The reply goes with the answer, or after GRACE (see `answer`); at once on a
+                // channel with a pty, whose window-change could take its place.
+                let reply = if self.ptys.contains(&channel) {
+                    session.channel_success(channel)?;
+                    None
+                } else {
+                    Some(HeldReply::hold(session.handle(), channel))
+                };
                 let stdin = Vec::new();
                 self.waiting.insert(
                     channel,
@@ -406,6 +461,10 @@ impl russh::server::Handler for Conn {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.interrupt_held(channel, session);
+        if !self.started.insert(channel) {
+            return self.unsupported(channel, "a shell after a command", session);
+        }
         session.channel_success(channel)?;
         let text = format!(
             "sshjit broker: give a command, for example: ssh -p PORT BROKER help\n\n{}",
@@ -445,6 +504,8 @@ impl russh::server::Handler for Conn {
         // Answered at once, with success: the broker's answers are plain text either way, and
         // OpenSSH ends the session when a pty it asked for (`ssh -t`, or a bare `ssh BROKER`
         // from a terminal) is refused, which would hide the help a bare login shows.
+        self.interrupt_held(channel, session);
+        self.ptys.insert(channel);
         session.channel_success(channel)
     }
 
@@ -498,10 +559,11 @@ impl russh::server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let max = self.shared.limits.max_stdin_bytes;
+        // Not activity: a command waiting for its stdin is not running, so a client that
+        // trickles bytes (or never ends its stdin) is idle, counted from the exec.
         let Some(w) = self.waiting.get_mut(&channel) else {
             return Ok(());
         };
-        self.signals.touch();
         if w.stdin.len() + data.len() > max {
             let Some(w) = self.waiting.remove(&channel) else {
                 return Ok(());
@@ -509,7 +571,7 @@ impl russh::server::Handler for Conn {
             let e = Error::InvalidKey(format!(
                 "stdin is over {max} bytes; send one public key line"
             ));
-            let reply = w.reply.take();
+            let reply = w.take_reply();
             self.reply(
                 session.handle(),
                 channel,
@@ -528,7 +590,7 @@ impl russh::server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(w) = self.waiting.remove(&channel) {
-            let reply = w.reply.take();
+            let reply = w.take_reply();
             return self.start_command(session, channel, w.inv, w.stdin, reply);
         }
         Ok(())
@@ -541,8 +603,10 @@ impl russh::server::Handler for Conn {
     ) -> Result<(), Self::Error> {
         // Closed: nothing more is sent on it, the held reply included.
         if let Some(w) = self.waiting.remove(&channel) {
-            w.reply.take();
+            w.take_reply();
         }
+        self.ptys.remove(&channel);
+        self.started.remove(&channel);
         Ok(())
     }
 }
