@@ -41,6 +41,7 @@ pub mod dev;
 pub mod error;
 pub mod guard;
 pub mod justify;
+pub mod logline;
 pub mod merkle;
 pub mod migrate;
 pub mod model;

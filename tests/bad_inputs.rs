@@ -243,8 +243,13 @@ fn table(keys: &HashMap<&str, Identity>) -> Vec<Row> {
         },
         Row {
             stdin: "KEY",
+            // Not told whose it is: the same answer as for a request that is not there.
+            ..row("ed", "cert 5", "not_found", "no request 5 that you can see")
+        },
+        Row {
+            stdin: "KEY",
             ..row(
-                "ed",
+                "adam",
                 "cert 5",
                 "permission_denied",
                 "issued only to the requester",
@@ -340,6 +345,13 @@ fn table(keys: &HashMap<&str, Identity>) -> Vec<Row> {
         row("adam", "deny 1", "usage", "--reason <REASON>"),
         row(
             "ed",
+            "cancel 1",
+            "not_found",
+            "no request 1 that you can see",
+        ),
+        // An approver, who may read it, is told why not.
+        row(
+            "adam",
             "cancel 1",
             "permission_denied",
             "only the requester can cancel",

@@ -285,7 +285,7 @@ fn main() -> ExitCode {
                 tracing_subscriber::EnvFilter::new("info,russh=warn,sled=warn")
             }),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(sshjit::logline::OneLineWriter(std::io::stderr))
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = match parse() {

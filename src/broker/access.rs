@@ -99,14 +99,7 @@ impl Broker {
 
     /// A request the actor may read: their own, or any for approvers.
     pub(super) fn visible_request(&self, actor: &Member, id: u64) -> Result<Request> {
-        let r = self
-            .store
-            .request(id)?
-            .ok_or_else(|| unknown_request(id, actor))?;
-        if !policy::may_read(&r, actor) {
-            return Err(unknown_request(id, actor));
-        }
-        Ok(r)
+        readable(self.store.request(id)?, id, actor)
     }
 
     pub(super) fn requests(
@@ -140,7 +133,7 @@ impl Broker {
     pub(super) fn cancel(&self, actor: &Member, id: u64, cx: &Call) -> Result<Reply> {
         let now = cx.now;
         let req = self.apply(cx, actor, |tx| {
-            let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id, actor))?;
+            let mut req = readable(tx.request(id)?, id, actor)?;
             policy::cancel(&mut req, actor, now)?;
             tx.put_request(&req)?;
             let event = AuditEvent::RequestCancelled {
@@ -274,7 +267,7 @@ impl Broker {
                     )
                     .into());
                 }
-                let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id, actor))?;
+                let mut req = readable(tx.request(id)?, id, actor)?;
                 // The scope's hosts that are still the hosts it was fixed with.
                 let mut live = BTreeSet::new();
                 for h in req.grant().map_or(&[][..], |g| &g.scope.hosts) {
@@ -373,6 +366,15 @@ impl Broker {
                 .map_err(|e| Error::Internal(format!("cannot encode an answer: {e}")))
         }))
     }
+}
+
+/// The request `found` under `id` if `actor` may read it; else, whether or not it exists,
+/// the same error, so that a member learns nothing of others' requests (not even whose
+/// they are) by asking for them.
+fn readable(found: Option<Request>, id: u64, actor: &Member) -> Result<Request> {
+    found
+        .filter(|r| policy::may_read(r, actor))
+        .ok_or_else(|| unknown_request(id, actor))
 }
 
 /// The error for a request `actor` cannot see: approvers see all, so for them it does not
