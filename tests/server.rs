@@ -199,18 +199,8 @@ fn keepalives_do_not_keep_an_idle_connection() {
 
     // Nor does a `cert` whose key comes a byte at a time and never ends: a command waiting
     // for its stdin is not running.
-    let key = Arc::new(russh::keys::load_secret_key(&b.owner.key, None).unwrap());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let took = rt.block_on(async {
-        let config = Arc::new(russh::client::Config::default());
-        let mut h = russh::client::connect(config, b.addr, AnyKey)
-            .await
-            .unwrap();
-        let auth = russh::keys::PrivateKeyWithHashAlg::new(key, None);
-        assert!(h.authenticate_publickey("x", auth).await.unwrap().success());
+    let took = runtime().block_on(async {
+        let h = login(&b, &b.owner.key).await;
         let ch = h.channel_open_session().await.unwrap();
         ch.exec(true, "cert 1").await.unwrap();
         let started = Instant::now();
@@ -420,6 +410,35 @@ impl russh::client::Handler for AnyKey {
     }
 }
 
+/// A russh client logged in to `b` with the key at `key`.
+async fn login(b: &Broker, key: &std::path::Path) -> russh::client::Handle<AnyKey> {
+    let key = Arc::new(russh::keys::load_secret_key(key, None).unwrap());
+    let config = Arc::new(russh::client::Config::default());
+    let mut h = russh::client::connect(config, b.addr, AnyKey)
+        .await
+        .unwrap();
+    let auth = russh::keys::PrivateKeyWithHashAlg::new(key, None);
+    assert!(h.authenticate_publickey("x", auth).await.unwrap().success());
+    h
+}
+
+/// Waits for `ch`'s next message, which must be a success reply (to `what`).
+async fn success_next(ch: &mut russh::Channel<russh::client::Msg>, what: &str) {
+    let m = tokio::time::timeout(Duration::from_secs(5), ch.wait()).await;
+    assert!(
+        matches!(m, Ok(Some(russh::ChannelMsg::Success))),
+        "{what}: {m:?}"
+    );
+}
+
+/// A current-thread runtime for a test's russh client.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Every message on `ch` until it closes.
 async fn messages(ch: &mut russh::Channel<russh::client::Msg>) -> Vec<russh::ChannelMsg> {
     let mut all = vec![];
@@ -475,28 +494,14 @@ fn a_cert_gets_its_exec_reply_whether_or_not_the_client_waits_for_it() {
     let id = b.ssh(&alice, line).ok().json()["id"].as_u64().unwrap();
     b.ssh(&b.owner, &format!("approve {id}")).ok();
     let subject = util::keygen(b.tmp.path(), "subject").public;
-    let key = Arc::new(russh::keys::load_secret_key(&alice.key, None).unwrap());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let config = Arc::new(russh::client::Config::default());
-        let mut h = russh::client::connect(config, b.addr, AnyKey)
-            .await
-            .unwrap();
-        let auth = russh::keys::PrivateKeyWithHashAlg::new(key, None);
-        assert!(h.authenticate_publickey("x", auth).await.unwrap().success());
+    runtime().block_on(async {
+        let h = login(&b, &alice.key).await;
         let cert_line = format!("cert {id}").into_bytes();
 
         // Waits for the reply before it sends anything: the reply comes by itself.
         let mut ch = h.channel_open_session().await.unwrap();
         ch.exec(true, cert_line.clone()).await.unwrap();
-        let first = tokio::time::timeout(Duration::from_secs(5), ch.wait()).await;
-        assert!(
-            matches!(first, Ok(Some(russh::ChannelMsg::Success))),
-            "{first:?}"
-        );
+        success_next(&mut ch, "exec").await;
         ch.data(subject.as_bytes()).await.unwrap();
         ch.eof().await.unwrap();
         let (kinds, out) = summary(&messages(&mut ch).await);
@@ -573,13 +578,8 @@ fn a_cert_gets_its_exec_reply_whether_or_not_the_client_waits_for_it() {
             .unwrap();
         ch.exec(true, cert_line.clone()).await.unwrap();
         ch.window_change(100, 40, 0, 0).await.unwrap();
-        for reply in ["pty", "exec"] {
-            let m = tokio::time::timeout(Duration::from_secs(5), ch.wait()).await;
-            assert!(
-                matches!(m, Ok(Some(russh::ChannelMsg::Success))),
-                "{reply}: {m:?}"
-            );
-        }
+        success_next(&mut ch, "pty").await;
+        success_next(&mut ch, "exec").await;
         ch.data(subject.as_bytes()).await.unwrap();
         ch.eof().await.unwrap();
         let (kinds, out) = summary(&messages(&mut ch).await);
