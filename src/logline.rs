@@ -1,11 +1,12 @@
 //! The broker's log writer: one event, one line, whatever text the event carries.
 //!
 //! The broker escapes what members type before it logs it, but libraries log text a client
-//! chose as it is (russh names an unknown channel request in a warning), and a newline in it
-//! would start a line that looks like the broker's own. The formatter already escapes
-//! terminal escape sequences in fields; this writer escapes the rest of the control
-//! characters (line breaks above all) in each event it is given, keeping the event's final
-//! newline, and passes the formatter's own colour codes (ESC) through.
+//! chose as it is (russh names an unknown channel request in a warning's message), and a
+//! newline in it would start a line that looks like the broker's own. The formatter escapes
+//! terminal escape sequences in an event's message (not in its other fields, which the
+//! broker escapes itself); this writer escapes the other control characters (line breaks
+//! above all) in each event it is given, keeping the event's final newline, and passes ESC
+//! through for the formatter's own colours.
 
 use std::io::{self, Write};
 

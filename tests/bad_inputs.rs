@@ -235,6 +235,19 @@ fn table(keys: &HashMap<&str, Identity>) -> Vec<Row> {
             "permission_denied",
             "only owners and admins can approve",
         ),
+        // The same whether or not the request exists: a non-approver learns nothing.
+        row(
+            "ed",
+            "approve 999",
+            "permission_denied",
+            "only owners and admins can approve",
+        ),
+        row(
+            "alice",
+            "deny 999 --reason 'no such request'",
+            "permission_denied",
+            "only owners and admins can deny",
+        ),
         row("adam", "approve 2", "invalid_state", "already denied"),
         row("adam", "approve 3", "invalid_state", "already cancelled"),
         Row {

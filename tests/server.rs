@@ -410,6 +410,52 @@ impl russh::client::Handler for AnyKey {
     }
 }
 
+/// A channel closed without an answer, by the broker (a subsystem refused while a command
+/// on a pty waits for its key) or by the client (before its stdin ended), gives its place
+/// back: the connection can still run commands, and is still hung up after its 100th.
+#[test]
+fn a_channel_closed_without_an_answer_gives_its_place_back() {
+    // COMMANDS_PER_CONNECTION in src/server/mod.rs; more than max_channels_per_connection
+    // (16) are closed each way.
+    const COMMANDS: usize = 100;
+    let b = Broker::start_new();
+    runtime().block_on(async {
+        let h = login(&b, &b.owner.key).await;
+        for i in 0..20 {
+            let mut ch = h.channel_open_session().await.unwrap();
+            ch.request_pty(false, "xterm", 80, 24, 0, 0, &[])
+                .await
+                .unwrap();
+            ch.exec(false, "cert 1").await.unwrap();
+            ch.request_subsystem(true, "sftp").await.unwrap();
+            let (kinds, _) = summary(&messages(&mut ch).await);
+            assert_eq!(kinds, ["failure", "close"], "channel {i}");
+        }
+        for i in 20..COMMANDS - 1 {
+            let ch = h.channel_open_session().await.unwrap();
+            ch.exec(false, "cert 1").await.unwrap();
+            ch.close().await.unwrap();
+            assert!(!h.is_closed(), "hung up after channel {i}");
+        }
+        let mut ch = h.channel_open_session().await.unwrap();
+        ch.exec(true, "whoami").await.unwrap();
+        let (kinds, out) = summary(&messages(&mut ch).await);
+        assert_eq!(
+            kinds,
+            ["success", "data", "exit 0", "eof", "close"],
+            "{out}"
+        );
+        let started = Instant::now();
+        while !h.is_closed() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no hang-up after the last command"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
 /// A russh client logged in to `b` with the key at `key`.
 async fn login(b: &Broker, key: &std::path::Path) -> russh::client::Handle<AnyKey> {
     let key = Arc::new(russh::keys::load_secret_key(key, None).unwrap());
@@ -439,15 +485,23 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Every message on `ch` until it closes.
+/// Every message on `ch` until it closes (in 10 s, or the test fails).
 async fn messages(ch: &mut russh::Channel<russh::client::Msg>) -> Vec<russh::ChannelMsg> {
     let mut all = vec![];
-    while let Some(m) = ch.wait().await {
-        let close = matches!(m, russh::ChannelMsg::Close);
-        all.push(m);
-        if close {
-            break;
+    let until_close = async {
+        while let Some(m) = ch.wait().await {
+            let close = matches!(m, russh::ChannelMsg::Close);
+            all.push(m);
+            if close {
+                break;
+            }
         }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), until_close)
+        .await
+        .is_err()
+    {
+        panic!("the channel did not close in 10 s: {all:?}");
     }
     all
 }
@@ -585,11 +639,11 @@ fn a_cert_gets_its_exec_reply_whether_or_not_the_client_waits_for_it() {
         let (kinds, out) = summary(&messages(&mut ch).await);
         assert_eq!(kinds, ["data", "exit 0", "eof", "close"], "{out}");
 
-        // Another exec while the command runs (a `wait` for a second): refused, and the
+        // Another exec while the command runs (a `wait` of 3 s): refused, and the
         // command goes on alone, so one channel cannot run command after command past the
         // per-connection limit.
         let mut ch = h.channel_open_session().await.unwrap();
-        let wait = format!("wait {id} --while approved --timeout 1s");
+        let wait = format!("wait {id} --while approved --timeout 3s");
         ch.exec(true, wait.as_bytes()).await.unwrap();
         for _ in 0..3 {
             ch.exec(true, cert_line.clone()).await.unwrap();

@@ -156,6 +156,8 @@ impl Broker {
         cx: &Call,
     ) -> Result<Reply> {
         let now = cx.now;
+        // Before the lookup: a member who cannot decide learns nothing of which requests exist.
+        require_manager(actor, "approve requests")?;
         let candidates = match self.store.request(id)? {
             Some(r) => self.hosts_for(&r.resource)?,
             None => vec![],
@@ -226,6 +228,7 @@ impl Broker {
 
     pub(super) fn deny(&self, actor: &Member, id: u64, reason: &str, cx: &Call) -> Result<Reply> {
         let now = cx.now;
+        require_manager(actor, "deny requests")?;
         let req = self.apply(cx, actor, |tx| {
             let mut req = tx.request(id)?.ok_or_else(|| unknown_request(id, actor))?;
             policy::deny(&mut req, actor, reason, now)?;

@@ -293,12 +293,7 @@ impl Policy {
 }
 
 fn check_approver(req: &Request, approver: &Member, verb: &str) -> Result<()> {
-    if !approver.role.can_manage() {
-        return Err(Error::PermissionDenied(format!(
-            "only owners and admins can {verb} requests; you are {}",
-            approver.role
-        )));
-    }
+    super::require_manager(approver, &format!("{verb} requests"))?;
     if approver.id == req.requester_id || approver.name == req.requester {
         return Err(Error::PermissionDenied(format!(
             "you cannot {verb} your own request {}; another owner or admin must decide it{}",

@@ -6,13 +6,16 @@
 //! wake-up on the client, for every certificate. A client that sends its key without waiting
 //! for that reply (OpenSSH, the helper, russh) gets it in the same write as the answer
 //! instead. A client that waits for the reply before it sends (some SSH libraries do) gets it
-//! after [`GRACE`]: held, never withheld. Either way the reply comes first on its channel,
+//! after [`GRACE`]: held, not withheld. Either way the reply comes first on its channel,
 //! and once.
 //!
 //! russh keeps a single pending reply per channel, so another request on the channel while
 //! the reply is held takes the reply's place. The handler ends the command then, with the
 //! reason (a client waiting for the reply is not left waiting), and does not hold the reply
-//! on a channel with a pty, where a terminal's window-change may come at any moment.
+//! on a channel with a pty, where a terminal's window-change may come at any moment. Two
+//! cases remain where the reply is lost: a request of a type russh answers itself (one it
+//! does not know, sent without want-reply), and any request after the stdin ended while the
+//! answer waits for its flush; the answer and the channel's end still come.
 
 use std::sync::Arc;
 use std::time::Duration;

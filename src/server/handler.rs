@@ -2,7 +2,6 @@
 //! per exec channel, stdin for `cert`, and an immediate answer to every other channel request
 //! (a failure for all the broker does not serve; a no-op success for a pty).
 
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,27 +12,13 @@ use tokio::sync::mpsc;
 
 use super::admission::{Seat, Startup};
 use super::answer::{ExecReply, HeldReply, send_output, write_output};
+use super::channels::{Channels, Waiting};
 use super::{Shared, Signals};
 use crate::broker::{Output, wants_json};
 use crate::ca;
 use crate::commands::{Command, Invocation, Parsed, parse_line};
 use crate::error::Error;
 use crate::model::{Timestamp, printable};
-
-/// A command reading its stdin.
-struct Waiting {
-    inv: Invocation,
-    stdin: Vec<u8>,
-    /// Its exec reply, if held (not on a channel with a pty: it went with the request).
-    reply: Option<HeldReply>,
-}
-
-impl Waiting {
-    /// Where the exec reply stands now that the answer is to be sent.
-    fn take_reply(&self) -> ExecReply {
-        self.reply.as_ref().map_or(ExecReply::Sent, HeldReply::take)
-    }
-}
 
 /// One connection's handler.
 pub(super) struct Conn {
@@ -49,14 +34,8 @@ pub(super) struct Conn {
     /// as authentication completes, and every further attempt is refused.
     refused: Option<String>,
     signals: Arc<Signals>,
-    /// Commands waiting for their stdin (a public key) to end, with their exec reply.
-    waiting: HashMap<ChannelId, Waiting>,
-    /// Channels granted a pty: their exec replies are not held, since a terminal's
-    /// window-change may come at any moment and would take a held reply's place.
-    ptys: HashSet<ChannelId>,
-    /// Channels that have had their one exec or shell: another is refused, as OpenSSH does,
-    /// so one channel cannot run command after command past the per-connection limit.
-    started: HashSet<ChannelId>,
+    /// Its session channels, and the commands waiting for their stdin (a public key).
+    chans: Channels,
     done: mpsc::Sender<()>,
 }
 
@@ -76,9 +55,7 @@ impl Conn {
             seat: None,
             refused: None,
             signals,
-            waiting: HashMap::new(),
-            ptys: HashSet::new(),
-            started: HashSet::new(),
+            chans: Channels::default(),
             done,
         }
     }
@@ -235,7 +212,7 @@ impl Conn {
             return refuse("the broker is shutting down; try again in a moment".into());
         }
         let limit = self.shared.limits.max_channels_per_connection;
-        if self.signals.inflight.load(Ordering::SeqCst) + self.waiting.len() >= limit {
+        if self.signals.inflight.load(Ordering::SeqCst) + self.chans.waiting() >= limit {
             return refuse(format!(
                 "too many commands running on this connection (limit {limit}); wait for some to finish"
             ));
@@ -255,15 +232,20 @@ impl Conn {
         session.channel_failure(channel)
     }
 
+    /// Forgets a channel closed without an answer: if it counted as unanswered, it no longer
+    /// holds back the hang-up after the connection's last command.
+    fn forget(&mut self, channel: ChannelId) {
+        if self.chans.forget(channel) {
+            self.signals.answered();
+        }
+    }
+
     /// Ends the command of a channel whose exec reply is held, since another request came:
     /// russh keeps one pending reply per channel and has just given this request the
     /// exec's place, so the exec would never get its reply, and a client waiting for it
     /// would wait until the idle timeout. It gets the reason and the channel's end instead.
     fn interrupt_held(&mut self, channel: ChannelId, session: &Session) {
-        if self.waiting.get(&channel).is_none_or(|w| w.reply.is_none()) {
-            return;
-        }
-        let Some(w) = self.waiting.remove(&channel) else {
+        let Some(w) = self.chans.take_held(channel) else {
             return;
         };
         // Not sent now (the flag russh sends it by is this request's): only kept in order.
@@ -369,11 +351,12 @@ impl russh::server::Handler for Conn {
 
     async fn channel_open_session(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if self.fingerprint.is_some() && self.signals.open_channel() {
+            self.chans.open(channel.id());
             reply.accept().await;
         } else {
             // One more after the last command: the hang-up need not wait.
@@ -392,14 +375,14 @@ impl russh::server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.signals.touch();
-        if let Some(w) = self.waiting.remove(&channel) {
+        if self.chans.waiting_mut(channel).is_some() {
             // One command per channel: a second exec while the first reads its stdin ends
             // both (and the first's held reply, which russh has just let the second replace).
-            w.take_reply();
+            self.forget(channel);
             self.unsupported(channel, "a second exec", session)?;
             return session.close(channel);
         }
-        if !self.started.insert(channel) {
+        if !self.chans.start(channel) {
             // Its command ran or is running: refused, and that command goes on.
             return self.unsupported(channel, "a second exec", session);
         }
@@ -413,14 +396,14 @@ impl russh::server::Handler for Conn {
             Ok(Parsed::Run(inv)) if inv.reads_stdin() => {
                 // The reply goes with the answer, or after GRACE (see `answer`); at once on a
                 // channel with a pty, whose window-change could take its place.
-                let reply = if self.ptys.contains(&channel) {
+                let reply = if self.chans.has_pty(channel) {
                     session.channel_success(channel)?;
                     None
                 } else {
                     Some(HeldReply::hold(session.handle(), channel))
                 };
                 let stdin = Vec::new();
-                self.waiting.insert(
+                self.chans.wait(
                     channel,
                     Waiting {
                         inv: *inv,
@@ -462,7 +445,7 @@ impl russh::server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.interrupt_held(channel, session);
-        if !self.started.insert(channel) {
+        if !self.chans.start(channel) {
             return self.unsupported(channel, "a shell after a command", session);
         }
         session.channel_success(channel)?;
@@ -487,6 +470,7 @@ impl russh::server::Handler for Conn {
     ) -> Result<(), Self::Error> {
         // Nothing will run on this channel: refuse and close it so the client ends at once.
         self.unsupported(channel, &printable(name, 40), session)?;
+        self.forget(channel);
         session.close(channel)
     }
 
@@ -505,8 +489,19 @@ impl russh::server::Handler for Conn {
         // OpenSSH ends the session when a pty it asked for (`ssh -t`, or a bare `ssh BROKER`
         // from a terminal) is refused, which would hide the help a bare login shows.
         self.interrupt_held(channel, session);
-        self.ptys.insert(channel);
+        self.chans.set_pty(channel);
         session.channel_success(channel)
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        // Refused (russh sends the failure); it still ends a command whose reply is held.
+        self.interrupt_held(channel, session);
+        tracing::debug!(peer = %self.peer, request = "auth-agent-req", "refused a channel request");
+        Ok(false)
     }
 
     async fn x11_request(
@@ -561,11 +556,11 @@ impl russh::server::Handler for Conn {
         let max = self.shared.limits.max_stdin_bytes;
         // Not activity: a command waiting for its stdin is not running, so a client that
         // trickles bytes (or never ends its stdin) is idle, counted from the exec.
-        let Some(w) = self.waiting.get_mut(&channel) else {
+        let Some(w) = self.chans.waiting_mut(channel) else {
             return Ok(());
         };
         if w.stdin.len() + data.len() > max {
-            let Some(w) = self.waiting.remove(&channel) else {
+            let Some(w) = self.chans.take_waiting(channel) else {
                 return Ok(());
             };
             let e = Error::InvalidKey(format!(
@@ -589,7 +584,7 @@ impl russh::server::Handler for Conn {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(w) = self.waiting.remove(&channel) {
+        if let Some(w) = self.chans.take_waiting(channel) {
             let reply = w.take_reply();
             return self.start_command(session, channel, w.inv, w.stdin, reply);
         }
@@ -602,11 +597,7 @@ impl russh::server::Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         // Closed: nothing more is sent on it, the held reply included.
-        if let Some(w) = self.waiting.remove(&channel) {
-            w.take_reply();
-        }
-        self.ptys.remove(&channel);
-        self.started.remove(&channel);
+        self.forget(channel);
         Ok(())
     }
 }

@@ -16,6 +16,7 @@
 
 mod admission;
 mod answer;
+mod channels;
 mod handler;
 
 pub use admission::{Admission, Refusal};
