@@ -18,6 +18,7 @@ mod admission;
 mod answer;
 mod channels;
 mod handler;
+mod run;
 
 pub use admission::{Admission, Refusal};
 
